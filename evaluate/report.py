@@ -1,0 +1,181 @@
+"""Merge per-(run, dataset) result JSON files into one table: CSV, Markdown and JSON (DESIGN.md section 6).
+
+Runs write their own files from any process or machine; the report only reads them, so merging is a
+directory walk. Seeds of the same configuration collapse into mean and sample std.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1")
+GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
+REQUIRED_FIELDS = ("dataset", "encoder", "method", "variant", "metrics")
+CLIP = "clip"
+
+
+def _is_clip(result: dict[str, Any]) -> bool:
+    return result["method"] == CLIP
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    """One result file, or None (with a warning) when it is unreadable or not a result."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        warnings.warn(f"skipping {path}: not readable JSON ({err})", stacklevel=3)
+        return None
+    missing = [k for k in REQUIRED_FIELDS if k not in result] if isinstance(result, dict) else REQUIRED_FIELDS
+    if missing or not isinstance(result["metrics"], dict):
+        reason = f"missing {', '.join(missing)}" if missing else "metrics is not an object"
+        warnings.warn(f"skipping {path}: not a result file ({reason})", stacklevel=3)
+        return None
+    return result
+
+
+def load_results(
+    results_dir: Path,
+    encoders: Iterable[str] | None = None,
+    datasets: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every result `*.json` under results_dir (recursive, path order), filtered; None keeps all.
+
+    `methods` matches a result's method or variant. The CLIP ceiling passes the encoder and method
+    filters, since every table is read against it; the dataset filter applies to it as to the rest.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results directory not found: {results_dir}")
+    encoders, datasets, methods = (None if f is None else set(f) for f in (encoders, datasets, methods))
+    kept = []
+    for path in sorted(results_dir.rglob("*.json")):
+        result = _read_result(path)
+        if result is None or (datasets is not None and result["dataset"] not in datasets):
+            continue
+        if not _is_clip(result) and (
+            (encoders is not None and result["encoder"] not in encoders)
+            or (methods is not None and not {result["method"], result["variant"]} & methods)
+        ):
+            continue
+        kept.append(result)
+    return kept
+
+
+def _group_key(result: dict[str, Any]) -> tuple:
+    """CLIP is one row per dataset whatever run evaluated it; other rows keep their fraction and epochs."""
+    if _is_clip(result):
+        return (result["encoder"], CLIP, CLIP, None, None, result["dataset"])
+    return tuple(result.get(field) for field in GROUP_FIELDS)
+
+
+def _metric(result: dict[str, Any], name: str) -> float:
+    value = result["metrics"].get(name)
+    return math.nan if value is None else float(value)
+
+
+def _one_per_seed(key: tuple, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest result per seed: a re-evaluation supersedes the old file. Duplicates are expected for
+    CLIP (every run may score the teacher) and suspicious otherwise: two configurations under one label."""
+    newest: dict[Any, dict[str, Any]] = {}
+    for result in sorted(results, key=lambda r: str(r.get("created", ""))):
+        seed = None if _is_clip(result) else result.get("seed")
+        newest[seed] = result
+    if len(newest) < len(results) and key[1] != CLIP:
+        warnings.warn(
+            f"{dict(zip(GROUP_FIELDS, key))}: {len(results)} results for {len(newest)} seeds; "
+            "kept the newest per seed (give differing configurations different variant labels)",
+            stacklevel=3,
+        )
+    return list(newest.values())
+
+
+def _sort_key(row: dict[str, Any]) -> tuple:
+    """CLIP first, then encoder, variant, fraction, epochs (None first), dataset: stable as files grow."""
+
+    def opt(value: Any) -> tuple:
+        return (value is not None, value if value is not None else 0)
+
+    return (row["method"] != CLIP, row["encoder"], row["variant"], opt(row["fraction"]), opt(row["epochs"]),
+            row["dataset"])
+
+
+def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (encoder, method, variant, fraction, epochs, dataset): mean and sample std over seeds
+    of every metric (std NaN for a single seed), n_seeds; deterministically ordered."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(_group_key(result), []).append(result)
+    rows = []
+    for key, members in groups.items():
+        members = _one_per_seed(key, members)
+        row: dict[str, Any] = dict(zip(GROUP_FIELDS, key))
+        row["n_seeds"] = len(members)
+        for name in METRICS:
+            values = [_metric(r, name) for r in members]
+            row[f"{name}_mean"] = statistics.fmean(values)
+            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        rows.append(row)
+    return sorted(rows, key=_sort_key)
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None or math.isnan(row["acc1_mean"]):
+        return "–"
+    text = f"{100 * row['acc1_mean']:.1f}"
+    return f"{text} ± {100 * row['acc1_std']:.1f}" if row["n_seeds"] > 1 else text
+
+
+def _label(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """A paper-style main table of top-1 (%): one line per encoder x variant (x fraction x epochs where
+    those vary), CLIP first as the ceiling, one column per dataset."""
+    datasets = sorted({row["dataset"] for row in rows})
+    students = [row for row in rows if row["method"] != CLIP]
+    extra = [f for f in ("fraction", "epochs") if len({row[f] for row in students}) > 1]
+    line_fields = ("encoder", "method", "variant", *extra)
+    lines: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for row in rows:  # rows arrive sorted, so lines keep that order
+        key = tuple(row[f] for f in line_fields)
+        lines.setdefault(key, {})[row["dataset"]] = row
+    header = ["Encoder", "Variant", *(f.capitalize() for f in extra), *datasets]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] * (2 + len(extra)) + [" ---: "] * len(datasets)) + "|",
+    ]
+    for by_dataset in lines.values():
+        first = next(iter(by_dataset.values()))
+        labels = [_label(first[f]) for f in ("encoder", "variant", *extra)]
+        out.append("| " + " | ".join(labels + [_cell(by_dataset.get(d)) for d in datasets]) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """NaN as null so that results.json is strict JSON any tool reads."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_report(results: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Write results.csv, results.md and results.json into out_dir; return their paths by format."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(results)
+    plain_rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
+    paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "json": out_dir / "results.json"}
+    fields = [*GROUP_FIELDS, "n_seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(plain_rows)
+    paths["md"].write_text(format_markdown(rows))
+    paths["json"].write_text(json.dumps(plain_rows, indent=2) + "\n")
+    return paths

@@ -1,0 +1,152 @@
+"""Report: result files written by separate processes merge into one CSV / Markdown / JSON table."""
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from zoomshot.evaluate.report import format_markdown, load_results, summary_rows, write_report
+
+WRITER = """
+import json, pathlib, sys
+for path, result in json.loads(sys.argv[1]):
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result))
+"""
+
+
+def result(encoder, variant, dataset, acc1, seed=0, fraction=0.5, epochs=20, method="zoomshot", created="t0"):
+    clip = method == "clip"
+    return {
+        "dataset": dataset, "model": "ViT-B-32" if clip else encoder, "pretrained": "",
+        "task": "zeroshot_classification",
+        "metrics": {"acc1": acc1, "acc5": min(1.0, acc1 + 0.3), "mean_per_class_recall": acc1 - 0.01,
+                    "teacher_agreement": None if clip else acc1 + 0.1, "clip_acc1": 0.85},
+        "run": f"{encoder}-{variant}-{seed}", "encoder": encoder, "method": method, "variant": variant,
+        "fraction": None if clip else fraction, "epochs": None if clip else epochs, "seed": seed,
+        "created": created,
+    }
+
+
+def write_in_subprocess(files):
+    """Write [(path, result)] from a fresh Python process, as separate evaluation runs do."""
+    payload = json.dumps([(str(path), res) for path, res in files])
+    subprocess.run([sys.executable, "-c", WRITER, payload], check=True)
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    root = tmp_path / "results"
+    runs = [
+        [(root / "clip/shapes.json", result("clip", "clip", "shapes", 0.85, method="clip")),
+         (root / "clip/cifar.json", result("clip", "clip", "cifar", 0.90, method="clip"))],
+        # The teacher scored again by another run: still one CLIP row per dataset.
+        [(root / "r1/shapes.json", result("resnet", "mse+cyc", "shapes", 0.60, seed=0)),
+         (root / "r1/cifar.json", result("resnet", "mse+cyc", "cifar", 0.70, seed=0)),
+         (root / "r1/clip-shapes.json", result("clip", "clip", "shapes", 0.85, seed=0, method="clip"))],
+        [(root / "r2/shapes.json", result("resnet", "mse+cyc", "shapes", 0.62, seed=1))],
+        [(root / "r3/shapes.json",
+          result("resnet", "linear-aligner", "shapes", 0.50, method="linear-aligner"))],
+        [(root / "r4/deep/shapes.json", result("vit", "mse", "shapes", 0.55))],
+    ]
+    for files in runs:
+        write_in_subprocess(files)
+    (root / "broken.json").write_text('{"dataset": "shapes", ')
+    (root / "other.json").write_text("[1, 2]")
+    return root
+
+
+def load_quietly(root, **filters):
+    with pytest.warns(UserWarning) as caught:
+        results = load_results(root, **filters)
+    return results, [str(w.message) for w in caught]
+
+
+def test_load_skips_corrupt_and_foreign_json(results_dir):
+    results, messages = load_quietly(results_dir)
+    assert len(results) == 8
+    assert any("broken.json" in m for m in messages) and any("other.json" in m for m in messages)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_results(results_dir / "missing")
+
+
+def test_filters(results_dir):
+    by_encoder, _ = load_quietly(results_dir, encoders=["vit"])
+    assert {r["encoder"] for r in by_encoder} == {"vit", "clip"}  # the ceiling always stays
+    by_dataset, _ = load_quietly(results_dir, datasets=["cifar"])
+    assert {(r["encoder"], r["dataset"]) for r in by_dataset} == {("clip", "cifar"), ("resnet", "cifar")}
+    by_variant, _ = load_quietly(results_dir, methods=["mse"])
+    assert {r["variant"] for r in by_variant} == {"mse", "clip"}
+    by_method, _ = load_quietly(results_dir, methods=["zoomshot"])
+    assert {r["variant"] for r in by_method} == {"mse", "mse+cyc", "clip"}
+
+
+def test_summary_rows_aggregate_seeds(results_dir):
+    results, _ = load_quietly(results_dir)
+    rows = summary_rows(results)
+    keys = [(r["encoder"], r["variant"], r["dataset"]) for r in rows]
+    assert keys == [
+        ("clip", "clip", "cifar"), ("clip", "clip", "shapes"),
+        ("resnet", "linear-aligner", "shapes"),
+        ("resnet", "mse+cyc", "cifar"), ("resnet", "mse+cyc", "shapes"),
+        ("vit", "mse", "shapes"),
+    ]
+    two_seeds = rows[4]
+    assert two_seeds["n_seeds"] == 2
+    assert two_seeds["acc1_mean"] == pytest.approx(0.61)
+    assert two_seeds["acc1_std"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert two_seeds["teacher_agreement_mean"] == pytest.approx(0.71)
+    assert rows[1]["n_seeds"] == 1 and rows[1]["acc1_mean"] == pytest.approx(0.85)
+    assert math.isnan(rows[1]["teacher_agreement_mean"]) and math.isnan(rows[3]["acc1_std"])
+
+
+def test_write_report(results_dir, tmp_path):
+    results, _ = load_quietly(results_dir)
+    paths = write_report(results, tmp_path / "report")
+    assert set(paths) == {"csv", "md", "json"} and all(p.exists() for p in paths.values())
+
+    with paths["csv"].open(newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert len(csv_rows) == 6
+    assert csv_rows[0]["encoder"] == "clip" and csv_rows[0]["teacher_agreement_mean"] == ""
+    assert float(csv_rows[4]["acc1_mean"]) == pytest.approx(0.61) and csv_rows[4]["n_seeds"] == "2"
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    assert len(json.loads(paths["json"].read_text(), parse_constant=no_nan)) == 6
+
+    lines = paths["md"].read_text().splitlines()
+    assert lines[0] == "| Encoder | Variant | cifar | shapes |"
+    assert lines[2:] == [
+        "| clip | clip | 90.0 | 85.0 |",
+        "| resnet | linear-aligner | – | 50.0 |",
+        "| resnet | mse+cyc | 70.0 | 61.0 ± 1.4 |",
+        "| vit | mse | – | 55.0 |",
+    ]
+
+
+def test_markdown_splits_rows_by_fraction_when_it_varies():
+    rows = summary_rows([
+        result("clip", "clip", "shapes", 0.85, method="clip"),
+        result("resnet", "mse", "shapes", 0.40, fraction=0.1),
+        result("resnet", "mse", "shapes", 0.60, fraction=1.0),
+    ])
+    assert format_markdown(rows).splitlines() == [
+        "| Encoder | Variant | Fraction | shapes |",
+        "| --- | --- | --- | ---: |",
+        "| clip | clip |  | 85.0 |",
+        "| resnet | mse | 0.1 | 40.0 |",
+        "| resnet | mse | 1.0 | 60.0 |",
+    ]
+
+
+def test_duplicate_seed_keeps_newest_and_warns():
+    old = result("resnet", "mse", "shapes", 0.40, created="2024-01-01")
+    new = result("resnet", "mse", "shapes", 0.60, created="2024-02-01")
+    with pytest.warns(UserWarning, match="2 results for 1 seeds"):
+        rows = summary_rows([new, old])
+    assert rows[0]["n_seeds"] == 1 and rows[0]["acc1_mean"] == pytest.approx(0.60)
