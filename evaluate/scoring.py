@@ -1,0 +1,134 @@
+"""Stage 3: score cached test features of every finished run (and CLIP itself, the ceiling) against
+cached class-prompt embeddings; one CLIP_benchmark-style JSON per (run, dataset).
+
+Reads only the cache and saved maps: never an image, never an encoder, never `fit` internals.
+Test sets stream in chunks of rows, so memory stays bounded whatever their size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from zoomshot.cache import store
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cli import config as C
+
+from .metrics import MetricAccumulator, class_embeddings, zero_shot_logits
+
+TASK = "zeroshot_classification"
+
+
+def load_mapping(maps_file: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """h as a function on raw source features; the variance scales are undone here."""
+    t = load_file(str(maps_file))
+    w, b = t["h.weight"], t["h.bias"]
+    cs, cc = float(t["scale_source"]), float(t["scale_clip"])
+    return lambda s: ((s * cs) @ w.T + b) / cc
+
+
+def _chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Aligned row chunks (features, labels, index) of several files with the same rows."""
+    files = [store.open_complete(p) for p in paths]
+    try:
+        n = files[0]["features"].shape[0]
+        for f, p in zip(files[1:], paths[1:]):
+            if f["features"].shape[0] != n or not np.array_equal(f["index"][:], files[0]["index"][:]):
+                raise PipelineError(f"{p.name} and {paths[0].name} hold different rows: extract them together")
+        for i in range(0, n, chunk_rows):
+            out = []
+            for f, p in zip(files, paths):
+                feats = f["features"][i:i + chunk_rows].astype(np.float32)
+                if not np.isfinite(feats).all():
+                    raise PipelineError(f"{p} holds NaN or Inf features; remove it and extract again")
+                out.append((feats, f["labels"][i:i + chunk_rows], f["index"][i:i + chunk_rows]))
+            yield out
+    finally:
+        for f in files:
+            f.close()
+
+
+def score(student: Path, teacher: Path, class_emb: torch.Tensor,
+          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int) -> dict:
+    """Metrics of `mapping(student features)` against the classes, with CLIP (`teacher`) agreement."""
+    acc = MetricAccumulator(class_emb.shape[0])
+    paths = [student] if student == teacher else [student, teacher]
+    for chunk in _chunks(paths, chunk_rows):
+        s = torch.from_numpy(chunk[0][0])
+        if mapping is not None:
+            s = mapping(s)
+        if mapping is not None and s.shape[1] != class_emb.shape[1]:
+            raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
+        teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1][0]), class_emb)
+        acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0][1]), teacher_logits)
+    return acc.compute()
+
+
+def _class_embeddings(path: Path) -> torch.Tensor:
+    text = store.read_text(path)
+    return class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
+                            len(text.classnames))
+
+
+def _write(result: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def finished_runs(runs_dir: Path, names: list[str]) -> list[Path]:
+    found = sorted(p.parent for p in runs_dir.glob("*/run.json") if (p.parent / "maps.safetensors").exists())
+    if names:
+        missing = set(names) - {p.name for p in found}
+        if missing:
+            raise PipelineError(f"no finished run named {', '.join(sorted(missing))} under {runs_dir}")
+        found = [p for p in found if p.name in names]
+    return found
+
+
+def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list[Path]:
+    """Every finished run (or the named ones) on every configured test split, plus the CLIP row."""
+    runs = finished_runs(cfg.path("runs_dir"), cfg.evaluate.runs)
+    out_dir, written = cfg.path("results_dir"), []
+    for ref in cfg.evaluate.test:
+        dataset, split = C.split_ref(ref)
+        class_emb = _class_embeddings(C.class_text_path(cfg, dataset))
+        clip_file = C.feature_path(cfg, cfg.clip.name, ref)
+        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows)
+        base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        written.append(_write({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+                               "metrics": clip_metrics, "encoder": cfg.clip.name, "method": "clip",
+                               "variant": "clip", "run": "clip", "cache_keys": [clip_file.name]},
+                              out_dir / "clip" / f"{dataset}-{split}.json"))
+        for run_dir in runs:
+            record = json.loads((run_dir / "run.json").read_text())
+            ident = record["encoder_identity"]
+            try:
+                test_file = C.feature_path(cfg, record["encoder"], ref)
+                if cfg.encoder(record["encoder"]).identity() != ident:
+                    raise PipelineError("the config's encoder settings differ from the ones it was fitted on")
+                metrics = score(test_file, clip_file, class_emb, load_mapping(run_dir / "maps.safetensors"),
+                                cfg.evaluate.chunk_rows)
+            except PipelineError as e:
+                progress(f"skip run {run_dir.name} ({record['encoder']}, {record['variant']}) on {ref}: {e}")
+                continue
+            metrics["clip_acc1"] = clip_metrics["acc1"]
+            result = {**base, "model": record["encoder"], "pretrained": ident.get("pretrained", ""),
+                      "metrics": metrics, "run": run_dir.name, "encoder": record["encoder"],
+                      "method": record["method"], "variant": record["variant"],
+                      "loss_weights": {k: v for k, v in record["params"].items() if k.startswith("w_")},
+                      "params": record["params"], "fraction": record["fraction"],
+                      "epochs": record["params"].get("epochs"), "seed": record["seed"],
+                      "train_data": record["train"], "rows": record["rows"],
+                      "cache_keys": record["cache_keys"] + [test_file.name, clip_file.name],
+                      "versions": record.get("versions", {})}
+            written.append(_write(result, out_dir / run_dir.name / f"{dataset}-{split}.json"))
+    return written

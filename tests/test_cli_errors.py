@@ -1,0 +1,54 @@
+"""Bad input is one clear line and exit code 2, never a traceback; nothing is written."""
+import pytest
+
+from helpers import pipeline, write_config
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (("batch_size = 64", "batch_sise = 64"), ("extract.batch_sise", "did you mean 'batch_size'")),
+    (("batch_size = 64", 'batch_size = "big"'), ("extract.batch_size", "must be int")),
+    (("[extract]", "[extrakt]"), ("extrakt", "did you mean 'extract'")),
+])
+def test_bad_config_key_or_type(tmp_path, edit, needles):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(*edit))
+    _one_line_error(pipeline(tmp_path, "extract", check=False), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weight_file(tmp_path):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('model = "test_vit"', 'model = "test_vit"\npretrained = "nowhere/vit.safetensors"'))
+    _one_line_error(pipeline(tmp_path, "extract", check=False), "nowhere/vit.safetensors", "not found")
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ('model = "test_resnet"', 'model = "no_such_net"', "unknown timm model 'no_such_net'"),
+    ('model = "zoomshot-tiny-clip"', 'model = "ViT-Nope"', "unknown open_clip model 'ViT-Nope'"),
+])
+def test_unknown_model_name(tmp_path, old, new, needle):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(old, new))
+    _one_line_error(pipeline(tmp_path, "extract", check=False), needle)
+
+
+def test_missing_config_file_and_cache(tmp_path):
+    _one_line_error(pipeline(tmp_path, "fit", "--config", "missing.toml", check=False), "missing.toml")
+    write_config(tmp_path)
+    _one_line_error(pipeline(tmp_path, "fit", check=False), "run `pipeline extract` first")
+
+
+def test_cli_option_overrides_file_and_is_validated(tmp_path):
+    write_config(tmp_path)
+    proc = pipeline(tmp_path, "fit", "--dry-run", "--epochs", "7", "--variants", "mse", "--encoders", "cnn")
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("epochs=7" in ln and "cnn" in ln for ln in lines)   # 2 fractions
+    _one_line_error(pipeline(tmp_path, "fit", "--dry-run", "--variants", "nope", check=False), "unknown fit variant")
