@@ -17,7 +17,7 @@ def cache_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in Path(cache_dir).glob("*/*") if p.suffix in (".h5", ".partial"))
 
 
-def _sha256_rows(data: h5py.Dataset) -> str:
+def sha256_rows(data: h5py.Dataset) -> str:
     """Checksum of a dataset's bytes, block by block (memory stays bounded)."""
     h = hashlib.sha256()
     step = max(1, (64 << 20) // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:]))))
@@ -28,7 +28,7 @@ def _sha256_rows(data: h5py.Dataset) -> str:
 
 def features_sha256(path: Path) -> str:
     with h5py.File(path, "r") as f:
-        return _sha256_rows(f["features"])
+        return sha256_rows(f["features"])
 
 
 def describe(path: Path) -> dict:
@@ -134,7 +134,7 @@ def import_features(target: Path, features: np.ndarray, labels: np.ndarray | Non
 
 def finish(writer: store.FeatureWriter) -> Path:
     """Complete a file with the checksum that `verify` checks."""
-    return writer.finish({"features_sha256": _sha256_rows(writer.file["features"])})
+    return writer.finish({"features_sha256": sha256_rows(writer.file["features"])})
 
 
 def _decoded(value):

@@ -36,6 +36,7 @@ class ClipCfg:
     templates_file: str = ""         # CLIP_benchmark-style JSON; "" = the shipped world templates
     classfree_prompts: str = ""      # one prompt a line; "" = the shipped default set
     batch_size: int = 256            # prompts per text-encoder batch
+    micro_batch: int = 0             # images per forward pass (0 = the whole extraction batch)
 
     def identity(self) -> dict:
         family = IMPORTED if self.model == IMPORTED else "open_clip"
@@ -48,6 +49,7 @@ class EncoderCfg:
     model: str = ""
     pretrained: str = ""             # "" random weights; a timm tag or a local file
     options: dict = field(default_factory=dict)   # extra timm.create_model keyword arguments
+    micro_batch: int = 0             # images per forward pass (0 = the whole extraction batch)
 
     def identity(self) -> dict:
         family = IMPORTED if self.model == IMPORTED else "timm"
@@ -63,18 +65,29 @@ class DatasetCfg:
     options: dict = field(default_factory=dict)   # kind-specific, e.g. split sizes of the world
 
     def identity(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "root": self.root, "options": self.options}
+        options = {k: v for k, v in self.options.items() if k != "download"}   # changes no number
+        return {"name": self.name, "kind": self.kind, "root": self.root, "options": options}
 
 
 @dataclass
 class ExtractCfg:
     splits: list[str] = field(default_factory=lambda: ["shapes:train", "shapes:test"])
     fraction: float = 1.0            # nested subset of each split that is extracted
+    split_fractions: dict = field(default_factory=dict)   # per split, e.g. {"imagenet:train" = 0.2}
     subset_seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
     device: str = "auto"
-    on_bad_image: str = "skip"
+    on_bad_image: typing.Literal["skip", "fail"] = "skip"
+    scheduler: str = ""              # dask.distributed address: shard the splits over its workers
+    shards: int = 0                  # shards per split on a scheduler (0 = one per worker)
+
+
+    def fraction_of(self, ref: str) -> float:
+        value = self.split_fractions.get(ref, self.fraction)
+        if not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise PipelineError(f"config key 'extract.split_fractions.{ref}' must be a number in (0, 1]")
+        return float(value)
 
 
 @dataclass
@@ -115,11 +128,11 @@ class Config:
     fit: FitCfg = field(default_factory=FitCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     report: ReportCfg = field(default_factory=ReportCfg)
-    base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, name: str) -> Path:
-        """Relative paths in the config are taken from the config file's folder."""
-        return self.base_dir / getattr(self.paths, name)
+        """Paths are used as given (relative to the working directory), made absolute so that dask
+        workers with another working directory find the same files."""
+        return Path(getattr(self.paths, name)).absolute()
 
     def dataset(self, name: str) -> DatasetCfg:
         for d in self.datasets:
@@ -152,6 +165,11 @@ def _type_name(tp: Any) -> str:
 
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise PipelineError(f"config key '{where}' must be one of "
+                                f"{', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+        return value
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise PipelineError(f"config key '{where}' must be a table, got {type(value).__name__}")
@@ -172,7 +190,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls) if not f.metadata.get("internal")]
+    valid = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
@@ -184,9 +202,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def from_dict(data: dict, base_dir: Path = Path(".")) -> Config:
+def from_dict(data: dict) -> Config:
     cfg = _build(Config, data)
-    cfg.base_dir = base_dir
     names = [cfg.clip.name] + [e.name for e in cfg.encoders]
     if len(set(names)) != len(names) or "" in names:
         raise PipelineError(f"encoder names must be non-empty and unique, got {names}")
@@ -206,7 +223,7 @@ def load(path: Path | None) -> Config:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise PipelineError(f"{path} is not valid TOML: {e}") from None
-    return from_dict(data, path.parent)
+    return from_dict(data)
 
 
 def with_overrides(section: Any, values: dict) -> Any:
@@ -258,7 +275,7 @@ def feature_path(cfg: Config, encoder: str, ref: str) -> Path:
     name, split = split_ref(ref)
     enc, ds = cfg.encoder(encoder).identity(), cfg.dataset(name).identity()
     imported = _is_imported(enc) or _is_imported(ds)
-    fraction, seed = (1.0, 0) if imported else (cfg.extract.fraction, cfg.extract.subset_seed)
+    fraction, seed = (1.0, 0) if imported else (cfg.extract.fraction_of(ref), cfg.extract.subset_seed)
     return keys.feature_path(cfg.path("cache_dir"), enc, ds, split, fraction, seed)
 
 

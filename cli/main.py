@@ -82,6 +82,8 @@ def cli(config: str | None) -> None:
 @click.option("--num-workers", type=int, help="DataLoader workers decoding images.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--on-bad-image", type=click.Choice(["skip", "fail"]), help="Unreadable images: skip or stop.")
+@click.option("--scheduler", help="dask.distributed address: shard the splits over its (GPU) workers.")
+@click.option("--shards", type=int, help="Shards per split on a scheduler (0 = one per worker).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
 @click.pass_context
 def extract(ctx: click.Context, progress: bool, **values) -> None:

@@ -1,7 +1,16 @@
 """Datasets by kind: one entry point, a registry of builders. Each returns a torch Dataset of
-(PIL image, label) with its class names; extraction never needs more than that."""
+(PIL image, label) with clean class names; extraction never needs more than that.
+
+Kinds: the generated `shapes` world; torchvision datasets from a local `root` (`cifar10`, `cifar100`,
+`flowers102`, `pets`, `cars`; `options.download = true` fetches them where there is network);
+ImageFolder trees `<root>/<split>/<class>/<image>` (`imagefolder`, `imagenet` (and ImageNet-100 through
+`options.class_list`), `cub200`, `herbarium19`). `options.classnames_file` overrides class names: a text
+file (one name a line, in class-index order) or a CLIP_benchmark-style JSON (`options.classnames_key`).
+"""
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,46 +26,162 @@ class Split:
     classnames: list[str]
 
 
+def _opts(spec: dict) -> dict:
+    return spec.get("options", {})
+
+
 def _shapes(spec: dict, split: str) -> Split:
     from .world import CLASSNAMES, ShapesWorld
 
-    opts = {"train_size": 2000, "test_size": 640, "seed": 0, "image_size": 64, **spec.get("options", {})}
-    sizes = {"train": opts["train_size"], "test": opts["test_size"], "val": opts.get("val_size", 0)}
-    if not sizes.get(split):
+    opts = {"train_size": 2000, "test_size": 640, "seed": 0, "image_size": 64, **_opts(spec)}
+    size = opts.get(f"{split}_size", 0)
+    if not size:
         raise PipelineError(f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test, "
                             f"or set options.{split}_size")
-    world = ShapesWorld(split=split, size=sizes[split], seed=opts["seed"], image_size=opts["image_size"])
-    return Split(world, list(CLASSNAMES))
+    return Split(ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"]),
+                 list(CLASSNAMES))
 
 
-def _classnames_override(spec: dict, found: list[str]) -> list[str]:
-    """A user file (one name a line, in class-index order) replaces folder-derived names."""
-    path = spec.get("options", {}).get("classnames_file")
+def user_classnames(spec: dict, count: int) -> list[str] | None:
+    """Class names from `options.classnames_file`, checked against the dataset's class count."""
+    path = _opts(spec).get("classnames_file")
     if not path:
-        return found
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(names) != len(found):
-        raise PipelineError(f"{path} lists {len(names)} class names, the dataset has {len(found)} classes")
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PipelineError(f"dataset {spec['name']!r}: cannot read classnames_file {path}: {e}") from None
+    if path.endswith(".json"):
+        key = _opts(spec).get("classnames_key", spec["name"])
+        table = json.loads(text)
+        if key not in table:
+            raise PipelineError(f"{path} has no entry {key!r}: set options.classnames_key")
+        names = table[key]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != count:
+        raise PipelineError(f"{path} lists {len(names)} class names, dataset {spec['name']!r} has {count} classes")
     return names
 
 
-def _imagefolder(spec: dict, split: str) -> Split:
+def _clean(name: str) -> str:
+    """'aquarium_fish' -> 'aquarium fish'; '001.Black_footed_Albatross' -> 'Black footed Albatross'."""
+    return re.sub(r"^\d+\.", "", name).replace("_", " ").strip()
+
+
+def _named(spec: dict, dataset: Dataset, found: list[str] | None) -> Split:
+    names = user_classnames(spec, len(found) if found else _count_classes(dataset))
+    if names is None and found is None:
+        raise PipelineError(f"dataset {spec['name']!r}: torchvision gives no class names for it; set "
+                            f"options.classnames_file (a text file, or CLIP_benchmark's en_classnames.json)")
+    return Split(dataset, names or found)
+
+
+def _count_classes(dataset: Dataset) -> int:
+    labels = getattr(dataset, "_labels", None) or getattr(dataset, "targets", None)
+    return len(set(labels)) if labels is not None else 0
+
+
+# torchvision datasets: constructor, how a split name becomes its arguments, where names come from.
+_TV: dict[str, tuple[str, Callable[[str], dict], Callable[[Dataset], list[str] | None]]] = {
+    "cifar10": ("CIFAR10", lambda s: {"train": s == "train"}, lambda d: [_clean(c) for c in d.classes]),
+    "cifar100": ("CIFAR100", lambda s: {"train": s == "train"}, lambda d: [_clean(c) for c in d.classes]),
+    "flowers102": ("Flowers102", lambda s: {"split": s}, lambda d: None),
+    "pets": ("OxfordIIITPet", lambda s: {"split": "trainval" if s == "train" else s},
+             lambda d: [_clean(c) for c in d.classes]),
+    "cars": ("StanfordCars", lambda s: {"split": s}, lambda d: [_clean(c) for c in d.classes]),
+}
+
+
+def _unverified(cls: type) -> type:
+    """The torchvision class without its md5 checks, for re-packed copies (`options.verify = false`)."""
+    return type(f"Unverified{cls.__name__}", (cls,), {"_check_integrity": lambda self: True,
+                                                      "_load_meta": _load_meta_unverified})
+
+
+def _load_meta_unverified(self) -> None:
+    import pickle   # torchvision's own CIFAR format; the user vouches for the files by turning verify off
+    with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+        self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+    self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+def _torchvision(spec: dict, split: str) -> Split:
+    import torchvision.datasets as tvd
+
+    cls_name, split_args, names = _TV[spec["kind"]]
+    root = spec.get("root", "")
+    if not root:
+        raise PipelineError(f"dataset {spec['name']!r} ({spec['kind']}) needs `root`: the folder that holds "
+                            f"torchvision's {cls_name} files")
+    try:
+        cls = getattr(tvd, cls_name)
+        if _opts(spec).get("verify", True) is False and cls_name.startswith("CIFAR"):
+            cls = _unverified(cls)
+        ds = cls(root, download=bool(_opts(spec).get("download", False)), **split_args(split))
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        raise PipelineError(f"dataset {spec['name']!r}: no {cls_name} {split!r} data under {root} "
+                            f"({str(e).splitlines()[0]}); put torchvision's files there or set "
+                            f"options.download = true") from None
+    return _named(spec, ds, names(ds))
+
+
+def _folder_tree(spec: dict, split: str, keep: set[str] | None = None):
     from torchvision.datasets import ImageFolder
 
     root = Path(spec.get("root", "")) / split
-    if not root.is_dir():
+    if not spec.get("root") or not root.is_dir():
         raise PipelineError(f"dataset {spec['name']!r}: expected an ImageFolder tree at {root} "
-                            f"(one sub-folder of images per class); fix `root` in the config")
-    ds = ImageFolder(str(root))
-    if len(ds) == 0:
-        raise PipelineError(f"dataset {spec['name']!r}: no images under {root}")
-    names = [c.replace("_", " ") for c in ds.classes]
-    return Split(ds, _classnames_override(spec, names))
+                            f"(<root>/{split}/<class>/<image>); fix `root` in the config")
+
+    class _Subset(ImageFolder):
+        def find_classes(self, directory):
+            classes = sorted(e.name for e in Path(directory).iterdir() if e.is_dir() and (keep is None or e.name in keep))
+            if not classes:
+                raise PipelineError(f"dataset {spec['name']!r}: no class folders under {directory}")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    try:
+        ds = _Subset(str(root))
+    except FileNotFoundError as e:
+        raise PipelineError(f"dataset {spec['name']!r}: {e}") from None
+    return ds
+
+
+def _imagefolder(spec: dict, split: str) -> Split:
+    ds = _folder_tree(spec, split)
+    return _named(spec, ds, [_clean(c) for c in ds.classes])
+
+
+def _imagenet(spec: dict, split: str) -> Split:
+    """ImageNet-1k, or ImageNet-100 with `options.class_list` (a file of WordNet ids, one a line).
+
+    Names are open_clip's CLIP-style ImageNet names, matched to WordNet ids through the sorted order of
+    the 1000 class folders, so the tree must hold all of them unless `classnames_file` is given.
+    """
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    keep = None
+    if _opts(spec).get("class_list"):
+        keep = {ln.strip() for ln in Path(_opts(spec)["class_list"]).read_text().splitlines() if ln.strip()}
+    ds = _folder_tree(spec, split, keep)
+    names = user_classnames(spec, len(ds.classes))
+    if names is None:
+        every = sorted(e.name for e in (Path(spec["root"]) / split).iterdir() if e.is_dir())
+        if len(every) != len(IMAGENET_CLASSNAMES):
+            raise PipelineError(f"dataset {spec['name']!r}: {len(every)} class folders, ImageNet has 1000; give "
+                                f"options.classnames_file for a partial tree")
+        names = [IMAGENET_CLASSNAMES[every.index(w)] for w in ds.classes]
+    return Split(ds, names)
 
 
 DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "shapes": _shapes,
+    **{kind: _torchvision for kind in _TV},
     "imagefolder": _imagefolder,
+    "imagenet": _imagenet,
+    "cub200": _imagefolder,
+    "herbarium19": _imagefolder,
 }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,6 +51,26 @@ def _transform_provenance(transform) -> dict:
     return {"transform": repr(transform)}
 
 
+def _is_torchscript(path: str) -> bool:
+    """OpenAI's released CLIP files are TorchScript archives (a zip with compiled code)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _warn_quickgelu(model_name: str, pretrained: str, torchscript: bool) -> None:
+    if (torchscript or "openai" in Path(pretrained).name.lower()) and "quickgelu" not in model_name.lower():
+        warnings.warn(f"{pretrained} looks like OpenAI CLIP weights, which were trained with QuickGELU: "
+                      f"use the model name '{model_name}-quickgelu' or the features will be wrong", stacklevel=3)
+
+
+def _feature_dim(model: torch.nn.Module, encode: Callable, input_size: tuple, device: str) -> int:
+    """The true pooled width, from one forward pass (MobileNetV3-small gives 1024, not num_features)."""
+    with torch.inference_mode():
+        return int(encode(torch.zeros(1, *input_size, device=device)).shape[-1])
+
+
 def _build_open_clip(spec: dict, device: str) -> Encoder:
     import open_clip
 
@@ -58,15 +80,25 @@ def _build_open_clip(spec: dict, device: str) -> Encoder:
         raise PipelineError(f"unknown open_clip model {model_name!r}: see open_clip.list_models() "
                             f"or add a model config JSON")
     _check_weights_file(pretrained, f"CLIP {model_name!r}")
+    torchscript = bool(pretrained) and Path(pretrained).is_file() and _is_torchscript(pretrained)
+    if pretrained and Path(pretrained).is_file():
+        _warn_quickgelu(model_name, pretrained, torchscript)
     try:
-        model, _, transform = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained or None, device=device)
+        if torchscript:   # open_clip's own loader rebuilds the model from the archive's state dict
+            model = open_clip.load_openai_model(pretrained, device=device, jit=False)
+            transform = open_clip.image_transform(model.visual.image_size, is_train=False,
+                                                  mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+        else:
+            model, _, transform = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained or None, device=device)
     except RuntimeError as e:
         raise PipelineError(f"cannot load CLIP {model_name!r} with pretrained={pretrained!r}: "
                             f"{str(e).splitlines()[0]}") from None
     model.eval()
-    dim = model.text_projection.shape[1] if hasattr(model, "text_projection") else model.visual.output_dim
-    return Encoder(spec["name"], model, transform, _transform_provenance(transform), int(dim),
+    size = model.visual.image_size
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    dim = _feature_dim(model, model.encode_image, (3, *size), device)
+    return Encoder(spec["name"], model, transform, _transform_provenance(transform), dim,
                    model.encode_image, open_clip.get_tokenizer(model_name))
 
 
@@ -102,7 +134,7 @@ def _build_timm(spec: dict, device: str) -> Encoder:
     data_cfg = resolve_model_data_config(model)
     transform = create_transform(**data_cfg, is_training=False)
     return Encoder(spec["name"], model, transform, {**data_cfg, **_transform_provenance(transform)},
-                   int(model.num_features), model)
+                   _feature_dim(model, model, data_cfg["input_size"], device), model)
 
 
 FAMILIES: dict[str, Callable[[dict, str], Encoder]] = {

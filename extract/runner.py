@@ -68,7 +68,8 @@ def _collate(items):
 @dataclass
 class SplitJob:
     ref: str
-    targets: dict[str, Path]   # encoder name -> final cache path
+    targets: dict[str, Path]           # encoder name -> final cache path (or shard path)
+    items: tuple[int, int] | None = None   # the range of the subset a shard covers; None = all of it
 
 
 def _autocast(device: str):
@@ -77,14 +78,26 @@ def _autocast(device: str):
     return torch.autocast("cpu", enabled=False)
 
 
+def _encode(enc: Encoder, images: torch.Tensor | None, micro_batch: int, device: str) -> np.ndarray:
+    """Features of one batch, in micro-batches where an encoder needs less memory per pass."""
+    if images is None:
+        return np.zeros((0, enc.dim), np.float32)
+    parts = images.split(micro_batch) if micro_batch else [images]
+    with torch.inference_mode(), _autocast(device):
+        return torch.cat([enc.encode_image(p.to(device, non_blocking=True)).float().cpu() for p in parts]).numpy()
+
+
 def extract_split(cfg: C.Config, job: SplitJob, encoders: dict[str, Encoder], device: str,
                   progress: bool = True) -> list[Path]:
     name, split = C.split_ref(job.ref)
     ds_spec = cfg.dataset(name).identity()
     data = open_split(ds_spec, split)
     x = cfg.extract
-    subset = subset_indices(len(data.dataset), x.fraction, x.subset_seed)
-    todo = {n: p for n, p in job.targets.items() if not p.exists()}
+    fraction = x.fraction_of(job.ref)
+    subset = subset_indices(len(data.dataset), fraction, x.subset_seed)
+    if job.items is not None:
+        subset = subset[job.items[0]:job.items[1]]
+    todo = job.targets
     views = list(dict.fromkeys(repr(encoders[n].transform) for n in todo))
     view_of = {n: views.index(repr(encoders[n].transform)) for n in todo}
     transforms = [next(encoders[n].transform for n in todo if view_of[n] == i) for i in range(len(views))]
@@ -94,9 +107,10 @@ def extract_split(cfg: C.Config, job: SplitJob, encoders: dict[str, Encoder], de
             enc = encoders[n]
             attrs = {"encoder": n, "model": cfg.encoder(n).model, "pretrained": cfg.encoder(n).pretrained,
                      "identity": cfg.encoder(n).identity(), "dataset": name, "split": split,
-                     "dataset_identity": ds_spec, "fraction": x.fraction, "seed": x.subset_seed,
+                     "dataset_identity": ds_spec, "fraction": fraction, "seed": x.subset_seed,
                      "split_size": len(data.dataset), "classnames": data.classnames,
-                     "preprocess": enc.preprocess, "versions": versions()}
+                     "preprocess": enc.preprocess, "versions": versions(),
+                     **({"shard_items": list(job.items)} if job.items else {})}
             writers[n] = store.FeatureWriter(path, enc.dim, attrs, x.batch_size, len(subset))
         start = min(w.items_done for w in writers.values())
         loader = DataLoader(_Decoded(data.dataset, subset[start:], transforms), batch_size=x.batch_size,
@@ -111,11 +125,8 @@ def extract_split(cfg: C.Config, job: SplitJob, encoders: dict[str, Encoder], de
             for n, w in writers.items():
                 if w.items_done > pos:      # this encoder got past here before an interruption
                     continue
-                feats = np.zeros((0, encoders[n].dim), np.float32)
-                if len(index):
-                    with torch.inference_mode(), _autocast(device):
-                        out = encoders[n].encode_image(batch_views[view_of[n]].to(device))
-                    feats = out.float().cpu().numpy()
+                feats = _encode(encoders[n], batch_views[view_of[n]] if len(index) else None,
+                                cfg.encoder(n).micro_batch, device)
                 w.append(feats, index, labels, n_items, [b[0] for b in bad])
             pos += n_items
             bar.update(n_items)
@@ -162,20 +173,29 @@ def _first_split(cfg: C.Config, dataset: str) -> str:
 
 
 def run_extract(cfg: C.Config, progress: bool = True) -> dict[str, list[Path]]:
-    """Extract every configured split with CLIP and every encoder; finished files are skipped."""
+    """Extract every configured split with CLIP and every encoder; finished files are skipped.
+
+    With `[extract] scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
+    """
     device = resolve_device(cfg.extract.device)
     names = [cfg.clip.name] + [e.name for e in cfg.encoders]
-    jobs = [SplitJob(ref, {n: C.feature_path(cfg, n, ref) for n in names}) for ref in cfg.extract.splits]
-    need = {n for j in jobs for n, p in j.targets.items() if not p.exists()}
+    jobs = []
+    for ref in cfg.extract.splits:
+        targets = {n: C.feature_path(cfg, n, ref) for n in names}
+        targets = {n: p for n, p in targets.items() if not p.exists()}
+        if targets:
+            jobs.append(SplitJob(ref, targets))
     text_missing = any(not C.class_text_path(cfg, C.split_ref(r)[0]).exists() for r in cfg.extract.splits) \
         or not C.classfree_text_path(cfg).exists()
-    if text_missing:
-        need.add(cfg.clip.name)
-    encoders = {n: build_encoder(cfg.encoder(n).identity(), device) for n in names if n in need}
     written: dict[str, list[Path]] = {"features": [], "text": []}
+    if cfg.extract.scheduler and jobs:
+        from .shards import run_sharded
+        written["features"] = run_sharded(cfg, jobs, cfg.extract.scheduler)
+        jobs = []
+    need = {n for j in jobs for n in j.targets} | ({cfg.clip.name} if text_missing else set())
+    encoders = {n: build_encoder(cfg.encoder(n).identity(), device) for n in names if n in need}
     for job in jobs:
-        if any(not p.exists() for p in job.targets.values()):
-            written["features"] += extract_split(cfg, job, encoders, device, progress)
+        written["features"] += extract_split(cfg, job, encoders, device, progress)
     if text_missing:
         written["text"] = extract_text(cfg, encoders[cfg.clip.name], device)
     return written

@@ -52,10 +52,11 @@ def write_config(folder: Path, text: str = TINY_WORLD, **fmt) -> Path:
     return path
 
 
-def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "") -> subprocess.CompletedProcess:
+def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """`pipeline ARGS` in `folder`; `prelude` is Python run first in the same process."""
     code = f"{prelude}\nimport sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *{list(args)!r}]\nmain()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env={**ENV, **(env or {})}, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
