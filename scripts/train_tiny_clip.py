@@ -62,20 +62,11 @@ def train(steps: int, batch: int, bank_size: int, lr: float, wd: float, warmup: 
     log(f"[clip] bank {tuple(bank.shape)} with {len(uniq)} distinct captions in {time.time() - t0:.1f}s; "
         f"bank==val transform: max diff {wc.check_bank_matches_transform(world, val):.2e}")
 
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "logit_scale" in n or "embedding" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    gen = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(len(bank), generator=gen), 0
+    opt = wc.adamw(model.named_parameters(), lr, wd, betas=(0.9, 0.98), eps=1e-6,
+                   no_decay=lambda n, p: p.ndim < 2 or "logit_scale" in n or "embedding" in n)
     model.train()
     t1 = time.time()
-    for step in range(steps):
-        if pos + batch > len(perm):
-            perm, pos = torch.randperm(len(bank), generator=gen), 0
-        idx = perm[pos : pos + batch]
-        pos += batch
+    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
         images = wc.normalize(bank[idx], mean, std)
         ids = cap_id[idx]
         for g in opt.param_groups:

@@ -56,20 +56,11 @@ def train_one(which: str, bank: torch.Tensor, facts: dict, steps: int, batch: in
     torch.manual_seed(seed)
     model = wc.build_encoder(name, n_out)
     mean, std = wc.transform_mean_std(wc.encoder_transform(model))
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr)
+    opt = wc.adamw(model.named_parameters(), lr, wd)
     tfacts = {k: torch.from_numpy(v) for k, v in facts.items()}
-    gen = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(len(bank), generator=gen), 0
     model.train()
     t0 = time.time()
-    for step in range(steps):
-        if pos + batch > len(perm):
-            perm, pos = torch.randperm(len(bank), generator=gen), 0
-        idx = perm[pos : pos + batch]
-        pos += batch
+    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
         for g in opt.param_groups:
             g["lr"] = wc.lr_at(step, steps, lr, warmup)
         logits = model(wc.normalize(bank[idx], mean, std))

@@ -236,6 +236,26 @@ def save_state_dict(model_or_sd, path: str | Path, dtype=None, drop_prefixes: tu
     save_file(out, str(path), metadata={"format": "pt"})
 
 
+def adamw(named_params, lr: float, wd: float, no_decay=lambda name, p: p.ndim < 2, **kwargs) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (and on whatever `no_decay` spares)."""
+    decay, rest = [], []
+    for name, p in named_params:
+        (rest if no_decay(name, p) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, **kwargs)
+
+
+def batch_indices(n: int, batch: int, steps: int, seed: int):
+    """(step, row indices) for `steps` batches over seeded reshuffles of range(n): the fixed data order."""
+    gen = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for step in range(steps):
+        if pos + batch > len(perm):
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield step, perm[pos : pos + batch]
+        pos += batch
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 0."""
     if step < warmup:

@@ -8,26 +8,32 @@ from pathlib import Path
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
-TINY_WORLD = """
+# TOML pieces (str.format templates, so literal braces are doubled), put together per test.
+PATHS = """
 [paths]
 cache_dir = "out/cache"
 runs_dir = "out/runs"
 results_dir = "out/results"
 report_dir = "out/report"
-
+"""
+CLIP = """
 [clip]
 model = "zoomshot-tiny-clip"
-
+templates = "{templates}"
+"""
+CNN = """
 [[encoders]]
 name = "cnn"
 model = "test_resnet"
 options = {{ pretrained_cfg_overlay = {{ input_size = [3, 64, 64], crop_pct = 1.0 }} }}
-
+"""
+VIT = """
 [[encoders]]
 name = "vit"
 model = "test_vit"
 options = {{ img_size = 64, pretrained_cfg_overlay = {{ input_size = [3, 64, 64], crop_pct = 1.0 }} }}
-
+"""
+TINY_WORLD = PATHS + CLIP + CNN + VIT + """
 [[datasets]]
 name = "shapes"
 kind = "shapes"
@@ -46,7 +52,7 @@ workers = 2
 
 
 def write_config(folder: Path, text: str = TINY_WORLD, **fmt) -> Path:
-    fmt = {"train": 256, "test": 128, "batch": 64, **fmt}
+    fmt = {"train": 256, "test": 128, "batch": 64, "templates": "shapes", **fmt}
     path = folder / "pipeline.toml"
     path.write_text(text.format(**fmt))
     return path

@@ -8,24 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import pipeline, write_config
+from helpers import CLIP, CNN, PATHS, pipeline, write_config
 
-ONE_ENCODER = """
-[paths]
-cache_dir = "out/cache"
-runs_dir = "out/runs"
-results_dir = "out/results"
-report_dir = "out/report"
-
-[clip]
-model = "zoomshot-tiny-clip"
-templates = "openai-imagenet"
-
-[[encoders]]
-name = "cnn"
-model = "test_resnet"
-options = {{ pretrained_cfg_overlay = {{ input_size = [3, 64, 64], crop_pct = 1.0 }} }}
-
+ONE_ENCODER = PATHS + CLIP + CNN + """
 [[datasets]]
 name = "data"
 kind = "{kind}"
@@ -40,7 +25,7 @@ device = "cpu"
 
 
 def _config(folder, kind, root, split, options="{}"):
-    (folder / "pipeline.toml").write_text(ONE_ENCODER.format(kind=kind, root=root, split=split, options=options))
+    write_config(folder, ONE_ENCODER, kind=kind, root=root, split=split, options=options, templates="openai-imagenet")
 
 
 def _image_folder(root, classes=("cat_dog", "red_fox", "owl"), per_class=6, bad=(1, 2)):

@@ -9,13 +9,7 @@ from zoomshot.fit.losses import cycle_loss, cycle_terms, mse_loss, pgkd_loss, to
 from zoomshot.fit.maps import affine_pinv, variance_scale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core machine oversubscription slows them 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def affine(weight, bias):

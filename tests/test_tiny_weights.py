@@ -26,12 +26,6 @@ CLIP_TOP1_FLOOR_300 = 0.38
 FILES = ("tiny_clip.safetensors", "tiny_cnn.safetensors", "tiny_vit.safetensors")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
 
 
 def _sums() -> dict[str, str]:
