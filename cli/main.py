@@ -162,22 +162,31 @@ def do_evaluate(cfg: C.Config) -> None:
 @_multi("--encoders", help="Only these encoders")
 @_multi("--datasets", help="Only these datasets")
 @_multi("--methods", help="Only these methods or variants")
+@click.option("--plots/--no-plots", default=True, help="PNG plots beside the tables.")
 @click.pass_context
-def report(ctx: click.Context, **values) -> None:
-    """Merge every result JSON into results.csv / .md / .json and print the table."""
-    do_report(_apply(ctx, "report", values))
+def report(ctx: click.Context, plots: bool, **values) -> None:
+    """Merge every result JSON into results.csv / .md / .json, draw the plots, print the table."""
+    do_report(_apply(ctx, "report", values), plots)
 
 
-def do_report(cfg: C.Config) -> None:
+def do_report(cfg: C.Config, plots: bool = True) -> None:
     from zoomshot.evaluate.report import format_markdown, load_results, summary_rows, write_report
     results_dir = cfg.path("results_dir")
     if not results_dir.is_dir():
         raise PipelineError(f"no results under {results_dir}: run `pipeline evaluate` first")
     r = cfg.report
     results = load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None)
-    paths = write_report(results, cfg.path("report_dir"))
+    if not results:
+        raise PipelineError(f"no result matches the filters under {results_dir}")
+    paths = list(write_report(results, cfg.path("report_dir")).values())
+    if plots:
+        from zoomshot.evaluate.plots import write_plots
+        from zoomshot.evaluate.scoring import projection_points
+        paths += write_plots(results, cfg.path("runs_dir"), cfg.path("report_dir"),
+                             projection_points(cfg, results))
     click.echo(format_markdown(summary_rows(results)))
-    click.echo(f"report: {', '.join(str(p) for p in paths.values())}")
+    click.echo(f"report: {len(paths)} files in {cfg.path('report_dir')} "
+               f"({', '.join(p.name for p in paths)})")
 
 
 @cli.command(cls=StageCommand, name="run")

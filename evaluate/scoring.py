@@ -85,7 +85,8 @@ def _write(result: dict, path: Path) -> Path:
 
 
 def finished_runs(runs_dir: Path, names: list[str]) -> list[Path]:
-    found = sorted(p.parent for p in runs_dir.glob("*/run.json") if (p.parent / "maps.safetensors").exists())
+    found = sorted(p.parent for p in runs_dir.glob("*/run.json")
+                   if (p.parent / "maps.safetensors").exists() and not p.parent.name.startswith("."))
     if names:
         missing = set(names) - {p.name for p in found}
         if missing:
@@ -132,3 +133,39 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
                       "versions": record.get("versions", {})}
             written.append(_write(result, out_dir / run_dir.name / f"{dataset}-{split}.json"))
     return written
+
+
+def _head_rows(path: Path, n: int) -> np.ndarray:
+    with store.open_complete(path) as f:
+        return f["features"][:n].astype(np.float32)
+
+
+def projection_points(cfg: C.Config, results: list[dict], max_rows: int = 1500) -> dict[str, dict[str, np.ndarray]]:
+    """Per test dataset: CLIP image and text features, the best run of each encoder mapped into CLIP's
+    space, and CLIP's training images, for the modality-gap plot. Missing cache files are left out."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    train_ref = cfg.fit.train[0].split("+")[0] if cfg.fit.train else None
+    for ref in cfg.evaluate.test:
+        dataset, _ = C.split_ref(ref)
+        try:
+            points = {"CLIP image (test)": _head_rows(C.feature_path(cfg, cfg.clip.name, ref), max_rows),
+                      "CLIP text (classes)": _class_embeddings(C.class_text_path(cfg, dataset)).numpy()}
+            if train_ref:
+                points["CLIP image (train)"] = _head_rows(C.feature_path(cfg, cfg.clip.name, train_ref), max_rows)
+        except PipelineError:
+            continue
+        mine = [r for r in results if r["dataset"] == dataset and r["method"] != "clip"]
+        best: dict[str, dict] = {}
+        for r in mine:
+            if r["encoder"] not in best or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]:
+                best[r["encoder"]] = r
+        for enc, r in best.items():
+            maps = cfg.path("runs_dir") / r["run"] / "maps.safetensors"
+            try:
+                feats = _head_rows(C.feature_path(cfg, enc, ref), max_rows)
+            except PipelineError:
+                continue
+            if maps.exists():
+                points[f"{enc} mapped ({r['variant']})"] = load_mapping(maps)(torch.from_numpy(feats)).numpy()
+        out[dataset] = points
+    return out

@@ -117,3 +117,39 @@ def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
                     check=False)
     assert proc.returncode == 1
     assert "1 done, 0 already finished, 1 failed" in proc.stdout and "not_a_param" in proc.stdout
+
+
+def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ENV
+
+    cfg = (synthetic / "pipeline.toml").read_text()
+    (synthetic / "killed.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-killed"'))
+    args = ["fit", "--config", "killed.toml", "--seeds", "0", "--seeds", "1", "--seeds", "2", "--workers", "1"]
+    code = f"import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline', *{args!r}]\nmain()"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=synthetic, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = synthetic / "out/runs-killed"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (runs.exists() and any(runs.glob("*/run.json"))):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert 1 <= len(finished) < 12                      # killed mid-sweep: some runs done, not all
+    rerun = pipeline(synthetic, *args)
+    assert f"{12 - len(finished)} done, {len(finished)} already finished, 0 failed" in rerun.stdout
+    (synthetic / "whole.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-whole"'))
+    pipeline(synthetic, "fit", "--config", "whole.toml", "--seeds", "0", "--seeds", "1", "--seeds", "2",
+             "--workers", "1")
+    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
+    assert names == sorted(p.name for p in (synthetic / "out/runs-whole").iterdir()) and len(names) == 12
+    for name in names:
+        a = load_file(str(runs / name / "maps.safetensors"))
+        b = load_file(str(synthetic / "out/runs-whole" / name / "maps.safetensors"))
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
