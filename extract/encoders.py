@@ -85,7 +85,7 @@ def _build_open_clip(spec: dict, device: str) -> Encoder:
         _warn_quickgelu(model_name, pretrained, torchscript)
     try:
         if torchscript:   # open_clip's own loader rebuilds the model from the archive's state dict
-            model = open_clip.load_openai_model(pretrained, device=device, jit=False)
+            model = open_clip.load_openai_model(pretrained, precision="fp32", device=device)
             transform = open_clip.image_transform(model.visual.image_size, is_train=False,
                                                   mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
         else:
