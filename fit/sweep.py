@@ -55,7 +55,7 @@ def expand(cfg: C.Config) -> list[dict]:
         v = variant(cfg, vname)
         method = v.pop("method")
         if method in TRAINED_METHODS:
-            v["epochs"] = epochs
+            v = {**cfg.fit.trainer, **v, "epochs": epochs}
         refs = train.split("+")
         spec = {
             "variant": vname, "method": method, "params": v, "encoder": enc,
