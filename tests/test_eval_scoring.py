@@ -1,0 +1,52 @@
+"""Scoring streams test features in chunks: the same numbers as in memory, with bounded reads."""
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from zoomshot.cache import catalog
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, zero_shot_logits
+from zoomshot.evaluate.scoring import load_mapping, score
+
+
+def _files(tmp_path, n=997, m=24, d=16, c=7):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, c, n)
+    centroids = rng.normal(size=(c, d))
+    t = centroids[labels] + rng.normal(size=(n, d))
+    s = np.concatenate([t, rng.normal(size=(n, m - d))], 1) + 0.3 * rng.normal(size=(n, m))
+    attrs = {"encoder": "x", "dataset": "syn", "split": "test"}
+    src = catalog.import_features(tmp_path / "src.h5", s.astype(np.float32), labels, None, attrs)
+    clip = catalog.import_features(tmp_path / "clip.h5", t.astype(np.float32), labels, None, attrs)
+    w = torch.zeros(d, m)
+    w[:, :d] = torch.eye(d)
+    maps = tmp_path / "maps.safetensors"
+    save_file({"h.weight": w * 2.0, "h.bias": torch.full((d,), 0.1), "h_inv.weight": w.T.contiguous(),
+               "h_inv.bias": torch.zeros(m), "scale_source": torch.tensor(0.5, dtype=torch.float64),
+               "scale_clip": torch.tensor(3.0, dtype=torch.float64)}, str(maps))
+    prompts = torch.from_numpy(np.repeat(centroids, 2, 0) + 0.1 * rng.normal(size=(2 * c, d))).float()
+    return src, clip, maps, class_embeddings(prompts, torch.arange(c).repeat_interleave(2), c), s, t, labels
+
+
+def test_streamed_scores_equal_in_memory_scores(tmp_path):
+    src, clip, maps, class_emb, s, t, labels = _files(tmp_path)
+    mapping = load_mapping(maps)
+    streamed = score(src, clip, class_emb, mapping, chunk_rows=100)
+    whole = score(src, clip, class_emb, mapping, chunk_rows=10**6)
+    assert streamed == whole
+
+    acc = MetricAccumulator(class_emb.shape[0])     # in memory, straight from the float16 cache values
+    s16 = torch.from_numpy(s.astype(np.float16).astype(np.float32))
+    t16 = torch.from_numpy(t.astype(np.float16).astype(np.float32))
+    mapped = ((s16 * 0.5) @ (torch.eye(16, 24) * 2.0).T + 0.1) / 3.0
+    acc.update(zero_shot_logits(mapped, class_emb), torch.from_numpy(labels), zero_shot_logits(t16, class_emb))
+    expected = acc.compute()
+    assert streamed.keys() == expected.keys()
+    for k in expected:
+        assert np.isclose(streamed[k], expected[k], equal_nan=True), k
+    assert 0.3 < streamed["acc1"] < 1.0 and streamed["n"] == 997
+
+
+def test_clip_scores_itself_with_full_agreement(tmp_path):
+    _, clip, _, class_emb, *_ = _files(tmp_path)
+    metrics = score(clip, clip, class_emb, None, chunk_rows=64)
+    assert metrics["teacher_agreement"] == 1.0
