@@ -102,6 +102,7 @@ class FitCfg:
     scheduler: str = ""              # "" threads on this machine; "tcp://host:port" a dask cluster
     workers: int = 2                 # threads of the local scheduler
     definitions: dict = field(default_factory=dict)   # [fit.definitions.NAME] method + settings
+    trainer: dict = field(default_factory=dict)       # settings for every Zoom-shot variant (batch_size, lr...)
 
 
 @dataclass
@@ -109,6 +110,13 @@ class EvaluateCfg:
     test: list[str] = field(default_factory=lambda: ["shapes:test"])
     runs: list[str] = field(default_factory=list)                       # [] = every finished run
     chunk_rows: int = 65536
+    # training-free adaptation with a labelled support set (evaluate/adaptation.py)
+    adapters: list[typing.Literal["tip-adapter", "tip-x"]] = field(default_factory=list)   # [] = off
+    support: str = ""                # DATASET:SPLIT of the cached support set, e.g. "shapes-sus:train"
+    shots: int = 0                   # support images per class, seeded and nested (0 = all)
+    val_per_class: int = 0           # rows per class held out of the support for the search (0 = half)
+    support_seed: int = 0            # seed of the support / validation split and of the k-shot draw
+    adapter_grid: typing.Literal["wide", "reference"] = "wide"   # hyper-parameter grid of the search
 
 
 @dataclass

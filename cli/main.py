@@ -156,6 +156,13 @@ def do_evaluate(cfg: C.Config) -> None:
     from zoomshot.evaluate.scoring import run_evaluate
     written = run_evaluate(cfg, progress=click.echo)
     click.echo(f"evaluate: {len(written)} result file(s) written")
+    if cfg.evaluate.adapters:
+        from zoomshot.evaluate.adaptation import run_adapters, summary_line
+        from zoomshot.evaluate.scoring import finished_runs
+        adapted = run_adapters(cfg, finished_runs(cfg.path("runs_dir"), cfg.evaluate.runs),
+                               lambda path, result: click.echo(summary_line(result)), progress=click.echo)
+        click.echo(f"evaluate: {len(adapted)} adapter result file(s) written "
+                   f"({', '.join(cfg.evaluate.adapters)}; support {cfg.evaluate.support})")
 
 
 @cli.command(cls=StageCommand, section="report")

@@ -42,6 +42,21 @@ def _shapes(spec: dict, split: str) -> Split:
                  list(CLASSNAMES))
 
 
+def _shapes_support(spec: dict, split: str) -> Split:
+    """A name-only support set of the world (SuS-X's SuS): `options.per_class` images of each class,
+    rendered from its class name alone (`extract/world.py` `render_from_classname`); one split, `train`."""
+    from .world import CLASSNAMES, ClassNameSupportSet
+
+    opts = {"per_class": 16, "seed": 0, "image_size": 64, **_opts(spec)}
+    if split != "train":
+        raise PipelineError(f"dataset {spec['name']!r} (shapes-support) has only the split 'train', not {split!r}")
+    try:
+        ds = ClassNameSupportSet(opts["per_class"], opts["seed"], opts["image_size"], CLASSNAMES)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"dataset {spec['name']!r} (shapes-support): {e}") from None
+    return Split(ds, list(CLASSNAMES))
+
+
 def user_classnames(spec: dict, count: int) -> list[str] | None:
     """Class names from `options.classnames_file`, checked against the dataset's class count."""
     path = _opts(spec).get("classnames_file")
@@ -177,6 +192,7 @@ def _imagenet(spec: dict, split: str) -> Split:
 
 DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "shapes": _shapes,
+    "shapes-support": _shapes_support,
     **{kind: _torchvision for kind in _TV},
     "imagefolder": _imagefolder,
     "imagenet": _imagenet,

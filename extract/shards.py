@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from zoomshot.cache import catalog, store
 from zoomshot.cache.errors import PipelineError

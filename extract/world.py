@@ -47,6 +47,9 @@ __all__ = [
     "is_held_out",
     "sample_spec",
     "render",
+    "classname_factors",
+    "render_from_classname",
+    "ClassNameSupportSet",
     "caption_for",
     "classfree_prompts",
     "default_classfree_path",
@@ -191,8 +194,12 @@ def sample_spec(seed: int, split: str, index: int, image_size: int = 64, include
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
     label = _draw_label(seed, split, index, include_held_out)
+    return _spec_for_label(label, _rng(seed, split, index, 1), image_size)
+
+
+def _spec_for_label(label: int, rng: np.random.Generator, image_size: int) -> dict:
+    """The parameters of one image of class ``label``, every nuisance drawn from ``rng``."""
     colour, shape = divmod(label, N_SHAPES)
-    rng = _rng(seed, split, index, 1)
     u = rng.random(16)
     ints = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
     size = int(u[0] * len(SIZES))
@@ -344,6 +351,37 @@ def render(spec: dict) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Rendering from a class name alone (the support sets of SuS-X, arXiv 2211.16198)
+# ----------------------------------------------------------------------------------------------------
+def classname_factors(name: str) -> tuple[int, int]:
+    """``(colour id, shape id)`` named by a class name such as ``"red triangle"`` (or ``"a red
+    triangle"``): exactly one colour word and one shape word; anything else is a ``ValueError``."""
+    colours = {m.lower() for m in _COLOUR_RE.findall(name)}
+    shapes = {m.lower() for m in _SHAPE_RE.findall(name)}
+    if len(colours) != 1 or len(shapes) != 1:
+        raise ValueError(f"class name {name!r} must name exactly one colour ({', '.join(COLOURS)}) and one "
+                         f"shape ({', '.join(SHAPES)})")
+    return COLOURS.index(colours.pop()), SHAPES.index(shapes.pop())
+
+
+def render_from_classname(name: str, seed: int, index: int, image_size: int = 64) -> Image.Image:
+    """Image ``index`` of a support set rendered from the class name alone.
+
+    The world generator plays the part of SuS-X's text-to-image model: only the colour and the shape
+    come from ``name``; size, background, position, rotation, tints and texture are drawn at random
+    from a generator seeded by ``(seed, name, index)`` (independent of every train/test split's
+    streams), so any image can be rendered alone, in any order or process, bit-identically.
+    """
+    seed, index = int(seed), int(index)
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
+    colour, shape = classname_factors(name)
+    key = " ".join(name.lower().split())
+    rng = _rng(seed, f"support-set:{key}", index, 1)
+    return render(_spec_for_label(colour * N_SHAPES + shape, rng, int(image_size)))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------------
 class ShapesWorld(torch.utils.data.Dataset):
@@ -444,6 +482,40 @@ class ShapesWorld(torch.utils.data.Dataset):
             f"ShapesWorld(split={self.split!r}, size={self.size}, seed={self.seed}, "
             f"image_size={self.image_size}, include_held_out={self.include_held_out})"
         )
+
+
+class ClassNameSupportSet(torch.utils.data.Dataset):
+    """A name-only support set: ``per_class`` images of every class name, each rendered by
+    :func:`render_from_classname` from the name alone; ``ds[i] -> (PIL RGB image, label)`` with
+    ``label = i // per_class`` (class-major order), the index of the name in ``classnames``."""
+
+    def __init__(self, per_class: int = 16, seed: int = 0, image_size: int = 64,
+                 classnames: Iterable[str] = CLASSNAMES, transform: Callable | None = None) -> None:
+        if int(per_class) < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not 32 <= int(image_size) <= 512:
+            raise ValueError(f"image_size must be in [32, 512], got {image_size}")
+        self.classes = list(classnames)
+        for name in self.classes:
+            classname_factors(name)  # fail early on a name the generator cannot draw
+        self.per_class, self.seed, self.image_size = int(per_class), int(seed), int(image_size)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.classes) * self.per_class
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a support set of {len(self)} images")
+        label, k = divmod(i, self.per_class)
+        img = render_from_classname(self.classes[label], self.seed, k, self.image_size)
+        return (self.transform(img) if self.transform is not None else img), label
+
+    def labels(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.classes), dtype=np.int64), self.per_class)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import pickle
 
 import h5py
 import numpy as np
-import pytest
 from PIL import Image
 
 from helpers import CLIP, CNN, PATHS, pipeline, write_config
