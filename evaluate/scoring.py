@@ -33,8 +33,8 @@ def load_mapping(maps_file: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda s: ((s * cs) @ w.T + b) / cc
 
 
-def _chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Aligned row chunks (features, labels, index) of several files with the same rows."""
+def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.FeatureFile]]:
+    """Aligned row chunks of files that hold the same rows (a student's test file and CLIP's)."""
     files = [store.open_complete(p) for p in paths]
     try:
         n = files[0]["features"].shape[0]
@@ -47,7 +47,7 @@ def _chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[tuple[np.ndarra
                 feats = f["features"][i:i + chunk_rows].astype(np.float32)
                 if not np.isfinite(feats).all():
                     raise PipelineError(f"{p} holds NaN or Inf features; remove it and extract again")
-                out.append((feats, f["labels"][i:i + chunk_rows], f["index"][i:i + chunk_rows]))
+                out.append(store.FeatureFile(p, feats, f["index"][i:i + chunk_rows], f["labels"][i:i + chunk_rows], {}))
             yield out
     finally:
         for f in files:
@@ -59,29 +59,39 @@ def score(student: Path, teacher: Path, class_emb: torch.Tensor,
     """Metrics of `mapping(student features)` against the classes, with CLIP (`teacher`) agreement."""
     acc = MetricAccumulator(class_emb.shape[0])
     paths = [student] if student == teacher else [student, teacher]
-    for chunk in _chunks(paths, chunk_rows):
-        s = torch.from_numpy(chunk[0][0])
+    for chunk in aligned_chunks(paths, chunk_rows):
+        s = torch.from_numpy(chunk[0].features)
         if mapping is not None:
             s = mapping(s)
         if mapping is not None and s.shape[1] != class_emb.shape[1]:
             raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
-        teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1][0]), class_emb)
-        acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0][1]), teacher_logits)
+        teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1].features), class_emb)
+        acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0].labels), teacher_logits)
     return acc.compute()
 
 
-def _class_embeddings(path: Path) -> torch.Tensor:
+def load_class_embeddings(path: Path) -> torch.Tensor:
     text = store.read_text(path)
     return class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
                             len(text.classnames))
 
 
-def _write(result: dict, path: Path) -> Path:
+def write_result(result: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result, indent=1, default=str))
     os.replace(tmp, path)
     return path
+
+
+def run_fields(record: dict, run_dir: Path) -> dict:
+    """The provenance of a fitted run that every result of it carries."""
+    return {"model": record["encoder"], "pretrained": record["encoder_identity"].get("pretrained", ""),
+            "run": run_dir.name, "encoder": record["encoder"],
+            "loss_weights": {k: v for k, v in record["params"].items() if k.startswith("w_")},
+            "params": record["params"], "fraction": record["fraction"], "epochs": record["params"].get("epochs"),
+            "seed": record["seed"], "train_data": record["train"], "rows": record["rows"],
+            "versions": record.get("versions", {})}
 
 
 def finished_runs(runs_dir: Path, names: list[str]) -> list[Path]:
@@ -101,11 +111,11 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
     out_dir, written = cfg.path("results_dir"), []
     for ref in cfg.evaluate.test:
         dataset, split = C.split_ref(ref)
-        class_emb = _class_embeddings(C.class_text_path(cfg, dataset))
+        class_emb = load_class_embeddings(C.class_text_path(cfg, dataset))
         clip_file = C.feature_path(cfg, cfg.clip.name, ref)
         clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        written.append(_write({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+        written.append(write_result({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                                "metrics": clip_metrics, "encoder": cfg.clip.name, "method": "clip",
                                "variant": "clip", "run": "clip", "cache_keys": [clip_file.name]},
                               out_dir / "clip" / f"{dataset}-{split}.json"))
@@ -122,16 +132,10 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
                 progress(f"skip run {run_dir.name} ({record['encoder']}, {record['variant']}) on {ref}: {e}")
                 continue
             metrics["clip_acc1"] = clip_metrics["acc1"]
-            result = {**base, "model": record["encoder"], "pretrained": ident.get("pretrained", ""),
-                      "metrics": metrics, "run": run_dir.name, "encoder": record["encoder"],
-                      "method": record["method"], "variant": record["variant"],
-                      "loss_weights": {k: v for k, v in record["params"].items() if k.startswith("w_")},
-                      "params": record["params"], "fraction": record["fraction"],
-                      "epochs": record["params"].get("epochs"), "seed": record["seed"],
-                      "train_data": record["train"], "rows": record["rows"],
-                      "cache_keys": record["cache_keys"] + [test_file.name, clip_file.name],
-                      "versions": record.get("versions", {})}
-            written.append(_write(result, out_dir / run_dir.name / f"{dataset}-{split}.json"))
+            result = {**base, **run_fields(record, run_dir), "metrics": metrics, "method": record["method"],
+                      "variant": record["variant"],
+                      "cache_keys": record["cache_keys"] + [test_file.name, clip_file.name]}
+            written.append(write_result(result, out_dir / run_dir.name / f"{dataset}-{split}.json"))
     return written
 
 
@@ -149,7 +153,7 @@ def projection_points(cfg: C.Config, results: list[dict], max_rows: int = 1500) 
         dataset, _ = C.split_ref(ref)
         try:
             points = {"CLIP image (test)": _head_rows(C.feature_path(cfg, cfg.clip.name, ref), max_rows),
-                      "CLIP text (classes)": _class_embeddings(C.class_text_path(cfg, dataset)).numpy()}
+                      "CLIP text (classes)": load_class_embeddings(C.class_text_path(cfg, dataset)).numpy()}
             if train_ref:
                 points["CLIP image (train)"] = _head_rows(C.feature_path(cfg, cfg.clip.name, train_ref), max_rows)
         except PipelineError:
