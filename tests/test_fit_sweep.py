@@ -130,7 +130,8 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
 
     cfg = (synthetic / "pipeline.toml").read_text()
     (synthetic / "killed.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-killed"'))
-    args = ["fit", "--config", "killed.toml", "--seeds", "0", "--seeds", "1", "--seeds", "2", "--workers", "1"]
+    grid = ["--variants", "mse", "--variants", "lstsq", "--seeds", "0", "--seeds", "1", "--seeds", "2"]
+    args = ["fit", "--config", "killed.toml", *grid, "--workers", "1"]
     code = f"import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline', *{args!r}]\nmain()"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=synthetic, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,14 +142,13 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = [p for p in runs.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(finished) < 12                      # killed mid-sweep: some runs done, not all
+    assert 1 <= len(finished) < 6                       # killed mid-sweep: some runs done, not all
     rerun = pipeline(synthetic, *args)
-    assert f"{12 - len(finished)} done, {len(finished)} already finished, 0 failed" in rerun.stdout
+    assert f"{6 - len(finished)} done, {len(finished)} already finished, 0 failed" in rerun.stdout
     (synthetic / "whole.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-whole"'))
-    pipeline(synthetic, "fit", "--config", "whole.toml", "--seeds", "0", "--seeds", "1", "--seeds", "2",
-             "--workers", "1")
+    pipeline(synthetic, "fit", "--config", "whole.toml", *grid, "--workers", "1")
     names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
-    assert names == sorted(p.name for p in (synthetic / "out/runs-whole").iterdir()) and len(names) == 12
+    assert names == sorted(p.name for p in (synthetic / "out/runs-whole").iterdir()) and len(names) == 6
     for name in names:
         a = load_file(str(runs / name / "maps.safetensors"))
         b = load_file(str(synthetic / "out/runs-whole" / name / "maps.safetensors"))

@@ -94,7 +94,7 @@ def test_sigkill_mid_extract_then_rerun_equals_uninterrupted(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for folder in (whole, killed):
         folder.mkdir()
-        write_config(folder, train=2048, test=64, batch=32)
+        write_config(folder, train=1024, test=64, batch=32)
     code = "import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline','extract','--no-progress']\nmain()"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=killed, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -102,7 +102,7 @@ def test_sigkill_mid_extract_then_rerun_equals_uninterrupted(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:      # wait until some batches of the train split are on disk
         sizes = [p.stat().st_size for p in feat_dir.glob("*.partial")] if feat_dir.exists() else []
-        if sizes and min(sizes) > 64 * 1024:
+        if sizes and min(sizes) > 32 * 1024:
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
