@@ -12,6 +12,14 @@ bank normalised with its pretrained-config mean/std, identical at 64 px). The cl
 out of the saved file, so the pipeline's ``timm.create_model(name, num_classes=0, pretrained=True,
 pretrained_cfg_overlay=dict(file=..., input_size=(3, 64, 64), crop_pct=1.0))`` loads every key.
 
+``--method simclr`` (self-supervised) trains either encoder with SimCLR instead: two random geometric
+views per image (``world_common.random_views``: random resized crop of area 0.5-1, flip, rotation by
+multiples of 90 degrees, small translation; NO colour jitter, NO greyscale, so colour stays a feature),
+NT-Xent loss (``world_common.nt_xent``) on a 2-layer MLP projection head that is dropped at save
+time. No labels at all are used (no factor ids, no captions, no class names)::
+
+    python scripts/train_tiny_encoders.py --method simclr --only cnn --cnn-steps 800 --out-dir /tmp/ssl
+
 Deterministic: fixed seed, fixed step count, fixed data order (same machine / thread count).
 """
 from __future__ import annotations
@@ -76,6 +84,40 @@ def train_one(which: str, bank: torch.Tensor, facts: dict, steps: int, batch: in
     return model
 
 
+def train_simclr(which: str, bank: torch.Tensor, steps: int, batch: int, lr: float, wd: float, warmup: int,
+                 seed: int, temperature: float = 0.2, proj_dim: int = 64, log=print):
+    """SimCLR from scratch on the unlabelled bank; returns the backbone (num_classes=0)."""
+    name = ENCODERS[which][0]
+    torch.manual_seed(seed)
+    model = wc.build_encoder(name, 0)
+    d = model.num_features
+    head = torch.nn.Sequential(torch.nn.Linear(d, 2 * d), torch.nn.ReLU(), torch.nn.Linear(2 * d, proj_dim))
+    mean, std = wc.transform_mean_std(wc.encoder_transform(model))
+    params = list(model.named_parameters()) + [("proj." + k, v) for k, v in head.named_parameters()]
+    opt = wc.adamw(params, lr, wd)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    head.train()
+    t0 = time.time()
+    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
+        for g in opt.param_groups:
+            g["lr"] = wc.lr_at(step, steps, lr, warmup)
+        x = wc.normalize(bank[idx], mean, std)
+        v1, v2 = wc.random_views(x, gen), wc.random_views(x, gen)
+        z = head(model(torch.cat([v1, v2])))
+        loss = wc.nt_xent(z[: len(idx)], z[len(idx):], temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"[{which}] simclr {name} step {step + 1}/{steps} loss {loss.item():.4f} "
+                f"{el:.0f}s ({el / (step + 1):.2f}s/step)", flush=True)
+    model.eval()
+    log(f"[{which}] simclr trained {steps} steps in {time.time() - t0:.0f}s")
+    return model
+
+
 @torch.no_grad()
 def evaluate(which: str, model, test_bank: torch.Tensor, test_facts: dict) -> dict:
     mean, std = wc.transform_mean_std(wc.encoder_transform(model))
@@ -97,6 +139,9 @@ def main(argv=None) -> None:
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", choices=["supervised", "simclr"], default="supervised",
+                    help="supervised: factor labels (shipped defaults); simclr: self-supervised, no labels")
+    ap.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (simclr)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on the shared 2-core machine; the weights depend on it)")
     args = ap.parse_args(argv)
@@ -108,10 +153,16 @@ def main(argv=None) -> None:
     for which in args.only or sorted(ENCODERS):
         name, _, head, fname = ENCODERS[which]
         steps = args.cnn_steps if which == "cnn" else args.vit_steps
-        model = train_one(which, bank, facts, steps, args.batch, args.lr, args.wd, args.warmup, args.seed)
-        acc = evaluate(which, model, test_bank, test_facts)
         out = Path(args.out_dir) / fname
-        wc.save_state_dict(model, out, drop_prefixes=(head,))
+        if args.method == "simclr":
+            model = train_simclr(which, bank, steps, args.batch, args.lr, args.wd, args.warmup, args.seed,
+                                 args.temperature)
+            acc = "n/a (self-supervised)"
+            wc.save_state_dict(model, out)  # backbone only: the projection head is a separate module
+        else:
+            model = train_one(which, bank, facts, steps, args.batch, args.lr, args.wd, args.warmup, args.seed)
+            acc = evaluate(which, model, test_bank, test_facts)
+            wc.save_state_dict(model, out, drop_prefixes=(head,))
         loaded = wc.build_encoder(name, 0, out)
         print(f"[{which}] {name} test acc {acc}; saved {out} ({out.stat().st_size / 1e6:.2f} MB, "
               f"feature width {loaded.num_features})")

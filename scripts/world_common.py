@@ -265,6 +265,55 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Self-supervised (SimCLR) helpers
+# ----------------------------------------------------------------------------------------------------
+def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
+                 translate: float = 0.1) -> torch.Tensor:
+    """One random geometric view per image of a float batch (N, 3, H, W), in one ``grid_sample``:
+    random resized crop (area fraction in ``scale``, aspect ratio in ``ratio``), horizontal flip,
+    rotation by a multiple of 90 degrees, a small extra translation (fraction of the half-width,
+    reflection padding). No colour jitter, no greyscale: colour stays a feature. Deterministic
+    given ``gen`` (CPU generator)."""
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    area = scale[0] + (scale[1] - scale[0]) * u(n)
+    logr = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u(n)
+    r = torch.exp(logr)
+    sx = torch.sqrt(area * r).clamp(max=1.0)
+    sy = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (1 - sx) * (2 * u(n) - 1) + translate * (2 * u(n) - 1)
+    cy = (1 - sy) * (2 * u(n) - 1) + translate * (2 * u(n) - 1)
+    k = torch.randint(0, 4, (n,), generator=gen)
+    flip = torch.where(u(n) < 0.5, -1.0, 1.0)
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+    theta = torch.zeros(n, 2, 3)
+    # input coords = diag(sx, sy) @ R(k*90) @ diag(flip, 1) @ output coords + (cx, cy)
+    theta[:, 0, 0] = sx * cos * flip
+    theta[:, 0, 1] = -sx * sin
+    theta[:, 1, 0] = sy * sin * flip
+    theta[:, 1, 1] = sy * cos
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent loss of two batches of projections (positives: same row)."""
+    import torch.nn.functional as F
+
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Least-squares transfer check
 # ----------------------------------------------------------------------------------------------------
 def ridge_map(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
@@ -280,7 +329,8 @@ def apply_map(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x @ w).float()
 
 
-def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3, log=print) -> dict:
+def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3, log=print,
+                     extra: dict | None = None, shipped: bool = True) -> dict:
     """Features of CLIP and each encoder (plus random-weight encoders) on world images; ridge
     source -> CLIP image features fitted on train; zero-shot top-1 through the map on test."""
     t0 = time.time()
@@ -304,7 +354,8 @@ def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3,
         "tiny_vit": ("test_vit", WEIGHTS_DIR / "tiny_vit.safetensors"),
         "random_test_resnet": ("test_resnet", None),
         "random_test_vit": ("test_vit", None),
-    }
+    } if shipped else {}
+    sources.update(extra or {})  # label -> (timm name, file): candidates measured the same way
     for label, (name, file) in sources.items():
         if file is not None and not Path(file).is_file():
             log(f"[transfer] {label}: {file} missing, skipped")
@@ -332,9 +383,17 @@ def main(argv=None) -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--lam", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=TIMM_NAME:FILE",
+                    help="also measure this candidate file (repeatable), e.g. ssl_cnn=test_resnet:/tmp/x.safetensors")
+    ap.add_argument("--extra-only", action="store_true", help="skip the shipped files and random floors")
     args = ap.parse_args(argv)
     setup(args.threads)
-    res = measure_transfer(args.train, args.test, args.lam)
+    extra = {}
+    for item in args.extra:
+        label, spec = item.split("=", 1)
+        name, file = spec.split(":", 1)
+        extra[label] = (name, Path(file))
+    res = measure_transfer(args.train, args.test, args.lam, extra=extra, shipped=not args.extra_only)
     print(json.dumps(res, indent=1))
 
 
