@@ -73,8 +73,11 @@ def _table(header: str, values: dict) -> str:
 def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs: int) -> Path:
     base = tomllib.loads((ROOT / "pipeline.toml").read_text())
     datasets = [{**d, "options": {**d.get("options", {}), "train_size": train_size, "test_size": test_size}}
-                for d in base["datasets"]]
+                for d in base["datasets"] if d["kind"] == "shapes"]
     encoder = next(e for e in base["encoders"] if e["name"] == ENCODER)
+    for model in (base["clip"], encoder):   # shipped weight files, named relative to the repository
+        if model.get("pretrained") and (ROOT / model["pretrained"]).is_file():
+            model["pretrained"] = str(ROOT / model["pretrained"])
     out = work / "out"
     parts = [
         _table("[paths]", {k: str(out / k.removesuffix("_dir")) for k in
