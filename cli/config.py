@@ -110,6 +110,7 @@ class EvaluateCfg:
     test: list[str] = field(default_factory=lambda: ["shapes:test"])
     runs: list[str] = field(default_factory=list)                       # [] = every finished run
     chunk_rows: int = 65536
+    per_class: bool = False          # also write each class's accuracy (metrics.per_class_acc)
     # training-free adaptation with a labelled support set (evaluate/adaptation.py)
     adapters: list[typing.Literal["tip-adapter", "tip-x"]] = field(default_factory=list)   # [] = off
     support: str = ""                # DATASET:SPLIT of the cached support set, e.g. "shapes-sus:train"

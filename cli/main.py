@@ -146,6 +146,7 @@ def _print_run(specs: list[dict]):
 @_multi("--test", help="Test data DATASET:SPLIT")
 @_multi("--runs", help="Run names to evaluate (default: every finished run)")
 @click.option("--chunk-rows", type=int, help="Rows per streamed chunk of test features.")
+@click.option("--per-class/--no-per-class", default=None, help="Also write each class's accuracy.")
 @click.pass_context
 def evaluate(ctx: click.Context, **values) -> None:
     """Score every finished run (and CLIP) on cached test features; one JSON per (run, dataset)."""

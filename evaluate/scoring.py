@@ -55,7 +55,7 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
 
 
 def score(student: Path, teacher: Path, class_emb: torch.Tensor,
-          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int) -> dict:
+          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int, per_class: bool = False) -> dict:
     """Metrics of `mapping(student features)` against the classes, with CLIP (`teacher`) agreement."""
     acc = MetricAccumulator(class_emb.shape[0])
     paths = [student] if student == teacher else [student, teacher]
@@ -67,7 +67,7 @@ def score(student: Path, teacher: Path, class_emb: torch.Tensor,
             raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
         teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1].features), class_emb)
         acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0].labels), teacher_logits)
-    return acc.compute()
+    return acc.compute(per_class)
 
 
 def load_class_embeddings(path: Path) -> torch.Tensor:
@@ -113,7 +113,7 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
         dataset, split = C.split_ref(ref)
         class_emb = load_class_embeddings(C.class_text_path(cfg, dataset))
         clip_file = C.feature_path(cfg, cfg.clip.name, ref)
-        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows)
+        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows, cfg.evaluate.per_class)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         written.append(write_result({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                                "metrics": clip_metrics, "encoder": cfg.clip.name, "method": "clip",
@@ -127,7 +127,7 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
                 if cfg.encoder(record["encoder"]).identity() != ident:
                     raise PipelineError("the config's encoder settings differ from the ones it was fitted on")
                 metrics = score(test_file, clip_file, class_emb, load_mapping(run_dir / "maps.safetensors"),
-                                cfg.evaluate.chunk_rows)
+                                cfg.evaluate.chunk_rows, cfg.evaluate.per_class)
             except PipelineError as e:
                 progress(f"skip run {run_dir.name} ({record['encoder']}, {record['variant']}) on {ref}: {e}")
                 continue

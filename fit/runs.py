@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,8 @@ def execute(spec: dict) -> dict:
         maps.save(tmp / MAPS_FILE, {"run": spec["name"], "method": spec["method"]})
         record = {**{k: v for k, v in spec.items() if k != "paths"}, "train_files": provenance,
                   "rows": int(len(s)), "history": history, "wall_time_s": round(wall, 4),
+                  "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                               "project": version("zoomshot-pipeline")},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=1, default=str))
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -50,3 +50,11 @@ def test_clip_scores_itself_with_full_agreement(tmp_path):
     _, clip, _, class_emb, *_ = _files(tmp_path)
     metrics = score(clip, clip, class_emb, None, chunk_rows=64)
     assert metrics["teacher_agreement"] == 1.0
+
+
+def test_per_class_accuracy_on_request(tmp_path):
+    src, clip, maps, class_emb, s, t, labels = _files(tmp_path)
+    metrics = score(src, clip, class_emb, load_mapping(maps), chunk_rows=100, per_class=True)
+    per_class = np.array(metrics["per_class_acc"])
+    assert per_class.shape == (7,) and np.isclose(per_class.mean(), metrics["mean_per_class_recall"])
+    assert "per_class_acc" not in score(src, clip, class_emb, load_mapping(maps), chunk_rows=100)
