@@ -65,28 +65,21 @@ def train(steps: int, batch: int, bank_size: int, lr: float, wd: float, warmup: 
     opt = wc.adamw(model.named_parameters(), lr, wd, betas=(0.9, 0.98), eps=1e-6,
                    no_decay=lambda n, p: p.ndim < 2 or "logit_scale" in n or "embedding" in n)
     model.train()
-    t1 = time.time()
-    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
-        images = wc.normalize(bank[idx], mean, std)
+
+    def loss_fn(idx):
         ids = cap_id[idx]
-        for g in opt.param_groups:
-            g["lr"] = wc.lr_at(step, steps, lr, warmup)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            img_f, txt_f, scale = model(images, tokens[ids])
+            img_f, txt_f, scale = model(wc.normalize(bank[idx], mean, std), tokens[ids])
         logits = scale.float() * img_f.float() @ txt_f.float().T
         tgt = soft_targets(ids)
-        loss = 0.5 * (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.T, tgt))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return 0.5 * (F.cross_entropy(logits, tgt) + F.cross_entropy(logits.T, tgt)), f" scale {scale.item():.1f}"
+
+    def clamp_scale():
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100.0))
-        if step % 25 == 0 or step == steps - 1:
-            el = time.time() - t1
-            log(f"[clip] step {step + 1}/{steps} loss {loss.item():.4f} scale {scale.item():.1f} "
-                f"{el:.0f}s ({el / (step + 1):.2f}s/step)")
+
+    wc.optimise(opt, len(bank), batch, steps, seed, lr, warmup, loss_fn, "clip", log, after_step=clamp_scale)
     model.eval()
-    log(f"[clip] trained {steps} steps in {time.time() - t1:.0f}s")
     return model, val, tokenizer
 
 

@@ -66,21 +66,14 @@ def train_one(which: str, bank: torch.Tensor, facts: dict, steps: int, batch: in
     opt = wc.adamw(model.named_parameters(), lr, wd)
     tfacts = {k: torch.from_numpy(v) for k, v in facts.items()}
     model.train()
-    t0 = time.time()
-    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
-        for g in opt.param_groups:
-            g["lr"] = wc.lr_at(step, steps, lr, warmup)
-        logits = model(wc.normalize(bank[idx], mean, std))
-        loss, acc = loss_and_acc(which, logits, {k: v[idx] for k, v in tfacts.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            el = time.time() - t0
-            log(f"[{which}] {name} step {step + 1}/{steps} loss {loss.item():.4f} train-batch acc "
-                f"{ {k: round(v, 3) for k, v in acc.items()} } {el:.0f}s ({el / (step + 1):.2f}s/step)")
+
+    def loss_fn(idx):
+        loss, acc = loss_and_acc(which, model(wc.normalize(bank[idx], mean, std)),
+                                 {k: v[idx] for k, v in tfacts.items()})
+        return loss, f" train-batch acc { {k: round(v, 3) for k, v in acc.items()} }"
+
+    wc.optimise(opt, len(bank), batch, steps, seed, lr, warmup, loss_fn, f"{which}] [{name}", log)
     model.eval()
-    log(f"[{which}] trained {steps} steps in {time.time() - t0:.0f}s")
     return model
 
 
@@ -98,23 +91,15 @@ def train_simclr(which: str, bank: torch.Tensor, steps: int, batch: int, lr: flo
     gen = torch.Generator().manual_seed(seed + 1)
     model.train()
     head.train()
-    t0 = time.time()
-    for step, idx in wc.batch_indices(len(bank), batch, steps, seed):
-        for g in opt.param_groups:
-            g["lr"] = wc.lr_at(step, steps, lr, warmup)
+
+    def loss_fn(idx):
         x = wc.normalize(bank[idx], mean, std)
         v1, v2 = wc.random_views(x, gen), wc.random_views(x, gen)
         z = head(model(torch.cat([v1, v2])))
-        loss = wc.nt_xent(z[: len(idx)], z[len(idx):], temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            el = time.time() - t0
-            log(f"[{which}] simclr {name} step {step + 1}/{steps} loss {loss.item():.4f} "
-                f"{el:.0f}s ({el / (step + 1):.2f}s/step)", flush=True)
+        return wc.nt_xent(z[: len(idx)], z[len(idx):], temperature), ""
+
+    wc.optimise(opt, len(bank), batch, steps, seed, lr, warmup, loss_fn, f"{which}] [simclr {name}", log)
     model.eval()
-    log(f"[{which}] simclr trained {steps} steps in {time.time() - t0:.0f}s")
     return model
 
 

@@ -264,6 +264,26 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return float(lr * 0.5 * (1.0 + np.cos(np.pi * p)))
 
 
+def optimise(opt: torch.optim.Optimizer, n: int, batch: int, steps: int, seed: int, lr: float, warmup: int,
+             loss_fn, tag: str, log=print, after_step=None) -> None:
+    """The training loop every script shares: fixed data order, warm-up + cosine lr, a log line every 25
+    steps. `loss_fn(idx)` returns (loss, extra log text) for one batch of bank rows."""
+    t0 = time.time()
+    for step, idx in batch_indices(n, batch, steps, seed):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        loss, extra = loss_fn(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        if step % 25 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"[{tag}] step {step + 1}/{steps} loss {loss.item():.4f}{extra} {el:.0f}s ({el / (step + 1):.2f}s/step)")
+    log(f"[{tag}] trained {steps} steps in {time.time() - t0:.0f}s")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Self-supervised (SimCLR) helpers
 # ----------------------------------------------------------------------------------------------------
