@@ -112,24 +112,24 @@ def do_extract(cfg: C.Config, progress: bool = True) -> None:
 @click.pass_context
 def fit(ctx: click.Context, dry_run: bool, **values) -> None:
     """Train maps for every run of the grid from cached features; finished runs are skipped."""
-    do_fit(_apply(ctx, "fit", values), dry_run)
+    if do_fit(_apply(ctx, "fit", values), dry_run):
+        sys.exit(1)
 
 
-def do_fit(cfg: C.Config, dry_run: bool = False) -> None:
+def do_fit(cfg: C.Config, dry_run: bool = False) -> int:
+    """Runs the sweep; returns how many runs failed (each is reported, the others go on)."""
     from zoomshot.fit.sweep import check_inputs, expand, run_sweep
     specs = expand(cfg)
     if dry_run:
         for s in specs:
             click.echo(f"{s['name']}  {s['encoder']:<12} {s['variant']:<22} train={'+'.join(s['train'])} "
                        f"fraction={s['fraction']} epochs={s['params'].get('epochs', '-')} seed={s['seed']}")
-        return
+        return 0
     check_inputs(specs)
     results = run_sweep(specs, cfg.fit.scheduler, cfg.fit.workers, on_result=_print_run(specs))
-    failed = [r for r in results if r["status"] == "failed"]
     counts = {k: sum(r["status"] == k for r in results) for k in ("done", "skipped", "failed")}
     click.echo(f"fit: {counts['done']} done, {counts['skipped']} already finished, {counts['failed']} failed")
-    if failed:
-        sys.exit(1)
+    return counts["failed"]
 
 
 def _print_run(specs: list[dict]):
@@ -201,12 +201,19 @@ def do_report(cfg: C.Config, plots: bool = True) -> None:
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
 @click.pass_context
 def run_all(ctx: click.Context, progress: bool) -> None:
-    """extract, fit, evaluate and report, each with the config's settings."""
+    """extract, fit, evaluate and report, each with the config's settings. Runs that fail to fit are
+    reported, the others are still evaluated, and the exit code is 1."""
     cfg: C.Config = ctx.obj
-    for name, stage in (("extract", lambda: do_extract(cfg, progress)), ("fit", lambda: do_fit(cfg)),
-                        ("evaluate", lambda: do_evaluate(cfg)), ("report", lambda: do_report(cfg))):
-        click.echo(f"== {name}")
-        stage()
+    click.echo("== extract")
+    do_extract(cfg, progress)
+    click.echo("== fit")
+    failed = do_fit(cfg)
+    click.echo("== evaluate")
+    do_evaluate(cfg)
+    click.echo("== report")
+    do_report(cfg)
+    if failed:
+        sys.exit(1)
 
 
 from .cache_cmd import cache  # noqa: E402

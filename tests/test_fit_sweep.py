@@ -110,13 +110,18 @@ def test_distributed_sweep_gives_the_same_maps_as_threads(synthetic):
 
 def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
     cfg = (synthetic / "pipeline.toml").read_text()
-    (synthetic / "bad.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-bad"')
-                                        .replace("fractions = [1.0]", "fractions = [1.0]\n[fit.definitions.broken]\n"
-                                                 'method = "lstsq"\nnot_a_param = 1'))
-    proc = pipeline(synthetic, "fit", "--config", "bad.toml", "--variants", "broken", "--variants", "lstsq",
-                    check=False)
+    (synthetic / "bad.toml").write_text(
+        cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-bad"')
+        .replace('results_dir = "out/results"', 'results_dir = "out/results-bad"')
+        .replace('variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', 'variants = ["broken", "lstsq"]')
+        .replace("fractions = [1.0]", "fractions = [1.0]\n[fit.definitions.broken]\n"
+                 'method = "lstsq"\nnot_a_param = 1') + "\n[extract]\nsplits = []\n")
+    proc = pipeline(synthetic, "fit", "--config", "bad.toml", check=False)
     assert proc.returncode == 1
     assert "1 done, 0 already finished, 1 failed" in proc.stdout and "not_a_param" in proc.stdout
+    run = pipeline(synthetic, "run", "--config", "bad.toml", "--no-progress", check=False)
+    assert run.returncode == 1 and "0 done, 1 already finished, 1 failed" in run.stdout
+    assert "| src | lstsq |" in run.stdout            # the run that fitted is still evaluated and reported
 
 
 def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
