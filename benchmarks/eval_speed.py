@@ -35,6 +35,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 import torch
 
 from zoomshot.cache import store
@@ -50,26 +51,6 @@ ENCODER, DATASET, TEST = "cnn", "shapes", "shapes:test"
 BATCH = 128
 
 
-# ---- a small config written as TOML ------------------------------------------------------------------
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _table(header: str, values: dict) -> str:
-    return "\n".join([header, *(f"{k} = {_toml(v)}" for k, v in values.items())]) + "\n"
-
-
 def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs: int) -> Path:
     base = tomllib.loads((ROOT / "pipeline.toml").read_text())
     datasets = [{**d, "options": {**d.get("options", {}), "train_size": train_size, "test_size": test_size}}
@@ -79,20 +60,16 @@ def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs
         if model.get("pretrained") and (ROOT / model["pretrained"]).is_file():
             model["pretrained"] = str(ROOT / model["pretrained"])
     out = work / "out"
-    parts = [
-        _table("[paths]", {k: str(out / k.removesuffix("_dir")) for k in
-                           ("cache_dir", "runs_dir", "results_dir", "report_dir")}),
-        _table("[clip]", base["clip"]),
-        _table("[[encoders]]", encoder),
-        *(_table("[[datasets]]", d) for d in datasets),
-        _table("[extract]", {"splits": ["shapes:train", TEST], "batch_size": BATCH, "device": "cpu"}),
-        _table("[fit]", {"train": ["shapes:train"], "encoders": [ENCODER], "variants": ["mse", "lstsq"],
-                         "fractions": [1.0], "epochs": [epochs], "seeds": list(range(seeds)),
-                         "device": "cpu", "workers": 2}),
-        _table("[evaluate]", {"test": [TEST]}),
-    ]
+    config = {
+        "paths": {k: str(out / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},
+        "clip": base["clip"], "encoders": [encoder], "datasets": datasets,
+        "extract": {"splits": ["shapes:train", TEST], "batch_size": BATCH, "device": "cpu"},
+        "fit": {"train": ["shapes:train"], "encoders": [ENCODER], "variants": ["mse", "lstsq"], "fractions": [1.0],
+                "epochs": [epochs], "seeds": list(range(seeds)), "device": "cpu", "workers": 2},
+        "evaluate": {"test": [TEST]},
+    }
     path = work / "pipeline.toml"
-    path.write_text("\n".join(parts))
+    path.write_text(tomli_w.dumps(config))
     return path
 
 

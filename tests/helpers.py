@@ -4,9 +4,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import tomli_w
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped_config() -> dict:
+    """The repository's pipeline.toml as a dict, its shipped weight files (named relative to the
+    repository) made absolute so that it runs from any folder."""
+    data = tomllib.loads((REPO / "pipeline.toml").read_text())
+    for model in [data["clip"], *data["encoders"]]:
+        if model.get("pretrained") and (REPO / model["pretrained"]).is_file():
+            model["pretrained"] = str(REPO / model["pretrained"])
+    return data
+
+
+def write_toml(folder: Path, data: dict) -> Path:
+    path = folder / "pipeline.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
 
 # TOML pieces (str.format templates, so literal braces are doubled), put together per test.
 PATHS = """

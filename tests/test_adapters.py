@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tomllib
 from pathlib import Path
 
 import h5py
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from helpers import pipeline
+from helpers import pipeline, shipped_config, write_toml
 from zoomshot.cache import catalog, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cli import config as C
@@ -301,34 +300,6 @@ def test_shots_write_their_own_files_and_variants(tmp_path):
 
 
 # ------------------------------------------------------------------------ the default world, end to end
-def _toml(data: dict) -> str:
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
-    out = []
-    for name, table in data.items():
-        for t in table if isinstance(table, list) else [table]:
-            out.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-            out += [f"{k} = {value(v)}" for k, v in t.items()]
-            out.append("")
-    return "\n".join(out)
-
-
-def _absolute(pretrained: str) -> str:
-    """Weights given relative to the repository (the shipped ones) made absolute for another cwd."""
-    return str(REPO / pretrained) if pretrained and not Path(pretrained).is_absolute() and (REPO / pretrained).exists() \
-        else pretrained
-
-
 #: Measured on this world (train 1,000 / test 640 / 16 name-only support images a class, 8 of them held
 #: out for the search) with the shipped tiny CLIP (sha256 63aa5f6b...): top-1 zero-shot 43.1, Tip-Adapter
 #: 55.2, TIP-X 53.3 (+10.2 points); cnn lstsq 23.8 -> 33.4 / 32.7. The floor sits 4 points under the gain.
@@ -338,20 +309,16 @@ TIPX_GAIN_FLOOR = 0.06
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sus_world")
-    data = tomllib.loads((REPO / "pipeline.toml").read_text())
-    weights = data["clip"].get("pretrained", "") or (str(TINY_CLIP) if TINY_CLIP.exists() else "")
-    data["clip"]["pretrained"] = _absolute(weights)
+    data = shipped_config()     # it has the name-only support set `shapes-sus` and the adapters on
+    data["clip"]["pretrained"] = data["clip"].get("pretrained", "") or (str(TINY_CLIP) if TINY_CLIP.exists() else "")
     trained = Path(data["clip"]["pretrained"]).resolve() == TINY_CLIP.resolve() and TINY_CLIP.exists()
-    for e in data["encoders"]:
-        e["pretrained"] = _absolute(e.get("pretrained", ""))
     shapes = next(d for d in data["datasets"] if d["name"] == "shapes")
     shapes["options"].update(train_size=1000, test_size=640)
-    data["datasets"].append({"name": "shapes-sus", "kind": "shapes-support",
-                             "options": {"per_class": 16, "seed": 0, "image_size": 64}})
-    data["extract"].update(splits=data["extract"]["splits"] + ["shapes-sus:train"], device="cpu")
+    assert "shapes-sus:train" in data["extract"]["splits"]
+    data["extract"].update(device="cpu")
     data["fit"].update(variants=["lstsq"], fractions=[1.0], encoders=["cnn"])
     data["evaluate"].update(adapters=["tip-adapter", "tip-x"], support="shapes-sus:train")
-    (folder / "pipeline.toml").write_text(_toml(data))
+    write_toml(folder, data)
     env = {"OMP_NUM_THREADS": "1"}     # a shared 2-core machine: one thread is faster than two fighting
     pipeline(folder, "extract", "--no-progress", env=env)
     pipeline(folder, "fit", env=env)
