@@ -213,9 +213,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 
 def from_dict(data: dict) -> Config:
     cfg = _build(Config, data)
-    names = [cfg.clip.name] + [e.name for e in cfg.encoders]
-    if len(set(names)) != len(names) or "" in names:
-        raise PipelineError(f"encoder names must be non-empty and unique, got {names}")
+    for what, names in (("encoder", [cfg.clip.name] + [e.name for e in cfg.encoders]),
+                        ("dataset", [d.name for d in cfg.datasets])):
+        if len(set(names)) != len(names) or "" in names:
+            raise PipelineError(f"{what} names must be non-empty and unique, got {names}")
     return cfg
 
 
