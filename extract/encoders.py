@@ -6,7 +6,6 @@ PipelineError with one line saying what to fix.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 import zipfile
@@ -151,7 +150,3 @@ def build_encoder(spec: dict, device: str = "cpu") -> Encoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)   # random-weight encoders are the same on every run (same cache key)
         return FAMILIES[family](spec, device)
-
-
-def preprocess_json(encoder: Encoder) -> str:
-    return json.dumps(encoder.preprocess, sort_keys=True, default=str)

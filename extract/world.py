@@ -384,6 +384,13 @@ def render_from_classname(name: str, seed: int, index: int, image_size: int = 64
 # ----------------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------------
+def _check_seed_and_size(seed: int, image_size: int) -> None:
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 32 <= int(image_size) <= 512:
+        raise ValueError(f"image_size must be in [32, 512] (64-96 recommended), got {image_size}")
+
+
 class ShapesWorld(torch.utils.data.Dataset):
     """``size`` procedural images of split ``split``; ``ds[i] -> (PIL RGB image, label)``.
 
@@ -408,10 +415,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         _split_code(split)
         if int(size) < 0:
             raise ValueError(f"size must be >= 0, got {size}")
-        if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if not 32 <= int(image_size) <= 512:
-            raise ValueError(f"image_size must be in [32, 512] (64-96 recommended), got {image_size}")
+        _check_seed_and_size(seed, image_size)
         self.split = split
         self.size = int(size)
         self.seed = int(seed)
@@ -493,10 +497,7 @@ class ClassNameSupportSet(torch.utils.data.Dataset):
                  classnames: Iterable[str] = CLASSNAMES, transform: Callable | None = None) -> None:
         if int(per_class) < 1:
             raise ValueError(f"per_class must be >= 1, got {per_class}")
-        if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if not 32 <= int(image_size) <= 512:
-            raise ValueError(f"image_size must be in [32, 512], got {image_size}")
+        _check_seed_and_size(seed, image_size)
         self.classes = list(classnames)
         for name in self.classes:
             classname_factors(name)  # fail early on a name the generator cannot draw
