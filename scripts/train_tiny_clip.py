@@ -86,10 +86,10 @@ def train(steps: int, batch: int, bank_size: int, lr: float, wd: float, warmup: 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(wc.WEIGHTS_DIR / "tiny_clip.safetensors"))
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--bank", type=int, default=32768, help="training images rendered once")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
