@@ -7,10 +7,12 @@ import pytest
 from helpers import pipeline, shipped_config, write_toml
 
 # Measured with the shipped weights (see README "What the default run does"); floors a few points under.
-CLIP_FLOOR = 0.44          # measured 47.7 %
-CNN_LSTSQ_FLOOR = 0.24     # measured 27.9 %
-CNN_TRAINED_FLOOR = 0.23   # measured 27.0 % (Zoom-shot trainer, MSE only)
-TIPX_GAIN = 0.07           # CLIP + TIP-X with the name-only support set: measured 61.3 % (+13.6 points)
+CLIP_FLOOR = 0.87          # measured 91.0 %
+CNN_LSTSQ_FLOOR = 0.76     # measured 80.4 %
+CNN_TRAINED_FLOOR = 0.76   # measured 80.5 % (Zoom-shot trainer, MSE only)
+TIPX_GAIN = 0.04           # CLIP + TIP-X with the name-only support set: measured 98.1 % (+7.1 points)
+#: issue 5's target: the mapped caption-free encoder reaches 75 % of CLIP's top-1 (measured 88 %)
+SHARE_OF_CLIP = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def test_tiny_clip_zero_shot_floor_and_tipx_gain(default_run):
 def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
     assert default_run[("cnn", "lstsq")] >= CNN_LSTSQ_FLOOR
     assert default_run[("cnn", "mse")] >= CNN_TRAINED_FLOOR
-    assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.03
+    assert default_run[("cnn", "mse")] >= SHARE_OF_CLIP * default_run[("clip", "clip")]
+    assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.40     # measured 17.1 %
     plain = {k: v for k, v in default_run.items() if k[0] != "clip" and "tip" not in k[1]}
     assert len(plain) == 6 and all(v < default_run[("clip", "clip")] for v in plain.values())
