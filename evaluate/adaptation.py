@@ -27,7 +27,7 @@ from zoomshot.cli import config as C
 
 from . import adapters as A
 from .metrics import MetricAccumulator
-from .scoring import TASK, aligned_chunks, load_class_embeddings, load_mapping, run_fields, write_result
+from .scoring import TASK, aligned_chunks, load_classes, load_mapping, run_fields, write_result
 
 Mapping = Callable[[torch.Tensor], torch.Tensor]
 
@@ -86,7 +86,8 @@ def _support(path: Path, mapping: Mapping | None, classnames: list[str], cfg: C.
 
 
 def _evaluate(test_file: Path, clip_file: Path, mapping: Mapping | None, sup: dict, class_emb: torch.Tensor,
-              methods: list[str], grid: str, chunk_rows: int) -> tuple[dict, dict, dict]:
+              methods: list[str], grid: str, chunk_rows: int,
+              groups: dict[str, list[int]] | None = None) -> tuple[dict, dict, dict]:
     """Search each method on the validation rows, then score the test rows (streamed).
 
     Returns (hyper-parameter choice per method, test metrics per method, zero-shot metrics)."""
@@ -120,8 +121,8 @@ def _evaluate(test_file: Path, clip_file: Path, mapping: Mapping | None, sup: di
                 logits = A.tipx_logits(s, sup["feats"], sup["labels"], class_emb, hp["alpha"], hp["beta"],
                                        hp["gamma"], hp["temperature"], ranges)
             acc[m].update(logits, y, teacher)
-    zero_shot = acc.pop("zero-shot").compute()
-    return chosen, {m: a.compute() for m, a in acc.items()}, zero_shot
+    zero_shot = acc.pop("zero-shot").compute(groups=groups)
+    return chosen, {m: a.compute(groups=groups) for m, a in acc.items()}, zero_shot
 
 
 def _adapter_fields(cfg: C.Config, hp: dict, sup: dict) -> dict:
@@ -173,14 +174,14 @@ def run_adapters(cfg: C.Config, runs: list[Path], written_callback: Callable[[Pa
 
     for ref in ev.test:
         dataset, split = C.split_ref(ref)
-        classnames = store.read_text(C.class_text_path(cfg, dataset)).classnames
-        class_emb = load_class_embeddings(C.class_text_path(cfg, dataset))
+        classes = load_classes(C.class_text_path(cfg, dataset))
+        classnames, class_emb = classes.names, classes.emb
         clip_file = C.feature_path(cfg, cfg.clip.name, ref)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": created}
 
         clip_support = _support(C.feature_path(cfg, cfg.clip.name, ev.support), None, classnames, cfg)
         chosen, metrics, zero_shot = _evaluate(clip_file, clip_file, None, clip_support, class_emb, methods,
-                                               ev.adapter_grid, ev.chunk_rows)
+                                               ev.adapter_grid, ev.chunk_rows, classes.groups)
         clip_acc1 = zero_shot["acc1"]
         for m in methods:
             result = {**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
@@ -202,7 +203,7 @@ def run_adapters(cfg: C.Config, runs: list[Path], written_callback: Callable[[Pa
                     raise PipelineError(f"its support file {sup['file'].name} and CLIP's hold different rows: "
                                         f"extract {ev.support} for every encoder together")
                 chosen, metrics, zero_shot = _evaluate(test_file, clip_file, mapping, sup, class_emb, methods,
-                                                       ev.adapter_grid, ev.chunk_rows)
+                                                       ev.adapter_grid, ev.chunk_rows, classes.groups)
             except PipelineError as e:
                 progress(f"skip adapters of run {run_dir.name} ({record['encoder']}, {record['variant']}) "
                          f"on {ref}: {e}")

@@ -97,9 +97,11 @@ class MetricAccumulator:
         self.class_correct += torch.bincount(y[hit[:, 0]], minlength=self.num_classes)
         self.correct_top_k += int(hit.any(dim=1).sum())
 
-    def compute(self, per_class: bool = False) -> dict[str, float | int | list[float]]:
+    def compute(self, per_class: bool = False,
+                groups: dict[str, list[int]] | None = None) -> dict[str, float | int | list[float]]:
         """acc1, acc5 (NaN below 5 classes), mean_per_class_recall, teacher_agreement (NaN without a
-        teacher), n (all samples) and n_labeled; per_class_acc (NaN for absent classes) on request."""
+        teacher), n (all samples) and n_labeled; per_class_acc (NaN for absent classes) on request;
+        `acc1_<group>` for each named group of classes (top-1 over the samples of those classes)."""
         n_labeled = int(self.class_total.sum())
         present = self.class_total > 0
         recall = self.class_correct.double() / self.class_total.clamp(min=1)
@@ -113,4 +115,7 @@ class MetricAccumulator:
         }
         if per_class:
             result["per_class_acc"] = torch.where(present, recall, math.nan).tolist()
+        for name, classes in (groups or {}).items():
+            idx = torch.as_tensor(classes, dtype=torch.long)
+            result[f"acc1_{name}"] = _ratio(int(self.class_correct[idx].sum()), int(self.class_total[idx].sum()))
         return result

@@ -18,6 +18,7 @@ METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_a
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
 REQUIRED_FIELDS = ("dataset", "encoder", "method", "variant", "metrics")
 CLIP = "clip"
+GROUP_PREFIX = "acc1_"
 
 
 def _is_clip(result: dict[str, Any]) -> bool:
@@ -106,9 +107,16 @@ def _sort_key(row: dict[str, Any]) -> tuple:
             row["dataset"])
 
 
+def metric_names(results: list[dict[str, Any]]) -> list[str]:
+    """The fixed metrics, then the top-1 of every class group (`acc1_<group>`) some result carries."""
+    groups = sorted({k for r in results for k in r["metrics"] if k.startswith(GROUP_PREFIX)})
+    return [*METRICS, *groups]
+
+
 def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (encoder, method, variant, fraction, epochs, dataset): mean and sample std over seeds
     of every metric (std NaN for a single seed), n_seeds; deterministically ordered."""
+    names = metric_names(results)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for result in results:
         groups.setdefault(_group_key(result), []).append(result)
@@ -117,19 +125,20 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         members = _one_per_seed(key, members)
         row: dict[str, Any] = dict(zip(GROUP_FIELDS, key))
         row["n_seeds"] = len(members)
-        for name in METRICS:
+        for name in names:
             values = [_metric(r, name) for r in members]
             row[f"{name}_mean"] = statistics.fmean(values)
-            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            finite = len(values) > 1 and not any(math.isnan(v) for v in values)   # stdev fails on NaN
+            row[f"{name}_std"] = statistics.stdev(values) if finite else math.nan
         rows.append(row)
     return sorted(rows, key=_sort_key)
 
 
-def _cell(row: dict[str, Any] | None) -> str:
-    if row is None or math.isnan(row["acc1_mean"]):
+def _cell(row: dict[str, Any] | None, metric: str = "acc1") -> str:
+    if row is None or math.isnan(row.get(f"{metric}_mean", math.nan)):
         return "–"
-    text = f"{100 * row['acc1_mean']:.1f}"
-    return f"{text} ± {100 * row['acc1_std']:.1f}" if row["n_seeds"] > 1 else text
+    text = f"{100 * row[f'{metric}_mean']:.1f}"
+    return f"{text} ± {100 * row[f'{metric}_std']:.1f}" if row["n_seeds"] > 1 else text
 
 
 def _label(value: Any) -> str:
@@ -138,8 +147,14 @@ def _label(value: Any) -> str:
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """A paper-style main table of top-1 (%): one line per encoder x variant (x fraction x epochs where
-    those vary), CLIP first as the ceiling, one column per dataset."""
+    those vary), CLIP first as the ceiling, one column per dataset and one per class group of it."""
     datasets = sorted({row["dataset"] for row in rows})
+    columns = [(d, "acc1") for d in datasets]
+    for d in datasets:
+        found = {k[: -len("_mean")] for row in rows if row["dataset"] == d for k in row
+                 if k.startswith(GROUP_PREFIX) and k.endswith("_mean") and k != "acc1_mean" and not math.isnan(row[k])}
+        columns += [(d, g) for g in sorted(found)]
+    columns.sort(key=lambda c: datasets.index(c[0]))
     students = [row for row in rows if row["method"] != CLIP]
     extra = [f for f in ("fraction", "epochs") if len({row[f] for row in students}) > 1]
     line_fields = ("encoder", "method", "variant", *extra)
@@ -147,15 +162,16 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:  # rows arrive sorted, so lines keep that order
         key = tuple(row[f] for f in line_fields)
         lines.setdefault(key, {})[row["dataset"]] = row
-    header = ["Encoder", "Variant", *(f.capitalize() for f in extra), *datasets]
+    titles = [d if g == "acc1" else f"{d} ({g[len(GROUP_PREFIX):]})" for d, g in columns]
+    header = ["Encoder", "Variant", *(f.capitalize() for f in extra), *titles]
     out = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join([" --- "] * (2 + len(extra)) + [" ---: "] * len(datasets)) + "|",
+        "|" + "|".join([" --- "] * (2 + len(extra)) + [" ---: "] * len(columns)) + "|",
     ]
     for by_dataset in lines.values():
         first = next(iter(by_dataset.values()))
         labels = [_label(first[f]) for f in ("encoder", "variant", *extra)]
-        out.append("| " + " | ".join(labels + [_cell(by_dataset.get(d)) for d in datasets]) + " |")
+        out.append("| " + " | ".join(labels + [_cell(by_dataset.get(d), g) for d, g in columns]) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -171,7 +187,7 @@ def write_report(results: list[dict[str, Any]], out_dir: Path) -> dict[str, Path
     rows = summary_rows(results)
     plain_rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
     paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "json": out_dir / "results.json"}
-    fields = [*GROUP_FIELDS, "n_seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
+    fields = [*GROUP_FIELDS, "n_seeds", *(f"{m}_{s}" for m in metric_names(results) for s in ("mean", "std"))]
     with paths["csv"].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

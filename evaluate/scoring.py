@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,7 +56,8 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
 
 
 def score(student: Path, teacher: Path, class_emb: torch.Tensor,
-          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int, per_class: bool = False) -> dict:
+          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int, per_class: bool = False,
+          groups: dict[str, list[int]] | None = None) -> dict:
     """Metrics of `mapping(student features)` against the classes, with CLIP (`teacher`) agreement."""
     acc = MetricAccumulator(class_emb.shape[0])
     paths = [student] if student == teacher else [student, teacher]
@@ -67,13 +69,22 @@ def score(student: Path, teacher: Path, class_emb: torch.Tensor,
             raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
         teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1].features), class_emb)
         acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0].labels), teacher_logits)
-    return acc.compute(per_class)
+    return acc.compute(per_class, groups)
 
 
-def load_class_embeddings(path: Path) -> torch.Tensor:
+@dataclass
+class Classes:
+    """A dataset's zero-shot classifier, from its class-prompt text file."""
+    emb: torch.Tensor                 # (C, d) class embeddings
+    names: list[str]
+    groups: dict[str, list[int]]      # named class sets scored on their own too (`acc1_<name>`)
+
+
+def load_classes(path: Path) -> Classes:
     text = store.read_text(path)
-    return class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
-                            len(text.classnames))
+    emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
+                           len(text.classnames))
+    return Classes(emb, text.classnames, json.loads(text.attrs.get("class_groups", "{}")))
 
 
 def write_result(result: dict, path: Path) -> Path:
@@ -111,9 +122,11 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
     out_dir, written = cfg.path("results_dir"), []
     for ref in cfg.evaluate.test:
         dataset, split = C.split_ref(ref)
-        class_emb = load_class_embeddings(C.class_text_path(cfg, dataset))
+        classes = load_classes(C.class_text_path(cfg, dataset))
+        class_emb, groups = classes.emb, classes.groups
         clip_file = C.feature_path(cfg, cfg.clip.name, ref)
-        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows, cfg.evaluate.per_class)
+        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows, cfg.evaluate.per_class,
+                             groups)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         written.append(write_result({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                                "metrics": clip_metrics, "encoder": cfg.clip.name, "method": "clip",
@@ -127,7 +140,7 @@ def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list
                 if cfg.encoder(record["encoder"]).identity() != ident:
                     raise PipelineError("the config's encoder settings differ from the ones it was fitted on")
                 metrics = score(test_file, clip_file, class_emb, load_mapping(run_dir / "maps.safetensors"),
-                                cfg.evaluate.chunk_rows, cfg.evaluate.per_class)
+                                cfg.evaluate.chunk_rows, cfg.evaluate.per_class, groups)
             except PipelineError as e:
                 progress(f"skip run {run_dir.name} ({record['encoder']}, {record['variant']}) on {ref}: {e}")
                 continue
@@ -153,7 +166,7 @@ def projection_points(cfg: C.Config, results: list[dict], max_rows: int = 1500) 
         dataset, _ = C.split_ref(ref)
         try:
             points = {"CLIP image (test)": _head_rows(C.feature_path(cfg, cfg.clip.name, ref), max_rows),
-                      "CLIP text (classes)": load_class_embeddings(C.class_text_path(cfg, dataset)).numpy()}
+                      "CLIP text (classes)": load_classes(C.class_text_path(cfg, dataset)).emb.numpy()}
             if train_ref:
                 points["CLIP image (train)"] = _head_rows(C.feature_path(cfg, cfg.clip.name, train_ref), max_rows)
         except PipelineError:

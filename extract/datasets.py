@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,8 @@ from zoomshot.cache.errors import PipelineError
 class Split:
     dataset: Dataset
     classnames: list[str]
+    #: named sets of class indices scored on their own as well (e.g. held-out combinations)
+    class_groups: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _opts(spec: dict) -> dict:
@@ -31,15 +33,17 @@ def _opts(spec: dict) -> dict:
 
 
 def _shapes(spec: dict, split: str) -> Split:
-    from .world import CLASSNAMES, ShapesWorld
+    from .world import CLASSNAMES, HELD_OUT_LABELS, ShapesWorld
 
     opts = {"train_size": 2000, "test_size": 640, "seed": 0, "image_size": 64, **_opts(spec)}
     size = opts.get(f"{split}_size", 0)
     if not size:
         raise PipelineError(f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test, "
                             f"or set options.{split}_size")
+    held_out = list(HELD_OUT_LABELS)
+    seen = [c for c in range(len(CLASSNAMES)) if c not in held_out]
     return Split(ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"]),
-                 list(CLASSNAMES))
+                 list(CLASSNAMES), {"held_out": held_out, "seen": seen})
 
 
 def _shapes_support(spec: dict, split: str) -> Split:

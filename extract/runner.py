@@ -150,9 +150,10 @@ def extract_text(cfg: C.Config, clip: Encoder, device: str) -> list[Path]:
     for name in dict.fromkeys(C.split_ref(r)[0] for r in cfg.extract.splits):
         path = C.class_text_path(cfg, name)
         if not path.exists():
-            classnames = open_split(cfg.dataset(name).identity(), _first_split(cfg, name)).classnames
-            prompts, cop = class_prompts(load_templates(cfg.clip.templates, C.templates_file(cfg)), classnames)
-            jobs.append((path, prompts, cop, classnames, {"dataset": name, "templates": cfg.clip.templates}))
+            split = open_split(cfg.dataset(name).identity(), _first_split(cfg, name))
+            prompts, cop = class_prompts(load_templates(cfg.clip.templates, C.templates_file(cfg)), split.classnames)
+            jobs.append((path, prompts, cop, split.classnames, {"dataset": name, "templates": cfg.clip.templates,
+                                                               "class_groups": split.class_groups}))
     path = C.classfree_text_path(cfg)
     if not path.exists():
         prompts = load_classfree(C.classfree_file(cfg))

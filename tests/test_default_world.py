@@ -2,12 +2,15 @@
 floors measured for it (a few points under, so a regression fails and noise does not)."""
 import json
 
+import numpy as np
 import pytest
 
+from zoomshot.extract.world import HELD_OUT_LABELS, ShapesWorld
 from helpers import pipeline, shipped_config, write_toml
 
 # Measured with the shipped weights (see README "What the default run does"); floors a few points under.
 CLIP_FLOOR = 0.87          # measured 91.0 %
+CLIP_HELD_OUT_FLOOR = 0.74 # measured 80.4 % on the 10 colour-shape combinations its captions never had
 CNN_LSTSQ_FLOOR = 0.76     # measured 80.4 %
 CNN_TRAINED_FLOOR = 0.76   # measured 80.5 % (Zoom-shot trainer, MSE only)
 TIPX_GAIN = 0.04           # CLIP + TIP-X with the name-only support set: measured 98.1 % (+7.1 points)
@@ -23,15 +26,32 @@ def default_run(tmp_path_factory):
     write_toml(folder, data)
     pipeline(folder, "run", "--no-progress")
     results = [json.loads(p.read_text()) for p in (folder / "zoomshot-out/results").rglob("*.json")]
-    return {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results}
+    report = pipeline(folder, "report", "--no-plots").stdout
+    return {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results}, results, report
 
 
 def test_tiny_clip_zero_shot_floor_and_tipx_gain(default_run):
+    default_run, _, _ = default_run
     assert default_run[("clip", "clip")] >= CLIP_FLOOR
     assert default_run[("clip", "clip+tip-x")] >= default_run[("clip", "clip")] + TIPX_GAIN
 
 
+def test_held_out_combinations_are_scored_and_reported_on_their_own(default_run):
+    acc1, results, report = default_run
+    clip = next(r["metrics"] for r in results if r["variant"] == "clip")
+    assert clip["acc1_held_out"] >= CLIP_HELD_OUT_FLOOR
+    # the two groups partition the test set: their sample-weighted mean is the overall top-1
+    labels = ShapesWorld("test", size=1280, seed=0).labels()
+    n_held = int(np.isin(labels, HELD_OUT_LABELS).sum())
+    assert 0 < n_held < 1280
+    mix = (n_held * clip["acc1_held_out"] + (1280 - n_held) * clip["acc1_seen"]) / 1280
+    assert mix == pytest.approx(acc1[("clip", "clip")])
+    header = next(line for line in report.splitlines() if line.startswith("| Encoder"))
+    assert header.endswith("| shapes | shapes (held_out) | shapes (seen) |"), header
+
+
 def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
+    default_run, _, _ = default_run
     assert default_run[("cnn", "lstsq")] >= CNN_LSTSQ_FLOOR
     assert default_run[("cnn", "mse")] >= CNN_TRAINED_FLOOR
     assert default_run[("cnn", "mse")] >= SHARE_OF_CLIP * default_run[("clip", "clip")]

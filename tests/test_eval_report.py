@@ -144,6 +144,25 @@ def test_markdown_splits_rows_by_fraction_when_it_varies():
     ]
 
 
+def test_class_groups_get_columns_and_csv_fields(tmp_path):
+    clip = result("clip", "clip", "shapes", 0.85, method="clip")
+    clip["metrics"].update(acc1_held_out=0.70, acc1_seen=0.88)
+    seeds = [result("resnet", "mse", "shapes", a, seed=i) for i, a in enumerate((0.60, 0.62))]
+    for r, h in zip(seeds, (0.40, 0.44)):
+        r["metrics"]["acc1_held_out"] = h
+    rows = summary_rows([clip, *seeds, result("vit", "mse", "cifar", 0.5)])
+    assert format_markdown(rows).splitlines() == [
+        "| Encoder | Variant | cifar | shapes | shapes (held_out) | shapes (seen) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| clip | clip | – | 85.0 | 70.0 | 88.0 |",
+        "| resnet | mse | – | 61.0 ± 1.4 | 42.0 ± 2.8 | – |",
+        "| vit | mse | 50.0 | – | – | – |",
+    ]
+    paths = write_report([clip, *seeds], tmp_path)
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert header[-4:] == ["acc1_held_out_mean", "acc1_held_out_std", "acc1_seen_mean", "acc1_seen_std"]
+
+
 def test_duplicate_seed_keeps_newest_and_warns():
     old = result("resnet", "mse", "shapes", 0.40, created="2024-01-01")
     new = result("resnet", "mse", "shapes", 0.60, created="2024-02-01")
