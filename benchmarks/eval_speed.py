@@ -56,9 +56,6 @@ def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs
     datasets = [{**d, "options": {**d.get("options", {}), "train_size": train_size, "test_size": test_size}}
                 for d in base["datasets"] if d["kind"] == "shapes"]
     encoder = next(e for e in base["encoders"] if e["name"] == ENCODER)
-    for model in (base["clip"], encoder):   # shipped weight files, named relative to the repository
-        if model.get("pretrained") and (ROOT / model["pretrained"]).is_file():
-            model["pretrained"] = str(ROOT / model["pretrained"])
     out = work / "out"
     config = {
         "paths": {k: str(out / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},

@@ -3,6 +3,7 @@ never reused. Pure and torch-free: `fit` and `evaluate` locate files without bui
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -33,8 +34,26 @@ def file_checksum(path: str | Path) -> str:
     return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
+#: `pretrained = "assets:weights/tiny_clip.safetensors"` names a file shipped in the package's
+#: `extract/assets/`, wherever it is installed; configs and run records keep the short, portable name.
+ASSETS_PREFIX = "assets:"
+
+
+def assets_dir() -> Path:
+    """The shipped assets folder, found without importing the (heavy) extraction modules."""
+    return Path(importlib.util.find_spec("zoomshot.extract").submodule_search_locations[0]) / "assets"
+
+
+def weights_location(pretrained: str) -> str:
+    """What a `pretrained` value names on disk: `assets:` resolved, anything else unchanged."""
+    if pretrained.startswith(ASSETS_PREFIX):
+        return str(assets_dir() / pretrained.removeprefix(ASSETS_PREFIX))
+    return pretrained
+
+
 def weights_fingerprint(pretrained: str) -> str:
     """A weights tag stays as it is; a local file or `local-dir:` folder is identified by content."""
+    pretrained = weights_location(pretrained)
     if pretrained.startswith("local-dir:"):
         folder = Path(pretrained.removeprefix("local-dir:"))
         if folder.is_dir():

@@ -6,7 +6,6 @@ Command-line options override the file through click's `default_map` (see `cli/m
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -31,7 +30,7 @@ class PathsCfg:
 class ClipCfg:
     name: str = "clip"
     model: str = "zoomshot-tiny-clip"
-    pretrained: str = ""             # "" random weights; a tag, a local file or `local-dir:PATH`
+    pretrained: str = ""             # "" random weights; a tag, a local file, `local-dir:PATH` or `assets:FILE`
     templates: str = "shapes"        # a key of the templates file, or "openai-imagenet"
     templates_file: str = ""         # CLIP_benchmark-style JSON; "" = the shipped world templates
     classfree_prompts: str = ""      # one prompt a line; "" = the shipped default set
@@ -47,7 +46,7 @@ class ClipCfg:
 class EncoderCfg:
     name: str = ""
     model: str = ""
-    pretrained: str = ""             # "" random weights; a timm tag or a local file
+    pretrained: str = ""             # "" random weights; a timm tag, a local file or `assets:FILE`
     options: dict = field(default_factory=dict)   # extra timm.create_model keyword arguments
     micro_batch: int = 0             # images per forward pass (0 = the whole extraction batch)
 
@@ -254,17 +253,13 @@ def section_defaults(section: Any) -> dict:
 # ---- where each stage's files live: computed from the config alone, so `fit` and `evaluate` find
 # ---- the cache without building a model or opening a dataset.
 
-def _assets() -> Path:
-    return Path(str(importlib.resources.files("zoomshot.extract") / "assets"))
-
-
 def templates_file(cfg: Config) -> Path:
-    return Path(cfg.clip.templates_file) if cfg.clip.templates_file else _assets() / "world_templates.json"
+    return Path(cfg.clip.templates_file) if cfg.clip.templates_file else keys.assets_dir() / "world_templates.json"
 
 
 def classfree_file(cfg: Config) -> Path:
     return Path(cfg.clip.classfree_prompts) if cfg.clip.classfree_prompts else \
-        _assets() / "classfree_prompts.txt"
+        keys.assets_dir() / "classfree_prompts.txt"
 
 
 def _fingerprint(path: Path, what: str) -> str:

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.keys import weights_location
 
 MODEL_CONFIGS = Path(__file__).parent / "assets" / "model_configs"
 
@@ -74,7 +75,7 @@ def _build_open_clip(spec: dict, device: str) -> Encoder:
     import open_clip
 
     open_clip.add_model_config(MODEL_CONFIGS)
-    model_name, pretrained = spec["model"], spec.get("pretrained", "")
+    model_name, pretrained = spec["model"], weights_location(spec.get("pretrained", ""))
     if model_name not in open_clip.list_models():
         raise PipelineError(f"unknown open_clip model {model_name!r}: see open_clip.list_models() "
                             f"or add a model config JSON")
@@ -112,7 +113,7 @@ def _build_timm(spec: dict, device: str) -> Encoder:
     import timm
     from timm.data import create_transform, resolve_model_data_config
 
-    model_name, pretrained = spec["model"], spec.get("pretrained", "")
+    model_name, pretrained = spec["model"], weights_location(spec.get("pretrained", ""))
     if not timm.is_model(model_name):
         raise PipelineError(f"unknown timm model {model_name!r}: see timm.list_models()")
     _check_weights_file(pretrained, f"timm {model_name!r}")

@@ -14,13 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shipped_config() -> dict:
-    """The repository's pipeline.toml as a dict, its shipped weight files (named relative to the
-    repository) made absolute so that it runs from any folder."""
-    data = tomllib.loads((REPO / "pipeline.toml").read_text())
-    for model in [data["clip"], *data["encoders"]]:
-        if model.get("pretrained") and (REPO / model["pretrained"]).is_file():
-            model["pretrained"] = str(REPO / model["pretrained"])
-    return data
+    """The repository's pipeline.toml as a dict (its weights are `assets:` names, so it runs from any folder)."""
+    return tomllib.loads((REPO / "pipeline.toml").read_text())
 
 
 def write_toml(folder: Path, data: dict) -> Path:

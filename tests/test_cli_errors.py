@@ -24,10 +24,14 @@ def test_bad_config_key_or_type(tmp_path, edit, needles):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_weight_file(tmp_path):
+@pytest.mark.parametrize("name, needle", [
+    ("nowhere/vit.safetensors", "nowhere/vit.safetensors"),
+    ("assets:weights/no_such.safetensors", "weights/no_such.safetensors"),   # a shipped name, resolved
+])
+def test_missing_weight_file(tmp_path, name, needle):
     cfg = write_config(tmp_path)
-    cfg.write_text(cfg.read_text().replace('model = "test_vit"', 'model = "test_vit"\npretrained = "nowhere/vit.safetensors"'))
-    _one_line_error(pipeline(tmp_path, "extract", check=False), "nowhere/vit.safetensors", "not found")
+    cfg.write_text(cfg.read_text().replace('model = "test_vit"', f'model = "test_vit"\npretrained = "{name}"'))
+    _one_line_error(pipeline(tmp_path, "extract", check=False), needle, "not found")
 
 
 @pytest.mark.parametrize("old, new, needle", [
