@@ -141,6 +141,12 @@ def _cell(row: dict[str, Any] | None, metric: str = "acc1") -> str:
     return f"{text} ± {100 * row[f'{metric}_std']:.1f}" if row["n_seeds"] > 1 else text
 
 
+def _group_metrics(row: dict[str, Any]) -> list[str]:
+    """The class-group metrics (`acc1_<group>`) a summary row holds a number for."""
+    names = (k.removesuffix("_mean") for k, v in row.items() if k.endswith("_mean") and not math.isnan(v))
+    return [name for name in names if name.startswith(GROUP_PREFIX)]
+
+
 def _label(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -149,12 +155,10 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     """A paper-style main table of top-1 (%): one line per encoder x variant (x fraction x epochs where
     those vary), CLIP first as the ceiling, one column per dataset and one per class group of it."""
     datasets = sorted({row["dataset"] for row in rows})
-    columns = [(d, "acc1") for d in datasets]
+    columns = []
     for d in datasets:
-        found = {k[: -len("_mean")] for row in rows if row["dataset"] == d for k in row
-                 if k.startswith(GROUP_PREFIX) and k.endswith("_mean") and k != "acc1_mean" and not math.isnan(row[k])}
-        columns += [(d, g) for g in sorted(found)]
-    columns.sort(key=lambda c: datasets.index(c[0]))
+        groups = sorted({g for row in rows if row["dataset"] == d for g in _group_metrics(row)})
+        columns += [(d, "acc1"), *((d, g) for g in groups)]
     students = [row for row in rows if row["method"] != CLIP]
     extra = [f for f in ("fraction", "epochs") if len({row[f] for row in students}) > 1]
     line_fields = ("encoder", "method", "variant", *extra)
