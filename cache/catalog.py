@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,23 +11,11 @@ import numpy as np
 from . import store
 from .errors import PipelineError
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
 
 def cache_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in Path(cache_dir).glob("*/*") if p.suffix in (".h5", ".partial"))
-
-
-def sha256_rows(data: h5py.Dataset) -> str:
-    """Checksum of a dataset's bytes, block by block (memory stays bounded)."""
-    h = hashlib.sha256()
-    step = max(1, (64 << 20) // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:]))))
-    for i in range(0, data.shape[0], step):
-        h.update(np.ascontiguousarray(data[i:i + step]).tobytes())
-    return h.hexdigest()
-
-
-def features_sha256(path: Path) -> str:
-    with h5py.File(path, "r") as f:
-        return sha256_rows(f["features"])
 
 
 def describe(path: Path) -> dict:
@@ -36,105 +23,139 @@ def describe(path: Path) -> dict:
     row = {"file": path.name, "kind": path.parent.name, "bytes": path.stat().st_size}
     try:
         attrs = store.read_attrs(path)
-    except OSError:
-        return {**row, "state": "unreadable"}
-    shape = None
-    with h5py.File(path, "r") as f:
-        shape = f["features"].shape if "features" in f else f["embeddings"].shape
+        with h5py.File(path, "r") as f:
+            shape = f["features"].shape if "features" in f else f["embeddings"].shape
+    except (PipelineError, OSError, KeyError):
+        return {**row, "state": "damaged"}
     state = "partial" if path.suffix == ".partial" else ("complete" if attrs.get("complete") else "incomplete")
-    return {**row, "state": state, "rows": int(shape[0]), "dim": int(shape[1]),
-            "encoder": attrs.get("encoder", attrs.get("clip", "")),
-            "dataset": attrs.get("dataset", attrs.get("prompt_set", "")), "split": attrs.get("split", "")}
+    return {**row, "state": state, "rows": int(shape[0]), "dim": int(shape[1])}
 
 
 def verify(path: Path) -> list[str]:
-    """Problems found in one file ([] when it is sound)."""
+    """Problems found in one file ([] when it is sound): completeness, schema, shards, row counts,
+    order, finiteness, chunk checksums and the whole file's stored checksum."""
     if path.suffix == ".partial":
         return ["interrupted extraction (.partial): run `pipeline extract` to resume it"]
     try:
         with store.open_complete(path) as f:
             attrs = dict(f.attrs)
             if "features" not in f:
+                store.read_text(path)   # checks the embeddings' checksum
                 return []
             n = f["features"].shape[0]
             problems = []
             if int(attrs.get("rows_done", -1)) != n:
                 problems.append(f"rows_done {attrs.get('rows_done')} != {n} rows")
-            index = f["index"][:]
-            if len(index) != n or len(f["labels"]) != n:
+            feats, index, labels = store.read_rows(path, f, slice(None))
+            if len(index) != n or len(labels) != n:
                 problems.append("index/labels length differs from features")
             if np.any(np.diff(index) <= 0):
                 problems.append("index is not strictly increasing")
+            if store.sha256_rows(f["features"]) != attrs.get("features_sha256"):
+                problems.append("checksum mismatch: the feature rows changed since they were written")
     except PipelineError as e:
         return [str(e)]
-    stored = attrs.get("features_sha256")  # text files carry none: they are written whole
-    if stored is not None and features_sha256(path) != stored:
-        problems.append("checksum mismatch: the feature rows changed since they were written")
-    try:
-        store.read_features(path)
-    except PipelineError as e:
-        problems.append(str(e))
     return problems
+
+
+def problems_of(path: Path) -> list[str]:
+    """Cheap checks for `cache info`: a joined file's shards."""
+    try:
+        return store.shard_problems(path, store.read_attrs(path))
+    except PipelineError as e:
+        return [str(e)]
 
 
 def select(cache_dir: Path, patterns: list[str]) -> list[Path]:
     """Cache files whose name matches any glob pattern (a bare name matches itself)."""
-    files = cache_files(cache_dir)
-    return [p for p in files if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    return [p for p in cache_files(cache_dir) if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
 
 
 def load_array(path: Path, key: str = "features") -> np.ndarray:
     """An array from .npy, .h5 (dataset `key`) or .pt (a tensor; loaded with weights_only=True)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise PipelineError(f"{path} not found")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix in (".h5", ".hdf5"):
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise PipelineError(f"{path} has no dataset {key!r} (has: {', '.join(f)})")
-            return f[key][:]
-    if path.suffix in (".pt", ".pth"):
-        import torch
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict):
-            obj = obj.get(key)
-        if not isinstance(obj, torch.Tensor):
-            raise PipelineError(f"{path} holds no tensor (or no {key!r} entry of one)")
-        return obj.float().numpy()
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix in (".h5", ".hdf5"):
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise PipelineError(f"{path} has no dataset {key!r} (has: {', '.join(f)})")
+                return f[key][:]
+        if path.suffix in (".pt", ".pth"):
+            import torch
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj.get(key)
+            if not isinstance(obj, torch.Tensor):
+                raise PipelineError(f"{path} holds no tensor (or no {key!r} entry of one)")
+            return obj.numpy() if obj.dtype != torch.bfloat16 else obj.float().numpy()
+    except PipelineError:
+        raise
+    except Exception as e:   # numpy, h5py and torch each raise their own types for a bad file
+        raise PipelineError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
     raise PipelineError(f"cannot import {path.suffix} files: use .npy, .h5 or .pt")
 
 
 def read_lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    try:
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise PipelineError(f"cannot read {path}: {e}") from None
 
 
-def import_features(target: Path, features: np.ndarray, labels: np.ndarray | None,
-                    index: np.ndarray | None, attrs: dict) -> Path:
-    """Write features computed elsewhere as a complete cache file (a whole split, rows by index)."""
-    if features.ndim != 2 or len(features) == 0:
-        raise PipelineError(f"features must be a non-empty 2-D array (N, D), got shape {features.shape}")
+def check_features(features: np.ndarray, what: str) -> np.ndarray:
+    """A non-empty (N, D) float matrix, finite and within float16's range (the cache's dtype)."""
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
+        raise PipelineError(f"{what} must be a non-empty 2-D array (N, D), got shape {features.shape}")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise PipelineError(f"{what} must hold floating-point numbers, got dtype {features.dtype}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise PipelineError(f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first: row "
+                            f"{int(np.argmax(bad))}): fix or drop them before importing")
+    if np.abs(features).max() > FLOAT16_MAX:
+        raise PipelineError(f"{what} holds values beyond {FLOAT16_MAX:g}, which the float16 cache cannot keep: "
+                            f"scale them down before importing")
+    return features.astype(np.float32)
+
+
+def check_ints(values: np.ndarray, n: int, what: str, low: int, high: int | None = None) -> np.ndarray:
+    """A (n,) integer array with values in [low, high)."""
+    if values.ndim != 1 or len(values) != n:
+        raise PipelineError(f"{what} must be a 1-D array of {n} values (one per feature row), got shape "
+                            f"{values.shape}")
+    if not (np.issubdtype(values.dtype, np.integer) or values.dtype == bool):
+        raise PipelineError(f"{what} must hold integers, got dtype {values.dtype}")
+    values = values.astype(np.int64)
+    out = (values < low) | (values >= high if high is not None else False)
+    if out.any():
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise PipelineError(f"{what} must lie in {bound}; row {int(np.argmax(out))} holds {values[out][0]}")
+    return values
+
+
+def import_features(target: Path, features: np.ndarray, labels: np.ndarray | None, index: np.ndarray | None,
+                    attrs: dict, num_classes: int | None = None) -> Path:
+    """Write features computed elsewhere as a complete cache file (a whole split, rows by index).
+    Every array is checked first: one clear line for a bad one, and nothing is written."""
+    features = check_features(features, "the features")
     n = len(features)
-    index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, np.int64)
-    labels = -np.ones(n, np.int64) if labels is None else np.asarray(labels, np.int64)
-    if len(index) != n or len(labels) != n:
-        raise PipelineError(f"features have {n} rows but index has {len(index)} and labels {len(labels)}")
+    index = np.arange(n, dtype=np.int64) if index is None else check_ints(index, n, "the index", 0)
+    labels = -np.ones(n, np.int64) if labels is None else check_ints(labels, n, "the labels", -1, num_classes)
     if len(np.unique(index)) != n:
-        raise PipelineError("index holds duplicate dataset indices")
+        raise PipelineError("the index holds duplicate dataset indices")
     order = np.argsort(index, kind="stable")
     writer = store.FeatureWriter(target, features.shape[1], {**attrs, "fraction": 1.0, "seed": 0,
-                                 "split_size": int(index.max()) + 1}, batch_size=n, expected_rows=n)
+                                 "split_size": int(index.max()) + 1}, {"imported": True}, expected_rows=n)
     try:
-        writer.append(features[order].astype(np.float32), index[order], labels[order], n)
-        return finish(writer)
+        writer.append(features[order], index[order], labels[order], n)
+        return writer.finish()
     finally:
         writer.close()
-
-
-def finish(writer: store.FeatureWriter) -> Path:
-    """Complete a file with the checksum that `verify` checks."""
-    return writer.finish({"features_sha256": sha256_rows(writer.file["features"])})
 
 
 def _decoded(value):
@@ -147,6 +168,7 @@ def _decoded(value):
     return value
 
 
-def info(path: Path) -> str:
-    attrs = store.read_attrs(path)
-    return json.dumps({k: _decoded(v) for k, v in attrs.items()}, indent=1, default=str)
+def info(path: Path) -> dict:
+    """Every attribute (structures decoded), plus the problems a cheap check finds."""
+    attrs = {k: _decoded(v) for k, v in store.read_attrs(path).items()}
+    return {**attrs, "problems": problems_of(path)}

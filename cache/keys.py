@@ -1,9 +1,12 @@
-"""Content-hash keys: every setting that changes the numbers is in the file name, so a stale file is
-never reused. Pure and torch-free: `fit` and `evaluate` locate files without building any model."""
+"""Content keys: everything that changes the numbers is hashed into a file's name, so a stale file is
+never reused (DESIGN.md section 3). Identity is content, not place: a weights file counts by its
+sha256, an image tree by its listing, a prompt set by its prompts; no key holds an absolute path.
+
+Pure and torch-free: `fit` and `evaluate` locate files without building any model.
+"""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -12,14 +15,20 @@ from pathlib import Path
 from typing import Any
 
 FEATURE_DTYPE = "float16"
+LOCAL_DIR = "local-dir:"   # open_clip's prefix of a folder with a config and weights
+
+#: Names of datasets, splits, encoders and variants become parts of file names: no path separators,
+#: no leading dot (`../../x` would write outside the output folders).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
-def _digest(obj: Any, n: int = 12) -> str:
+def digest(obj: Any, n: int = 12) -> str:
+    """A short sha256 of a JSON-able object (keys sorted, so dict order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -29,69 +38,85 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_checksum(path: str | Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) so repeated lookups are free."""
+    """sha256 of a file, memoised on (path, size, mtime): a file rewritten in place is hashed again."""
     st = os.stat(path)
     return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
-#: `pretrained = "assets:weights/tiny_clip.safetensors"` names a file shipped in the package's
-#: `extract/assets/`, wherever it is installed; configs and run records keep the short, portable name.
-ASSETS_PREFIX = "assets:"
-
-
-def assets_dir() -> Path:
-    """The shipped assets folder, found without importing the (heavy) extraction modules."""
-    return Path(importlib.util.find_spec("zoomshot.extract").submodule_search_locations[0]) / "assets"
-
-
-def weights_location(pretrained: str) -> str:
-    """What a `pretrained` value names on disk: `assets:` resolved, anything else unchanged."""
-    if pretrained.startswith(ASSETS_PREFIX):
-        return str(assets_dir() / pretrained.removeprefix(ASSETS_PREFIX))
-    return pretrained
-
-
-def weights_fingerprint(pretrained: str) -> str:
-    """A weights tag stays as it is; a local file or `local-dir:` folder is identified by content."""
-    pretrained = weights_location(pretrained)
-    if pretrained.startswith("local-dir:"):
-        folder = Path(pretrained.removeprefix("local-dir:"))
+def weights_fingerprint(location: str) -> str:
+    """A weights tag stays as it is; a local file or a `local-dir:` folder counts by its content."""
+    if location.startswith(LOCAL_DIR):
+        folder = Path(location.removeprefix(LOCAL_DIR))
         if folder.is_dir():
             files = sorted(p for p in folder.rglob("*") if p.is_file())
-            return "dir-sha256:" + _digest({p.name: file_checksum(p) for p in files}, 64)
-        return pretrained
-    if pretrained and Path(pretrained).is_file():
-        return "sha256:" + file_checksum(pretrained)
-    return pretrained
+            return "dir-sha256:" + digest({str(p.relative_to(folder)): file_checksum(p) for p in files}, 64)
+        return location
+    if location and Path(location).is_file():
+        return "sha256:" + file_checksum(location)
+    return location
 
 
-def _slug(text: str) -> str:
+def _tree_state(folder: Path) -> tuple:
+    """Every directory of a tree with its mtime: files added or removed change some directory's mtime."""
+    return tuple((d, os.stat(d).st_mtime_ns) for d, _, _ in sorted(os.walk(folder)))
+
+
+@lru_cache(maxsize=64)
+def _tree_listing(folder: str, state: tuple) -> str:
+    entries = []
+    for d, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            path = os.path.join(d, name)
+            entries.append((os.path.relpath(path, folder), os.stat(path).st_size))
+    return "tree-sha256:" + digest(entries, 64)
+
+
+def tree_fingerprint(folder: Path) -> str:
+    """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
+    renaming an image changes it, hashing every image of ImageNet on each command would not pay."""
+    return _tree_listing(str(folder), _tree_state(Path(folder)))
+
+
+def data_fingerprint(root: str, split: str) -> str:
+    """What can change on disk under a dataset's `root`: the split's image tree (`<root>/<split>`), or
+    the whole root for datasets stored in other layouts (torchvision's files)."""
+    if not root:
+        return ""
+    folder = Path(root) / split
+    if folder.is_dir():
+        return tree_fingerprint(folder)
+    return tree_fingerprint(Path(root)) if Path(root).is_dir() else "missing"
+
+
+def folder_names(root: str) -> list[str]:
+    """The folders one and two levels under `root` (`<split>/<class>` of an image tree): a class
+    folder added or renamed changes the class names."""
+    if not root or not Path(root).is_dir():
+        return []
+    top = sorted(e for e in os.scandir(root) if e.is_dir())
+    return [e.name for e in top] + sorted(f"{e.name}/{c.name}" for e in top for c in os.scandir(e.path) if c.is_dir())
+
+
+def content_of_options(options: dict) -> dict:
+    """Dataset options with every value that names an existing file replaced by that file's sha256
+    (class-name files, class lists): editing such a file changes the key."""
+    return {k: ("sha256:" + file_checksum(v) if isinstance(v, str) and v and Path(v).is_file() else v)
+            for k, v in options.items()}
+
+
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
-def feature_key(encoder: dict, dataset: dict, split: str, fraction: float, seed: int) -> str:
-    """Hash of the encoder spec (with weights fingerprint), dataset spec, split, subset and dtype."""
-    enc = {k: v for k, v in encoder.items() if k != "name"}
-    enc["pretrained"] = weights_fingerprint(str(encoder.get("pretrained", "")))
-    ds = {k: v for k, v in dataset.items() if k != "name"}
-    return _digest({"encoder": enc, "dataset": ds, "split": split, "fraction": fraction,
-                    "seed": seed, "dtype": FEATURE_DTYPE})
+def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int) -> str:
+    """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype."""
+    return digest({"encoder": encoder_key, "dataset": dataset_key, "fraction": fraction, "seed": seed,
+                   "dtype": FEATURE_DTYPE})
 
 
-def feature_path(cache_dir: Path, encoder: dict, dataset: dict, split: str, fraction: float,
-                 seed: int) -> Path:
-    key = feature_key(encoder, dataset, split, fraction, seed)
-    name = f"{_slug(dataset['name'])}_{_slug(split)}_{_slug(encoder['name'])}_{key}.h5"
-    return Path(cache_dir) / "features" / name
+def feature_name(dataset: str, split: str, encoder: str, key: str) -> str:
+    return f"{slug(dataset)}_{slug(split)}_{slug(encoder)}_{key}.h5"
 
 
-def text_key(clip: dict, prompt_set: dict) -> str:
-    enc = {k: v for k, v in clip.items() if k != "name"}
-    enc["pretrained"] = weights_fingerprint(str(clip.get("pretrained", "")))
-    return _digest({"clip": enc, "prompts": prompt_set})
-
-
-def text_path(cache_dir: Path, clip: dict, set_name: str, prompt_set: dict) -> Path:
-    """`prompt_set` holds the prompts' content (templates and class names, or the prompt list)."""
-    key = text_key(clip, prompt_set)
-    return Path(cache_dir) / "text" / f"{_slug(set_name)}_{_slug(clip['name'])}_{key}.h5"
+def text_name(set_name: str, clip: str, key: str) -> str:
+    return f"{slug(set_name)}_{slug(clip)}_{key}.h5"

@@ -1,12 +1,17 @@
 """The feature store: one HDF5 file per (dataset, split, encoder, settings), written through a
 `.partial` file that is resumable and renamed atomically when complete (DESIGN.md section 3).
 
+What is read is checked: every chunk carries HDF5's fletcher32 checksum (a flipped byte is an error,
+not a wrong number), text embeddings carry a sha256 checked on every read, a file joined from shards
+is only opened when every shard is there and complete, and `cache verify` re-hashes whole files.
 Handles are never shared across processes: every function takes a path and opens it itself.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,10 +20,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .atomic import replacing
 from .errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: fletcher32 chunks, checksummed text, resume settings, shard checks
 CHUNK_BYTES = 1 << 20
+ROW_DATASETS = ("features", "index", "labels")
 
 
 def partial_path(path: Path) -> Path:
@@ -36,12 +43,36 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def sha256_rows(data: h5py.Dataset) -> str:
+    """Checksum of a dataset's values, block by block (memory stays bounded)."""
+    h = hashlib.sha256()
+    step = max(1, (64 << 20) // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:]))))
+    for i in range(0, data.shape[0], step):
+        h.update(np.ascontiguousarray(data[i:i + step]).tobytes())
+    return h.hexdigest()
+
+
+def damaged(path: Path, error: Exception) -> PipelineError:
+    return PipelineError(f"cache file {Path(path).name} is damaged ({str(error).splitlines()[0]}): remove it "
+                         f"(`pipeline cache rm {Path(path).name}`) and extract or import it again")
+
+
 def check_schema(path: Path, attrs: h5py.AttributeManager) -> None:
     found = attrs.get("schema_version")
     if found != SCHEMA_VERSION:
         raise PipelineError(
-            f"{path} was written with cache schema {found}, this version reads schema {SCHEMA_VERSION}: "
+            f"{path.name} was written with cache schema {found}, this version reads schema {SCHEMA_VERSION}: "
             f"remove it (`pipeline cache rm {path.name}`) and extract again")
+
+
+#: Files whose writes failed (a full disk). HDF5 cannot close such a file: closing or freeing it
+#: retries the failed flush, prints a traceback from a destructor, and can crash the process. They are
+#: kept here, never closed, and the command exits without the interpreter's clean-up (`cli/main.py`).
+_abandoned: list = []
+
+
+def writes_failed() -> bool:
+    return bool(_abandoned)
 
 
 class FeatureWriter:
@@ -49,54 +80,88 @@ class FeatureWriter:
 
     Progress attributes (`rows_done`, `items_done`) are written after the rows they count and flushed,
     so a kill at any point leaves a file whose counted rows are exact; rows past `rows_done` are
-    dropped on resume. A resumed file ends bit-identical to an uninterrupted one when the caller
-    replays the same batches, which `batch_size` (stored) guarantees.
+    dropped on resume. A partial file is resumed only when its `resume` settings (batch size, device
+    precision, preprocessing ...) equal the new ones and its counted rows read back with valid
+    checksums; otherwise (other settings, a file torn by a full disk) it is started again. A resumed
+    file ends bit-identical to an uninterrupted one. The caller holds the file's lock (`locks.holding`).
     """
 
-    def __init__(self, target: Path, dim: int, attrs: dict, batch_size: int, expected_rows: int = 0):
+    def __init__(self, target: Path, dim: int, attrs: dict, resume: dict, expected_rows: int = 0,
+                 say: Callable[[str], None] | None = None):
         self.expected_rows = expected_rows   # sizes chunks of small files; rows may still grow past it
         self.target = Path(target)
         self.partial = partial_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.dim = dim
-        self.file = self._open_or_resume(attrs, batch_size)
+        self.resume = json.loads(json.dumps({**resume, "dim": dim}, sort_keys=True, default=str))
+        self.failed = False
+        self.file = self._resumed(say) or self._create(attrs)
+        # held open for the writer's life: a dataset closed after a failed write (a full disk) would
+        # report the failure from a destructor instead of from `append`
+        self.rows = {name: self.file[name] for name in ROW_DATASETS}
 
-    def _open_or_resume(self, attrs: dict, batch_size: int) -> h5py.File:
-        if self.partial.exists():
+    def _resumed(self, say: Callable[[str], None] | None) -> h5py.File | None:
+        if not self.partial.exists():
+            return None
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError as e:
+            reason = f"it is damaged ({str(e).splitlines()[0]})"
+        else:
             try:
-                f = h5py.File(self.partial, "r+")
-                ok = (f.attrs.get("schema_version") == SCHEMA_VERSION
-                      and f.attrs.get("batch_size") == batch_size
-                      and f["features"].shape[1] == self.dim)
-                if ok:
-                    self._truncate(f, int(f.attrs["rows_done"]))
+                reason = self._why_not_resumable(f)
+                if reason is None:
+                    for name in ROW_DATASETS:   # drop rows written after the last counted batch
+                        if f[name].shape[0] != int(f.attrs["rows_done"]):
+                            f[name].resize(int(f.attrs["rows_done"]), axis=0)
+                    f.flush()
                     return f
+            except (OSError, RuntimeError, ValueError, KeyError) as e:   # torn by a full disk ("addr overflow")
+                reason = f"it is damaged ({str(e).splitlines()[0]})"
+            try:
                 f.close()
-            except (OSError, KeyError):
-                pass  # a partial torn by a kill mid-flush: start it again
-            self.partial.unlink()
+            except (OSError, RuntimeError):
+                pass
+        if say:
+            say(f"starting {self.partial.name} again: {reason}")
+        self.partial.unlink()
+        return None
+
+    def _why_not_resumable(self, f: h5py.File) -> str | None:
+        try:
+            if f.attrs.get("schema_version") != SCHEMA_VERSION:
+                return f"it was written with cache schema {f.attrs.get('schema_version')}"
+            before = json.loads(f.attrs["resume"])
+            if before != self.resume:
+                changed = sorted(k for k in {**before, **self.resume} if before.get(k) != self.resume.get(k))
+                return "its settings differ (" + ", ".join(
+                    f"{k}: {before.get(k)!r} -> {self.resume.get(k)!r}" for k in changed) + ")"
+            rows = int(f.attrs["rows_done"])
+            for name in ROW_DATASETS:   # reading the counted rows checks every chunk's checksum
+                if f[name].shape[0] < rows:
+                    return f"{name} holds fewer rows than counted"
+                f[name][:rows]
+        except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+            return f"it is damaged ({str(e).splitlines()[0]})"
+        return None
+
+    def _create(self, attrs: dict) -> h5py.File:
         f = h5py.File(self.partial, "w")
         rows_per_chunk = max(1, CHUNK_BYTES // (self.dim * 2))
         if self.expected_rows:
             rows_per_chunk = min(rows_per_chunk, self.expected_rows)
         f.create_dataset("features", shape=(0, self.dim), maxshape=(None, self.dim), dtype="float16",
-                         chunks=(rows_per_chunk, self.dim))
+                         chunks=(rows_per_chunk, self.dim), fletcher32=True)
         for name in ("index", "labels"):
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64",
-                             chunks=(rows_per_chunk,))
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64", chunks=(rows_per_chunk,),
+                             fletcher32=True)
         for k, v in attrs.items():
             f.attrs[k] = _attr(v)
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": self.dim, "batch_size": batch_size,
-                        "rows_done": 0, "items_done": 0, "complete": False, "created": _now(),
-                        "bad_items": "[]"})
+        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": self.dim, "resume": _attr(self.resume),
+                        "batch_size": self.resume.get("batch_size", 0), "rows_done": 0, "items_done": 0,
+                        "complete": False, "created": _now(), "bad_items": "[]"})
         f.flush()
         return f
-
-    @staticmethod
-    def _truncate(f: h5py.File, rows: int) -> None:
-        for name in ("features", "index", "labels"):
-            if f[name].shape[0] != rows:
-                f[name].resize(rows, axis=0)
 
     @property
     def rows_done(self) -> int:
@@ -107,6 +172,10 @@ class FeatureWriter:
         """Subset items consumed, including skipped bad ones: where extraction resumes."""
         return int(self.file.attrs["items_done"])
 
+    @property
+    def bad_items(self) -> list[int]:
+        return json.loads(self.file.attrs["bad_items"])
+
     def append(self, features: np.ndarray, index: np.ndarray, labels: np.ndarray, items: int,
                bad: list[int] | None = None) -> None:
         """Write one batch: `items` subset items were consumed, `len(features)` of them kept."""
@@ -115,26 +184,43 @@ class FeatureWriter:
                                 f"check the encoder weights and the input normalisation")
         n0, n = self.rows_done, len(features)
         f = self.file
-        for name, data in (("features", features.astype(np.float16)), ("index", index), ("labels", labels)):
-            f[name].resize(n0 + n, axis=0)
-            f[name][n0:n0 + n] = data
-        f.flush()
-        if bad:
-            f.attrs["bad_items"] = json.dumps(json.loads(f.attrs["bad_items"]) + list(map(int, bad)))
-        f.attrs["rows_done"] = n0 + n
-        f.attrs["items_done"] = self.items_done + items
-        f.flush()
+        try:
+            for name, data in (("features", features.astype(np.float16)), ("index", index), ("labels", labels)):
+                self.rows[name].resize(n0 + n, axis=0)
+                self.rows[name][n0:n0 + n] = data
+            f.flush()
+            if bad:
+                f.attrs["bad_items"] = json.dumps(self.bad_items + list(map(int, bad)))
+            f.attrs["rows_done"] = n0 + n
+            f.attrs["items_done"] = self.items_done + items
+            f.flush()
+        except (OSError, RuntimeError) as e:
+            self._abandon()
+            raise PipelineError(f"cannot write {self.partial.name} ({str(e).splitlines()[0]}; is the disk "
+                                f"full?): free space and run the same command again to resume") from None
 
     def finish(self, extra_attrs: dict | None = None) -> Path:
-        for k, v in (extra_attrs or {}).items():
-            self.file.attrs[k] = _attr(v)
-        self.file.attrs["complete"] = True
-        self.file.close()
+        """Checksum the rows, mark the file complete, rename it into place."""
+        f = self.file
+        for k, v in {**(extra_attrs or {}), "bad_count": len(self.bad_items),
+                     "features_sha256": sha256_rows(self.rows["features"])}.items():
+            f.attrs[k] = _attr(v)
+        f.attrs["complete"] = True
+        self.rows = {}
+        f.close()
         os.replace(self.partial, self.target)
         return self.target
 
+    def _abandon(self) -> None:
+        """After a failed write the file cannot be flushed or closed (see `_abandoned`); the next run
+        checks it and starts it again if it is torn."""
+        self.failed = True
+        _abandoned.append((self.file, self.rows))
+
     def close(self) -> None:
-        if self.file.id.valid:
+        """Close without finishing (an interruption): the file stays resumable."""
+        if not self.failed and self.file.id.valid:
+            self.rows = {}
             self.file.close()
 
 
@@ -154,13 +240,30 @@ def _attrs_dict(attrs: h5py.AttributeManager) -> dict:
 
 def read_attrs(path: Path) -> dict:
     """Provenance of any cache file, finished or not (for `pipeline cache info`)."""
-    with h5py.File(path, "r") as f:
-        return _attrs_dict(f.attrs)
+    try:
+        with h5py.File(path, "r") as f:
+            return _attrs_dict(f.attrs)
+    except OSError as e:
+        raise damaged(path, e) from None
 
 
-def read_attrs_complete(path: Path) -> dict:
-    with open_complete(path) as f:
-        return _attrs_dict(f.attrs)
+def shard_problems(path: Path, attrs: dict) -> list[str]:
+    """For a file joined from shards (an HDF5 virtual dataset): every shard that is missing or not
+    complete. HDF5 would read a missing shard's rows as zeros, so such a file is never read."""
+    problems = []
+    for name in json.loads(attrs.get("shards", "[]")):
+        shard = Path(path).parent / name
+        if not shard.exists():
+            problems.append(f"shard {name} is missing")
+            continue
+        try:
+            shard_attrs = read_attrs(shard)
+        except PipelineError as e:
+            problems.append(str(e))
+            continue
+        if not shard_attrs.get("complete") or shard_attrs.get("schema_version") != SCHEMA_VERSION:
+            problems.append(f"shard {name} is not complete")
+    return problems
 
 
 def open_complete(path: Path) -> h5py.File:
@@ -173,24 +276,43 @@ def open_complete(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise PipelineError(f"cannot read cache file {path}: {e}; remove it and extract again") from None
-    check_schema(path, f.attrs)
-    if not f.attrs.get("complete", False):
+        raise damaged(path, e) from None
+    try:
+        check_schema(path, f.attrs)
+        if not f.attrs.get("complete", False):
+            raise PipelineError(f"cache file {path.name} is not complete; run `pipeline extract` again")
+        if problems := shard_problems(path, _attrs_dict(f.attrs)):
+            raise PipelineError(f"cache file {path.name} is joined from shards and {problems[0]}: extract it "
+                                f"again (`pipeline cache rm {path.name}`, then `pipeline extract`)")
+    except BaseException:
         f.close()
-        raise PipelineError(f"cache file {path} is not complete; run `pipeline extract` again")
+        raise
     return f
 
 
-def read_features(path: Path, rows: np.ndarray | None = None) -> FeatureFile:
-    """Whole file or the given (ascending) rows, as float32; refuses NaN/Inf."""
+def read_attrs_complete(path: Path) -> dict:
     with open_complete(path) as f:
-        sel = slice(None) if rows is None else np.asarray(rows)
+        return _attrs_dict(f.attrs)
+
+
+def read_rows(path: Path, f: h5py.File, sel: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """features (float32), index, labels of the selected rows, checked: chunk checksums and finiteness."""
+    try:
         feats = f["features"][sel].astype(np.float32)
         index, labels = f["index"][sel], f["labels"][sel]
-        attrs = _attrs_dict(f.attrs)
+    except (OSError, KeyError) as e:
+        raise damaged(path, e) from None
     if not np.isfinite(feats).all():
-        raise PipelineError(f"{path} holds NaN or Inf features; remove it (`pipeline cache rm`) "
+        raise PipelineError(f"{Path(path).name} holds NaN or Inf features; remove it (`pipeline cache rm`) "
                             f"and extract again, or fix the file you imported")
+    return feats, index, labels
+
+
+def read_features(path: Path, rows: np.ndarray | None = None) -> FeatureFile:
+    """Whole file or the given (ascending) rows, as float32."""
+    with open_complete(path) as f:
+        feats, index, labels = read_rows(path, f, slice(None) if rows is None else np.asarray(rows))
+        attrs = _attrs_dict(f.attrs)
     return FeatureFile(Path(path), feats, index, labels, attrs)
 
 
@@ -204,35 +326,47 @@ class TextEmbeddings:
     attrs: dict
 
 
+def _embeddings_sha256(embeddings: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
+
+
 def write_text(path: Path, emb: TextEmbeddings) -> Path:
-    """Text files are small: written whole to `.partial`, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    """Text files are small: written whole, then renamed into place."""
     if not np.isfinite(emb.embeddings).all():
-        raise PipelineError(f"non-finite text embeddings for {path.name}")
+        raise PipelineError(f"non-finite text embeddings for {Path(path).name}")
     str_dt = h5py.string_dtype()
-    with h5py.File(tmp, "w") as f:
+    with replacing(Path(path)) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("embeddings", data=emb.embeddings.astype(np.float32))
         f.create_dataset("prompts", data=np.array(emb.prompts, dtype=object), dtype=str_dt)
         f.create_dataset("class_of_prompt", data=emb.class_of_prompt.astype(np.int64))
         f.create_dataset("classnames", data=np.array(emb.classnames, dtype=object), dtype=str_dt)
         for k, v in emb.attrs.items():
             f.attrs[k] = _attr(v)
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": emb.embeddings.shape[1],
-                        "created": _now(), "complete": True})
-    os.replace(tmp, path)
-    return path
+        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": emb.embeddings.shape[1], "created": _now(),
+                        "embeddings_sha256": _embeddings_sha256(emb.embeddings), "complete": True})
+    return Path(path)
+
+
+def _strings(data: h5py.Dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else s for s in data[:]]
 
 
 def read_text(path: Path) -> TextEmbeddings:
     with open_complete(path) as f:
-        emb = TextEmbeddings(
-            embeddings=f["embeddings"][:].astype(np.float32),
-            prompts=[s.decode() if isinstance(s, bytes) else s for s in f["prompts"][:]],
-            class_of_prompt=f["class_of_prompt"][:],
-            classnames=[s.decode() if isinstance(s, bytes) else s for s in f["classnames"][:]],
-            attrs=_attrs_dict(f.attrs))
+        try:
+            emb = TextEmbeddings(embeddings=f["embeddings"][:].astype(np.float32), prompts=_strings(f["prompts"]),
+                                 class_of_prompt=f["class_of_prompt"][:], classnames=_strings(f["classnames"]),
+                                 attrs=_attrs_dict(f.attrs))
+        except (OSError, KeyError) as e:
+            raise damaged(path, e) from None
+    if _embeddings_sha256(emb.embeddings) != emb.attrs.get("embeddings_sha256"):
+        raise damaged(path, ValueError("the embeddings' checksum does not match"))
     if not np.isfinite(emb.embeddings).all():
-        raise PipelineError(f"{path} holds NaN or Inf text embeddings; remove it and extract again")
+        raise PipelineError(f"{Path(path).name} holds NaN or Inf text embeddings; remove it and extract again")
     return emb
+
+
+def content_checksum(path: Path) -> str:
+    """The stored checksum of a complete file's numbers (feature rows or text embeddings)."""
+    attrs = read_attrs_complete(path)
+    return str(attrs.get("features_sha256") or attrs.get("embeddings_sha256"))
