@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from torch.utils.data import Dataset
 
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.settings import build
+
+from .settings import DATASET_KINDS
 
 
 @dataclass
@@ -35,11 +38,11 @@ def _opts(spec: dict) -> dict:
 def _shapes(spec: dict, split: str) -> Split:
     from .world import CLASSNAMES, HELD_OUT_LABELS, ShapesWorld
 
-    opts = {"train_size": 2000, "test_size": 640, "seed": 0, "image_size": 64, **_opts(spec)}
+    opts = _opts(spec)
     size = opts.get(f"{split}_size", 0)
     if not size:
-        raise PipelineError(f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test, "
-                            f"or set options.{split}_size")
+        raise PipelineError(f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test "
+                            f"(with options.{split}_size > 0)")
     held_out = list(HELD_OUT_LABELS)
     seen = [c for c in range(len(CLASSNAMES)) if c not in held_out]
     return Split(ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"]),
@@ -51,7 +54,7 @@ def _shapes_support(spec: dict, split: str) -> Split:
     rendered from its class name alone (`extract/world.py` `render_from_classname`); one split, `train`."""
     from .world import CLASSNAMES, ClassNameSupportSet
 
-    opts = {"per_class": 16, "seed": 0, "image_size": 64, **_opts(spec)}
+    opts = _opts(spec)
     if split != "train":
         raise PipelineError(f"dataset {spec['name']!r} (shapes-support) has only the split 'train', not {split!r}")
     try:
@@ -71,8 +74,11 @@ def user_classnames(spec: dict, count: int) -> list[str] | None:
     except OSError as e:
         raise PipelineError(f"dataset {spec['name']!r}: cannot read classnames_file {path}: {e}") from None
     if path.endswith(".json"):
-        key = _opts(spec).get("classnames_key", spec["name"])
-        table = json.loads(text)
+        key = _opts(spec).get("classnames_key") or spec["name"]
+        try:
+            table = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"dataset {spec['name']!r}: classnames_file {path} is not valid JSON ({e})") from None
         if key not in table:
             raise PipelineError(f"{path} has no entry {key!r}: set options.classnames_key")
         names = table[key]
@@ -194,6 +200,13 @@ def _imagenet(spec: dict, split: str) -> Split:
     return Split(ds, names)
 
 
+def _imported(spec: dict, split: str) -> Split:
+    raise PipelineError(f"dataset {spec['name']!r} is imported (kind = 'imported'): it has no images to "
+                        f"extract; bring its features in with `pipeline cache import` and leave it out of "
+                        f"[extract] splits")
+
+
+#: Every kind of `extract/settings.py` DATASET_KINDS, opened here.
 DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "shapes": _shapes,
     "shapes-support": _shapes_support,
@@ -202,16 +215,20 @@ DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "imagenet": _imagenet,
     "cub200": _imagefolder,
     "herbarium19": _imagefolder,
+    "imported": _imported,
 }
+assert DATASETS.keys() == DATASET_KINDS.keys(), "every dataset kind needs its options and its builder"
 
 
 def open_split(spec: dict, split: str) -> Split:
-    """`spec` is a dataset identity from the config (name, kind, root, options)."""
+    """`spec` is a dataset from the config (`DatasetCfg.spec()`: name, kind, root, options); options it
+    leaves out take their kind's defaults."""
     kind = spec.get("kind")
     if kind not in DATASETS:
         raise PipelineError(f"dataset {spec.get('name')!r} has unknown kind {kind!r} "
                             f"(known: {', '.join(DATASETS)})")
-    split_data = DATASETS[kind](spec, split)
+    options = asdict(build(DATASET_KINDS[kind], spec.get("options", {}), f"dataset {spec.get('name')} options"))
+    split_data = DATASETS[kind]({**spec, "options": options}, split)
     if len(split_data.dataset) == 0:
         raise PipelineError(f"dataset {spec['name']!r} split {split!r} is empty")
     return split_data

@@ -6,7 +6,6 @@ PipelineError with one line saying what to fix.
 """
 from __future__ import annotations
 
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from typing import Callable
 import torch
 
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.keys import weights_location
 
-MODEL_CONFIGS = Path(__file__).parent / "assets" / "model_configs"
+from .shipped import LOCAL_DIR, MODEL_CONFIGS, missing_weights
 
 
 @dataclass
@@ -35,14 +33,8 @@ class Encoder:
         return self.model.encode_text(self.tokenizer(prompts).to(device))
 
 
-def _looks_like_file(pretrained: str) -> bool:
-    return os.sep in pretrained or "/" in pretrained or pretrained.endswith(
-        (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
-
-
 def _check_weights_file(pretrained: str, what: str) -> None:
-    target = pretrained.removeprefix("local-dir:")
-    if (pretrained.startswith("local-dir:") or _looks_like_file(pretrained)) and not Path(target).exists():
+    if (target := missing_weights(pretrained)) is not None:
         raise PipelineError(f"weights for {what} not found at {target}: fix `pretrained` in the config "
                             f"(a tag, an existing file, or local-dir:FOLDER; empty = random weights)")
 
@@ -71,15 +63,33 @@ def _feature_dim(model: torch.nn.Module, encode: Callable, input_size: tuple, de
         return int(encode(torch.zeros(1, *input_size, device=device)).shape[-1])
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _local_dir(folder: str) -> str:
+    """open_clip reads `local-dir:FOLDER` from the model name (config and weights from the folder)."""
+    path = Path(folder)
+    if not (path / "open_clip_config.json").is_file():
+        raise PipelineError(f"local-dir:{folder} holds no open_clip_config.json: put the checkpoint's "
+                            f"open_clip_config.json and weights (e.g. open_clip_model.safetensors) there")
+    if not any(any(path.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+        raise PipelineError(f"local-dir:{folder} holds no weights file (.safetensors, .bin or .pth): open_clip "
+                            f"would build the model with random weights")
+    return f"{LOCAL_DIR}{folder}"
+
+
 def _build_open_clip(spec: dict, device: str) -> Encoder:
     import open_clip
 
     open_clip.add_model_config(MODEL_CONFIGS)
-    model_name, pretrained = spec["model"], weights_location(spec.get("pretrained", ""))
-    if model_name not in open_clip.list_models():
+    model_name, pretrained = spec["model"], spec.get("pretrained", "")
+    _check_weights_file(pretrained, f"CLIP {model_name!r}")
+    if pretrained.startswith(LOCAL_DIR):
+        model_name, pretrained = _local_dir(pretrained.removeprefix(LOCAL_DIR)), ""
+    elif model_name not in open_clip.list_models():
         raise PipelineError(f"unknown open_clip model {model_name!r}: see open_clip.list_models() "
                             f"or add a model config JSON")
-    _check_weights_file(pretrained, f"CLIP {model_name!r}")
     torchscript = bool(pretrained) and Path(pretrained).is_file() and _is_torchscript(pretrained)
     if pretrained and Path(pretrained).is_file():
         _warn_quickgelu(model_name, pretrained, torchscript)
@@ -91,9 +101,9 @@ def _build_open_clip(spec: dict, device: str) -> Encoder:
         else:
             model, _, transform = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained or None, device=device)
-    except RuntimeError as e:
-        raise PipelineError(f"cannot load CLIP {model_name!r} with pretrained={pretrained!r}: "
-                            f"{str(e).splitlines()[0]}") from None
+    except Exception as e:   # open_clip, torch and safetensors each raise their own types for bad weights
+        raise PipelineError(f"cannot load CLIP {spec['model']!r} with pretrained={spec.get('pretrained')!r}: "
+                            f"{_first_line(e)}") from None
     model.eval()
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -109,16 +119,26 @@ def _timm_kwargs(options: dict) -> dict:
     return {k: fix(v) for k, v in options.items()}
 
 
+def _not_loaded(model: torch.nn.Module, reference: torch.nn.Module) -> list[str]:
+    """Randomly initialised tensors that still hold their initial values after loading a weights file:
+    timm drops mismatched keys of a checkpoint silently when the classifier is removed."""
+    ref = reference.state_dict()
+    return [k for k, v in model.state_dict().items()
+            if k in ref and v.is_floating_point() and v.numel() > 1 and bool(ref[k].std() > 0)
+            and torch.equal(v.cpu(), ref[k].cpu())]
+
+
 def _build_timm(spec: dict, device: str) -> Encoder:
     import timm
     from timm.data import create_transform, resolve_model_data_config
 
-    model_name, pretrained = spec["model"], weights_location(spec.get("pretrained", ""))
+    model_name, pretrained = spec["model"], spec.get("pretrained", "")
     if not timm.is_model(model_name):
         raise PipelineError(f"unknown timm model {model_name!r}: see timm.list_models()")
     _check_weights_file(pretrained, f"timm {model_name!r}")
     kwargs = _timm_kwargs(spec.get("options", {}))
-    if pretrained and Path(pretrained).is_file():
+    from_file = bool(pretrained) and Path(pretrained).is_file()
+    if from_file:
         overlay = {**kwargs.pop("pretrained_cfg_overlay", {}), "file": pretrained}
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     elif pretrained:  # a hub tag: "default" keeps timm's default tag for the architecture
@@ -126,10 +146,19 @@ def _build_timm(spec: dict, device: str) -> Encoder:
         if pretrained != "default":
             model_name = f"{model_name.split('.')[0]}.{pretrained}"
     try:
-        model = timm.create_model(model_name, num_classes=0, **kwargs)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise PipelineError(f"cannot build timm {model_name!r} with pretrained={pretrained!r}: "
-                            f"{str(e).splitlines()[0]}") from None
+        with torch.random.fork_rng(devices=[]):
+            model = timm.create_model(model_name, num_classes=0, **kwargs)
+        if from_file:
+            reference = timm.create_model(model_name, num_classes=0, **{**kwargs, "pretrained": False})
+            if missed := _not_loaded(model, reference):
+                raise PipelineError(f"weights file {pretrained} does not fit timm model {model_name!r}: {len(missed)} "
+                                    f"of its tensors were not loaded (e.g. {missed[0]!r}); is it another "
+                                    f"architecture's file?")
+    except PipelineError:
+        raise
+    except Exception as e:   # timm, torch and safetensors each raise their own types for bad weights
+        raise PipelineError(f"cannot build timm {model_name!r} with pretrained={pretrained!r}: {_first_line(e)}") \
+            from None
     model.eval().to(device)
     data_cfg = resolve_model_data_config(model)
     transform = create_transform(**data_cfg, is_training=False)

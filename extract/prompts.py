@@ -1,5 +1,5 @@
 """Prompt sets: class-name templates (OpenAI ImageNet set, CLIP_benchmark JSON files with a `{c}`
-placeholder) and the class-free prompt set of the multimodal losses."""
+placeholder); the class-free prompt set is a plain prompt file (`cache/layout.py` read_prompt_file)."""
 from __future__ import annotations
 
 import json
@@ -8,18 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from zoomshot.cache.errors import PipelineError
-
-from .world import classfree_prompts
+from zoomshot.cache.layout import OPENAI_TEMPLATES
 
 
 def load_templates(name: str, path: Path) -> list[str]:
     """Templates as `{c}` strings; "openai-imagenet" comes from open_clip's own list."""
-    if name == "openai-imagenet":
+    if name == OPENAI_TEMPLATES:
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
         return [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
     try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PipelineError(f"cannot read templates file {path}: {e}") from None
     if name not in table:
         raise PipelineError(f"templates file {path} has no entry {name!r} (has: {', '.join(table)})")
@@ -35,10 +34,3 @@ def class_prompts(templates: list[str], classnames: list[str]) -> tuple[list[str
     prompts = [t.replace("{c}", c) for c in classnames for t in templates]
     class_of_prompt = np.repeat(np.arange(len(classnames)), len(templates)).astype(np.int64)
     return prompts, class_of_prompt
-
-
-def load_classfree(path: Path) -> list[str]:
-    try:
-        return classfree_prompts(path)
-    except (OSError, ValueError) as e:
-        raise PipelineError(str(e)) from None

@@ -1,8 +1,12 @@
 """Stage 1: every image decoded once per batch, transformed per encoder, fed to every encoder that
-still needs it, and appended to that encoder's resumable cache file."""
+still needs it, and appended to that encoder's resumable cache file.
+
+Several `pipeline extract` may share one cache: each holds the locks of the files it writes, so a
+second one waits for them, says so, and then finds them done.
+"""
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,22 +15,29 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from zoomshot.cache import catalog, store
+from zoomshot.cache import faults, layout, locks, store
+from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 from zoomshot.cache.subsets import subset_indices
-from zoomshot.cli import config as C
 
 from .datasets import open_split
 from .encoders import Encoder, build_encoder
-from .prompts import class_prompts, load_classfree, load_templates
+from .prompts import class_prompts, load_templates
+from .settings import ExtractCfg
+
+Say = Callable[[str], None]
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device {device!r} asked for but no CUDA GPU is visible: use device = 'cpu'")
-    return device
+def precision(device: str) -> str:
+    """The numbers the encoders compute in: bf16 autocast on CUDA, float32 elsewhere."""
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def _autocast(device: str):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def versions() -> dict:
@@ -65,17 +76,26 @@ def _collate(items):
     return len(items), index, labels, views, bad
 
 
+class Models:
+    """The encoders of one command, each built on first use (with a line saying so) and then kept."""
+
+    def __init__(self, project: Project, device: str, say: Say):
+        self.project, self.device, self.say, self.built = project, device, say, {}
+
+    def __getitem__(self, name: str) -> Encoder:
+        if name not in self.built:
+            cfg = self.project.encoder(name)
+            self.say(f"loading {name}: {cfg.family} {cfg.model} ({cfg.pretrained or 'random weights'}) "
+                     f"on {self.device}")
+            self.built[name] = build_encoder(cfg.spec(), self.device)
+        return self.built[name]
+
+
 @dataclass
 class SplitJob:
     ref: str
     targets: dict[str, Path]           # encoder name -> final cache path (or shard path)
     items: tuple[int, int] | None = None   # the range of the subset a shard covers; None = all of it
-
-
-def _autocast(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def _encode(enc: Encoder, images: torch.Tensor | None, micro_batch: int, device: str) -> np.ndarray:
@@ -87,116 +107,149 @@ def _encode(enc: Encoder, images: torch.Tensor | None, micro_batch: int, device:
         return torch.cat([enc.encode_image(p.to(device, non_blocking=True)).float().cpu() for p in parts]).numpy()
 
 
-def extract_split(cfg: C.Config, job: SplitJob, encoders: dict[str, Encoder], device: str,
-                  progress: bool = True) -> list[Path]:
-    name, split = C.split_ref(job.ref)
-    ds_spec = cfg.dataset(name).identity()
-    data = open_split(ds_spec, split)
-    x = cfg.extract
-    fraction = x.fraction_of(job.ref)
-    subset = subset_indices(len(data.dataset), fraction, x.subset_seed)
+def _writer(project: Project, settings: ExtractCfg, job: SplitJob, name: str, enc: Encoder, data, subset_len: int,
+            device: str, say: Say) -> store.FeatureWriter:
+    dataset, split = parse_ref(job.ref)
+    cfg = project.encoder(name)
+    attrs = {"encoder": name, "model": cfg.model, "pretrained": cfg.pretrained, "identity": cfg.identity(),
+             "encoder_key": cfg.key(), "dataset": dataset, "split": split,
+             "dataset_identity": project.dataset(dataset).identity(split),
+             "fraction": project.subsets.fraction_of(job.ref), "seed": project.subsets.subset_seed,
+             "split_size": len(data.dataset), "classnames": data.classnames, "preprocess": enc.preprocess,
+             "versions": versions(), "device": device, "precision": precision(device),
+             **({"shard_items": list(job.items)} if job.items else {})}
+    resume = {"batch_size": settings.batch_size, "precision": precision(device), "preprocess": enc.preprocess,
+              "encoder_key": cfg.key()}
+    return store.FeatureWriter(job.targets[name], enc.dim, attrs, resume, subset_len, say)
+
+
+def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models: Models, device: str,
+                  progress: bool = True, say: Say = print) -> list[Path]:
+    """Extract one split (or one shard of it) for every encoder of `job.targets`; the caller holds
+    their locks."""
+    name, split = parse_ref(job.ref)
+    data = open_split(project.dataset(name).spec(), split)
+    subset = subset_indices(len(data.dataset), project.subsets.fraction_of(job.ref), project.subsets.subset_seed)
     if job.items is not None:
         subset = subset[job.items[0]:job.items[1]]
     todo = job.targets
-    views = list(dict.fromkeys(repr(encoders[n].transform) for n in todo))
-    view_of = {n: views.index(repr(encoders[n].transform)) for n in todo}
-    transforms = [next(encoders[n].transform for n in todo if view_of[n] == i) for i in range(len(views))]
+    views = list(dict.fromkeys(repr(models[n].transform) for n in todo))
+    view_of = {n: views.index(repr(models[n].transform)) for n in todo}
+    transforms = [next(models[n].transform for n in todo if view_of[n] == i) for i in range(len(views))]
     writers = {}
     try:
-        for n, path in todo.items():
-            enc = encoders[n]
-            attrs = {"encoder": n, "model": cfg.encoder(n).model, "pretrained": cfg.encoder(n).pretrained,
-                     "identity": cfg.encoder(n).identity(), "dataset": name, "split": split,
-                     "dataset_identity": ds_spec, "fraction": fraction, "seed": x.subset_seed,
-                     "split_size": len(data.dataset), "classnames": data.classnames,
-                     "preprocess": enc.preprocess, "versions": versions(),
-                     **({"shard_items": list(job.items)} if job.items else {})}
-            writers[n] = store.FeatureWriter(path, enc.dim, attrs, x.batch_size, len(subset))
+        for n in todo:
+            writers[n] = _writer(project, settings, job, n, models[n], data, len(subset), device, say)
         start = min(w.items_done for w in writers.values())
-        loader = DataLoader(_Decoded(data.dataset, subset[start:], transforms), batch_size=x.batch_size,
-                            num_workers=x.num_workers, collate_fn=_collate)
+        loader = DataLoader(_Decoded(data.dataset, subset[start:], transforms), batch_size=settings.batch_size,
+                            num_workers=settings.num_workers, collate_fn=_collate)
         bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
                    desc=f"extract {job.ref} [{', '.join(todo)}]")
         pos = start
         for n_items, index, labels, batch_views, bad in loader:
-            if bad and x.on_bad_image == "fail":
+            if bad and settings.on_bad_image == "fail":
                 raise PipelineError(f"unreadable image {bad[0][0]} in {job.ref}: {bad[0][1]} "
                                     f"(set on_bad_image = 'skip' to skip it for every encoder)")
             for n, w in writers.items():
                 if w.items_done > pos:      # this encoder got past here before an interruption
                     continue
-                feats = _encode(encoders[n], batch_views[view_of[n]] if len(index) else None,
-                                cfg.encoder(n).micro_batch, device)
+                feats = _encode(models[n], batch_views[view_of[n]] if len(index) else None,
+                                project.encoder(n).micro_batch, device)
                 w.append(feats, index, labels, n_items, [b[0] for b in bad])
             pos += n_items
             bar.update(n_items)
+            faults.point("extract.batch")
         bar.close()
-        done = []
-        for n, w in writers.items():
-            bad_count = len(json.loads(w.file.attrs["bad_items"]))
-            if w.rows_done == 0:
-                raise PipelineError(f"no readable image in {job.ref}; nothing was written")
-            w.file.attrs["bad_count"] = bad_count
-            done.append(catalog.finish(w))
-        return done
+        if any(w.rows_done == 0 for w in writers.values()):
+            raise PipelineError(f"no readable image in {job.ref}; nothing was written")
+        return [w.finish() for w in writers.values()]
     finally:
         for w in writers.values():
             w.close()
 
 
-def extract_text(cfg: C.Config, clip: Encoder, device: str) -> list[Path]:
-    """Per-prompt text embeddings of each dataset's class prompts and of the class-free set."""
+def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Callable[[], tuple]]]:
+    """(target, how to make its prompts) of every text file the extraction still lacks."""
     jobs = []
-    for name in dict.fromkeys(C.split_ref(r)[0] for r in cfg.extract.splits):
-        path = C.class_text_path(cfg, name)
+    for name in dict.fromkeys(parse_ref(r)[0] for r in settings.splits):
+        path = layout.class_text_path(project, name)
         if not path.exists():
-            split = open_split(cfg.dataset(name).identity(), _first_split(cfg, name))
-            prompts, cop = class_prompts(load_templates(cfg.clip.templates, C.templates_file(cfg)), split.classnames)
-            jobs.append((path, prompts, cop, split.classnames, {"dataset": name, "templates": cfg.clip.templates,
-                                                               "class_groups": split.class_groups}))
-    path = C.classfree_text_path(cfg)
+            first_split = next(parse_ref(r)[1] for r in settings.splits if parse_ref(r)[0] == name)
+
+            def make(name=name, split=first_split):
+                data = open_split(project.dataset(name).spec(), split)
+                templates = load_templates(project.clip.templates, Path(project.clip.templates_file))
+                prompts, cop = class_prompts(templates, data.classnames)
+                return prompts, cop, data.classnames, {"dataset": name, "templates": project.clip.templates,
+                                                       "class_groups": data.class_groups}
+            jobs.append((path, make))
+    path = layout.classfree_text_path(project)
     if not path.exists():
-        prompts = load_classfree(C.classfree_file(cfg))
-        jobs.append((path, prompts, -np.ones(len(prompts), np.int64), [], {"prompt_set": "classfree"}))
-    for path, prompts, cop, classnames, attrs in jobs:
-        chunks = []
-        for i in range(0, len(prompts), cfg.clip.batch_size):
-            with torch.inference_mode(), _autocast(device):
-                chunks.append(clip.encode_text(prompts[i:i + cfg.clip.batch_size], device).float().cpu())
-        emb = torch.cat(chunks).numpy()
-        store.write_text(path, store.TextEmbeddings(emb, prompts, cop, classnames, {
-            **attrs, "clip": cfg.clip.name, "identity": cfg.clip.identity(), "versions": versions()}))
-    return [j[0] for j in jobs]
+        prompts = layout.classfree_prompts(project)
+        jobs.append((path, lambda: (prompts, -np.ones(len(prompts), np.int64), [], {"prompt_set": "classfree"})))
+    return jobs
 
 
-def _first_split(cfg: C.Config, dataset: str) -> str:
-    return next(C.split_ref(r)[1] for r in cfg.extract.splits if C.split_ref(r)[0] == dataset)
+def extract_text(project: Project, jobs: list, models: Models, device: str, progress: bool, say: Say) -> list[Path]:
+    """Per-prompt text embeddings of each dataset's class prompts and of the class-free set."""
+    written = []
+    batch = project.clip.batch_size
+    for path, make in jobs:
+        with locks.holding([path], say):
+            if path.exists():
+                say(f"{path.name}: written by another process meanwhile")
+                continue
+            prompts, cop, classnames, attrs = make()
+            clip = models[project.clip.name]
+            chunks = []
+            for i in tqdm(range(0, len(prompts), batch), desc=f"encode text {path.name}", unit="batch",
+                          disable=not progress):
+                with torch.inference_mode(), _autocast(device):
+                    chunks.append(clip.encode_text(prompts[i:i + batch], device).float().cpu())
+            emb = torch.cat(chunks).numpy()
+            written.append(store.write_text(path, store.TextEmbeddings(emb, prompts, cop, classnames, {
+                **attrs, "clip": project.clip.name, "identity": project.clip.identity(),
+                "clip_key": project.clip.key(), "versions": versions(), "device": device,
+                "precision": precision(device)})))
+    return written
 
 
-def run_extract(cfg: C.Config, progress: bool = True) -> dict[str, list[Path]]:
+def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
+    """Downloads first: a dataset's key counts the files under its root."""
+    for ref in settings.splits:
+        ds = project.dataset(parse_ref(ref)[0])
+        if ds.options.get("download"):
+            say(f"checking {ds.name} under {ds.root} (options.download = true)")
+            open_split(ds.spec(), parse_ref(ref)[1])
+
+
+def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
+                say: Say = print) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
 
-    With `[extract] scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
+    With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
     """
-    device = resolve_device(cfg.extract.device)
-    names = [cfg.clip.name] + [e.name for e in cfg.encoders]
+    device = resolve_device(settings.device, "extract.device")
+    _prepare(project, settings, say)
+    names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []
-    for ref in cfg.extract.splits:
-        targets = {n: C.feature_path(cfg, n, ref) for n in names}
+    for ref in settings.splits:
+        targets = {n: layout.feature_path(project, n, ref) for n in names}
         targets = {n: p for n, p in targets.items() if not p.exists()}
         if targets:
             jobs.append(SplitJob(ref, targets))
-    text_missing = any(not C.class_text_path(cfg, C.split_ref(r)[0]).exists() for r in cfg.extract.splits) \
-        or not C.classfree_text_path(cfg).exists()
     written: dict[str, list[Path]] = {"features": [], "text": []}
-    if cfg.extract.scheduler and jobs:
-        from .shards import run_sharded
-        written["features"] = run_sharded(cfg, jobs, cfg.extract.scheduler)
-        jobs = []
-    need = {n for j in jobs for n in j.targets} | ({cfg.clip.name} if text_missing else set())
-    encoders = {n: build_encoder(cfg.encoder(n).identity(), device) for n in names if n in need}
-    for job in jobs:
-        written["features"] += extract_split(cfg, job, encoders, device, progress)
-    if text_missing:
-        written["text"] = extract_text(cfg, encoders[cfg.clip.name], device)
+    models = Models(project, device, say)
+    with locks.holding([p for job in jobs for p in job.targets.values()], say):
+        jobs = [SplitJob(j.ref, {n: p for n, p in j.targets.items() if not p.exists()}) for j in jobs]
+        jobs = [j for j in jobs if j.targets]
+        if settings.scheduler and jobs:
+            from .shards import run_sharded
+            written["features"] = run_sharded(project, settings, jobs, say)
+            jobs = []
+        for job in jobs:
+            written["features"] += extract_split(project, settings, job, models, device, progress, say)
+    text_jobs = _text_jobs(project, settings) if project.clip.model != IMPORTED else []
+    if text_jobs:
+        written["text"] = extract_text(project, text_jobs, models, device, progress, say)
     return written

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import re
 import zlib
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -51,9 +50,6 @@ __all__ = [
     "render_from_classname",
     "ClassNameSupportSet",
     "caption_for",
-    "classfree_prompts",
-    "default_classfree_path",
-    "default_templates_path",
 ]
 
 # ----------------------------------------------------------------------------------------------------
@@ -517,36 +513,3 @@ class ClassNameSupportSet(torch.utils.data.Dataset):
 
     def labels(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.classes), dtype=np.int64), self.per_class)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Prompt assets
-# ----------------------------------------------------------------------------------------------------
-_ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-def default_classfree_path() -> Path:
-    return _ASSETS / "classfree_prompts.txt"
-
-
-def default_templates_path() -> Path:
-    """The class-name templates of the world, CLIP_benchmark JSON format (key ``"shapes"``)."""
-    return _ASSETS / "world_templates.json"
-
-
-def classfree_prompts(path: str | Path | None = None) -> list[str]:
-    """The class-free prompts (one a line; blank lines and ``#`` comments skipped).
-
-    ``path=None`` reads the default set shipped with the project.
-    """
-    p = default_classfree_path() if path is None else Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"class-free prompt file not found: {p} (give a text file, one prompt a line)")
-    prompts = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            prompts.append(line)
-    if not prompts:
-        raise ValueError(f"class-free prompt file {p} holds no prompts")
-    return prompts

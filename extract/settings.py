@@ -1,0 +1,86 @@
+"""The `[extract]` table and the options of each dataset kind, checked when the config is read.
+
+Light on purpose (no torch): the config loader checks every dataset's options against its kind here,
+also in processes that never extract.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoomshot.cache.settings import Subsets, at_least, device_name, each, setting, split_ref
+
+
+@dataclass
+class ExtractCfg(Subsets):
+    splits: list[str] = setting(lambda: ["shapes:train", "shapes:test"], each(split_ref))
+    batch_size: int = setting(64, at_least(1))     # images per batch: every encoder sees the same batch
+    num_workers: int = setting(0, at_least(0))     # DataLoader workers decoding images
+    device: str = setting("auto", device_name)
+    on_bad_image: typing.Literal["skip", "fail"] = "skip"
+    scheduler: str = ""              # dask.distributed address: shard the splits over its workers
+    shards: int = setting(0, at_least(0))          # shards per split on a scheduler (0 = one per worker)
+
+
+def existing_file(v: str) -> str | None:
+    return None if not v or Path(v).is_file() else f"must name an existing file, got {v!r}"
+
+
+# ---- options of each dataset kind ----------------------------------------------------------------
+
+@dataclass
+class ShapesOptions:
+    """The generated world (`extract/world.py`): sizes of its splits, seed and image size."""
+    train_size: int = setting(2000, at_least(0))
+    test_size: int = setting(640, at_least(0))
+    seed: int = setting(0, at_least(0))
+    image_size: int = setting(64, at_least(32))
+
+
+@dataclass
+class SupportOptions:
+    """A name-only support set rendered from the world's class names (one split, `train`)."""
+    per_class: int = setting(16, at_least(1))
+    seed: int = setting(0, at_least(0))
+    image_size: int = setting(64, at_least(32))
+
+
+@dataclass
+class FolderOptions:
+    """An ImageFolder tree `<root>/<split>/<class>/<image>`; class names from the folders or a file."""
+    classnames_file: str = setting("", existing_file)   # one name a line, or CLIP_benchmark-style JSON
+    classnames_key: str = ""                              # the entry of a JSON classnames_file
+
+
+@dataclass
+class ImageNetOptions(FolderOptions):
+    class_list: str = setting("", existing_file)        # ImageNet-100: one WordNet id a line
+
+
+@dataclass
+class TorchvisionOptions(FolderOptions):
+    download: bool = False           # fetch the files where there is network
+    verify: bool = True              # torchvision's md5 checks (off for re-packed CIFAR copies)
+
+
+@dataclass
+class NoOptions:
+    """Features brought in by `pipeline cache import`: nothing to set."""
+
+
+#: Every dataset kind and its options; `extract/datasets.py` opens each kind.
+DATASET_KINDS: dict[str, type] = {
+    "shapes": ShapesOptions,
+    "shapes-support": SupportOptions,
+    "cifar10": TorchvisionOptions,
+    "cifar100": TorchvisionOptions,
+    "flowers102": TorchvisionOptions,
+    "pets": TorchvisionOptions,
+    "cars": TorchvisionOptions,
+    "imagefolder": FolderOptions,
+    "imagenet": ImageNetOptions,
+    "cub200": FolderOptions,
+    "herbarium19": FolderOptions,
+    "imported": NoOptions,
+}
