@@ -1,7 +1,7 @@
 """Baseline maps fitted on the same cache as Zoom-shot (DESIGN.md section 5): closed-form ridge least squares,
 orthogonal Procrustes, and Text-to-Concept's Linear Aligner.
 
-All of them work in the same variance-aligned spaces as Zoom-shot and return a `LinearMaps`, so evaluation
+All of them work in the same variance-aligned spaces as Zoom-shot and return a `Maps`, so evaluation
 treats every method alike.
 """
 from __future__ import annotations
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .maps import ROWS_PER_CHUNK, LinearMaps, affine_pinv, variance_scale
+from zoomshot.cache.runs import Maps
+
+from .maps import ROWS_PER_CHUNK, affine_pinv, variance_scale
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 
 
@@ -66,12 +68,12 @@ def _ridge(xx: torch.Tensor, yx: torch.Tensor, mean_x: torch.Tensor, mean_y: tor
     return weight, mean_y - weight @ mean_x
 
 
-def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float) -> LinearMaps:
+def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float) -> Maps:
     (hw, hb), (iw, ib) = h, h_inv
-    return LinearMaps(*(x.float().cpu() for x in (hw, hb, iw, ib)), c_s, c_t)
+    return Maps(*(x.float().cpu() for x in (hw, hb, iw, ib)), c_s, c_t)
 
 
-def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, target_variance: float = 4.5) -> LinearMaps:
+def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, target_variance: float = 4.5) -> Maps:
     """Closed-form ridge regression s -> t for h and, separately, t -> s for h_inv, in the scaled spaces.
 
     `ridge` is relative to the mean eigenvalue of the input covariance. The default 1e-6 guards against a
@@ -84,7 +86,7 @@ def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, target_var
     return _to_maps(h, h_inv, c_s, c_t)
 
 
-def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4.5) -> LinearMaps:
+def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4.5) -> Maps:
     """Scaled orthogonal Procrustes: h(s) = a W s + b with W (d, m) semi-orthogonal, h_inv = a' W^T t + b'.
 
     After centering, W = U V^T from the SVD U Sigma V^T of T_c^T S_c (d, m) maximises tr(W^T T_c^T S_c) over
@@ -120,7 +122,7 @@ def linear_aligner_maps(
     target_variance: float = 4.5,
     seed: int = 0,
     device: str = "cpu",
-) -> tuple[LinearMaps, list[dict]]:
+) -> tuple[Maps, list[dict]]:
     """Text-to-Concept's Linear Aligner (k1rezaei/Text-to-concept, LinearAligner.py and TextToConcept.py).
 
     Their recipe: scale s by c1 and t by c2 so each has variance 4.5 over all entries; fit nn.Linear(m, d) with
@@ -156,4 +158,4 @@ def linear_aligner_maps(
         history.append({"epoch": epoch, "total": per_entry, "mse": per_entry * y.shape[1]})
     weight, bias = layer.weight.detach().cpu(), layer.bias.detach().cpu()
     h_bias = bias if fixed else bias * c1
-    return LinearMaps(weight, h_bias, *affine_pinv(weight, h_bias), c1, c2), history
+    return Maps(weight, h_bias, *affine_pinv(weight, h_bias), c1, c2), history

@@ -1,34 +1,48 @@
 """One entry point for every fitting method, so sweeps and the CLI name a method and pass its settings.
 
-Each method is a registry entry: `settings` is the callable whose keyword arguments are the method's config
-keys (they are validated against its signature, and its defaults resolve a partial config), `fit` runs it.
+Each method is a registry entry: `settings` is a dataclass whose fields are the method's config keys
+(checked by the same builder as pipeline.toml, so a bad key or value is one line naming it, found
+when the sweep is expanded), `fit` runs it, `by_epochs` says whether the grid's epochs apply, and
+`needs_prompts` whether its settings read the class-free prompt embeddings.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
+from dataclasses import asdict, field, make_dataclass
 from typing import Any, NamedTuple
 
 import torch
 
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.runs import Maps
+from zoomshot.cache.settings import Check, at_least, build
+
 from .baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
-from .maps import LinearMaps
 from .trainer import TrainConfig, train_maps
 
-Result = tuple[LinearMaps, list[dict]]
+Result = tuple[Maps, list[dict]]
 Fit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, dict, int, str], Result]
+Tensor = torch.Tensor
 
-# Arguments that fit_method supplies itself; they are not config keys.
-_SUPPLIED = {"s", "t", "u", "seed", "device"}
+# Arguments that fit_method supplies itself (from the grid and the [fit] table); they are not method keys.
+SUPPLIED = ("s", "t", "u", "seed", "device")
 
 
 class Method(NamedTuple):
-    settings: Callable[..., Any]
+    settings: type
     fit: Fit
+    by_epochs: bool = False
+    needs_prompts: Callable[[dict], bool] = lambda params: False
 
 
-Tensor = torch.Tensor
+def _settings_of(fn: Callable[..., Any], checks: dict[str, Check]) -> type:
+    """A settings dataclass from a function's keyword arguments and their defaults."""
+    params = inspect.signature(fn).parameters.values()
+    return make_dataclass(f"{fn.__name__}_settings", [
+        (p.name, type(p.default), field(default=p.default, metadata={"checks": (checks[p.name],)} if p.name in checks
+                                        else {}))
+        for p in params if p.name not in SUPPLIED and p.default is not inspect.Parameter.empty])
 
 
 def _zoomshot(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
@@ -39,43 +53,51 @@ def _linear_aligner(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: 
     return linear_aligner_maps(s, t, **params, seed=seed, device=device)
 
 
-def _closed_form(fn: Callable[..., LinearMaps]) -> Fit:
+def _closed_form(fn: Callable[..., Maps]) -> Fit:
     """A closed-form baseline as a Fit: computed on `device`, no prompt set, no seed, no per-epoch history."""
     return lambda s, t, u, params, seed, device: (fn(s.to(device), t.to(device), **params), [])
 
 
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v!r}"
+
+
 METHODS: dict[str, Method] = {
-    "zoomshot": Method(TrainConfig, _zoomshot),
-    "linear-aligner": Method(linear_aligner_maps, _linear_aligner),
-    "lstsq": Method(lstsq_maps, _closed_form(lstsq_maps)),
-    "procrustes": Method(procrustes_maps, _closed_form(procrustes_maps)),
+    "zoomshot": Method(TrainConfig, _zoomshot, by_epochs=True,
+                       needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"])),
+    "linear-aligner": Method(_settings_of(linear_aligner_maps, {
+        "epochs": at_least(1), "batch_size": at_least(1), "lr": _positive, "t_max": at_least(1),
+        "weight_decay": at_least(0), "target_variance": _positive}), _linear_aligner),
+    "lstsq": Method(_settings_of(lstsq_maps, {"ridge": at_least(0), "target_variance": _positive}),
+                    _closed_form(lstsq_maps)),
+    "procrustes": Method(_settings_of(procrustes_maps, {"target_variance": _positive}), _closed_form(procrustes_maps)),
 }
 
 
-def _method(name: str) -> Method:
+def method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+        raise PipelineError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
-def resolve_params(name: str, params: dict) -> dict:
-    """The method's full settings, `params` over its defaults; ValueError names an unknown key and the closest one."""
-    signature = inspect.signature(_method(name).settings).parameters
-    defaults = {key: p.default for key, p in signature.items() if key not in _SUPPLIED}
-    for key in params:
-        if key not in defaults:
-            close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            valid = ", ".join(sorted(defaults))
-            raise ValueError(f"unknown parameter {key!r} for method {name!r}{hint} (valid: {valid})")
-    return {**defaults, **params}
+def resolve_params(name: str, params: dict, where: str = "") -> dict:
+    """The method's full settings: `params` over its defaults, every key known, typed and in range;
+    PipelineError names the bad key (as `where.key`) and the closest valid one."""
+    settings = method(name).settings
+    supplied = [k for k in params if k in SUPPLIED]
+    if supplied:
+        raise PipelineError(f"'{supplied[0]}' is set by the sweep ([fit] seeds / device), not per variant: "
+                            f"remove it{f' from [{where}]' if where else ''}")
+    try:
+        resolved = asdict(build(settings, params, where))
+    except (ValueError, TypeError) as e:   # a settings class's own checks (TrainConfig.__post_init__)
+        raise PipelineError(f"config table '{where}': {e}" if where else str(e)) from None
+    return {k: v for k, v in resolved.items() if k not in SUPPLIED}
 
 
-def fit_method(
-    name: str, s: torch.Tensor, t: torch.Tensor, u: torch.Tensor | None, params: dict, seed: int, device: str
-) -> Result:
+def fit_method(name: str, s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
     """Fit method `name` on row-aligned s (N, m), t (N, d) and prompt set u (K, d) or None.
 
     Returns the maps and the per-epoch loss records (empty for closed-form methods).
     """
-    return _method(name).fit(s, t, u, resolve_params(name, params), seed, device)
+    return method(name).fit(s, t, u, resolve_params(name, params), seed, device)

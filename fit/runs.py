@@ -1,14 +1,13 @@
-"""One fit run: resolved config in, `maps.safetensors` + `run.json` out, from cached tensors only.
+"""One fit run, a dask task: its resolved spec in, a run folder (`zoomshot.cache.runs`) out, from
+cached tensors only.
 
-A run is named by the hash of its resolved config; it is written to a temporary folder and renamed
-when finished, so an interrupted run leaves nothing that looks finished.
+The task holds the run's lock, so two sweeps over the same grid fit each run once: the second waits
+for the first, then finds the run finished. A folder whose files are damaged, or whose inputs changed
+since it was fitted, is fitted again.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -16,24 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoomshot.cache import store
+from zoomshot.cache import faults, locks, runs, store
+from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.subsets import rows_of_subset
 
 from .methods import fit_method
-
-MAPS_FILE, RUN_FILE = "maps.safetensors", "run.json"
-
-
-def run_name(spec: dict) -> str:
-    """Hash of everything that changes the numbers (not where files live, not the device)."""
-    ident = {k: v for k, v in spec.items() if k not in ("paths", "device")}
-    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / RUN_FILE).exists() and (run_dir / MAPS_FILE).exists()
 
 
 def load_pairs(pairs: list[dict], fraction: float) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -52,44 +39,66 @@ def load_pairs(pairs: list[dict], fraction: float) -> tuple[np.ndarray, np.ndarr
         if not np.array_equal(src.index, clip.index):
             raise PipelineError(f"rows of {src_path.name} and {clip_path.name} do not align (different "
                                 f"subsets or skipped images): extract them together again")
+        if len(rows) == 0:
+            raise PipelineError(f"the {fraction} subset of {src_path.name} holds no rows")
         s_parts.append(src.features)
         t_parts.append(clip.features)
         provenance.append({"source": src_path.name, "clip": clip_path.name, "rows": int(len(rows))})
-    dims = {a.shape[1] for a in s_parts}
-    if len(dims) != 1:
-        raise PipelineError(f"training splits of one run have different source widths {sorted(dims)}")
+    for what, parts in (("source", s_parts), ("CLIP", t_parts)):
+        if len({a.shape[1] for a in parts}) != 1:
+            raise PipelineError(f"training splits of one run have different {what} widths "
+                                f"{sorted({a.shape[1] for a in parts})}")
     return np.concatenate(s_parts), np.concatenate(t_parts), provenance
+
+
+def _prompts(path: str, clip_dim: int) -> torch.Tensor | None:
+    if not path:
+        return None
+    u = store.read_text(Path(path)).embeddings
+    if u.shape[1] != clip_dim:
+        raise PipelineError(f"the class-free prompt embeddings ({Path(path).name}) are {u.shape[1]}-wide, the CLIP "
+                            f"image features {clip_dim}-wide: they come from different CLIP models")
+    return torch.from_numpy(u)
+
+
+def input_files(spec: dict) -> list[Path]:
+    return [Path(p) for pair in spec["pairs"] for p in pair.values()] + \
+        ([Path(spec["classfree"])] if spec["classfree"] else [])
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def execute(spec: dict) -> dict:
     """Run one fit from its resolved spec; returns a one-line status dict. Never raises for a bad run
     so a sweep goes on with the others; the error is in the status."""
-    run_dir = Path(spec["paths"]["runs_dir"]) / spec["name"]
-    if is_finished(run_dir):
-        return {"name": spec["name"], "status": "skipped"}
-    tmp = run_dir.with_name(f".{spec['name']}.tmp-{os.getpid()}")
+    name, run_dir = spec["name"], Path(spec["run_dir"])
     try:
-        t0 = time.perf_counter()
-        s, t, provenance = load_pairs(spec["pairs"], spec["fraction"])
-        u = None
-        if spec.get("classfree"):
-            u = torch.from_numpy(store.read_text(Path(spec["classfree"])).embeddings)
-        maps, history = fit_method(spec["method"], torch.from_numpy(s), torch.from_numpy(t), u,
-                                   dict(spec["params"]), spec["seed"], spec["device"])
-        wall = time.perf_counter() - t0
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        maps.save(tmp / MAPS_FILE, {"run": spec["name"], "method": spec["method"]})
-        record = {**{k: v for k, v in spec.items() if k != "paths"}, "train_files": provenance,
-                  "rows": int(len(s)), "history": history, "wall_time_s": round(wall, 4),
-                  "versions": {"torch": torch.__version__, "numpy": np.__version__,
-                               "project": version("zoomshot-pipeline")},
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / RUN_FILE).write_text(json.dumps(record, indent=1, default=str))
-        shutil.rmtree(run_dir, ignore_errors=True)
-        os.replace(tmp, run_dir)
-        return {"name": spec["name"], "status": "done", "wall_time_s": round(wall, 3)}
+        with locks.holding([run_dir], _stderr):
+            checksums = {p.name: store.content_checksum(p) for p in input_files(spec)}
+            reason = runs.stale_reason(run_dir, checksums)
+            if reason is None:
+                return {"name": name, "status": "skipped"}
+            if run_dir.exists():
+                _stderr(f"re-fitting run {name}: {reason}")
+            faults.point("fit.fitting")
+            t0 = time.perf_counter()
+            s, t, provenance = load_pairs(spec["pairs"], spec["record"]["fraction"])
+            u = _prompts(spec["classfree"], t.shape[1])
+            rec = spec["record"]
+            device = resolve_device(spec["device"], "fit.device")
+            maps, history = fit_method(rec["method"], torch.from_numpy(s), torch.from_numpy(t), u,
+                                       dict(rec["params"]), rec["seed"], device)
+            wall = time.perf_counter() - t0
+            runs.write_run(run_dir, {
+                **rec, "inputs": {"files": sorted(checksums), "checksums": checksums}, "train_files": provenance,
+                "rows": int(len(s)), "history": history, "wall_time_s": round(wall, 4), "device": device,
+                "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                             "project": version("zoomshot-pipeline")},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, maps)
+        faults.point("fit.run_done")
+        return {"name": name, "status": "done", "wall_time_s": round(wall, 3)}
     except Exception as e:  # one failing run is reported, the sweep goes on
-        shutil.rmtree(tmp, ignore_errors=True)
         msg = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-        return {"name": spec["name"], "status": "failed", "error": msg}
+        return {"name": name, "status": "failed", "error": msg}

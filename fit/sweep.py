@@ -1,18 +1,25 @@
 """A grid in pipeline.toml expands to named runs, executed in parallel on dask.
 
-Tasks receive plain dicts of paths and settings, never open HDF5 handles, so the same code runs on
-the threaded scheduler and on a `dask.distributed` cluster.
+Expansion resolves every run's settings completely (each method default filled in) and checks them,
+so a bad key or value in `[fit.definitions.NAME]` or `[fit] trainer` is a config error before any
+run starts. Tasks receive plain dicts of paths and settings, never open HDF5 handles, so the same code
+runs on the threaded scheduler and on a `dask.distributed` cluster.
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from zoomshot.cache import layout
+from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cli import config as C
+from zoomshot.cache.runs import run_name
+from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
-from .runs import execute, run_name
+from .methods import method, resolve_params
+from .runs import execute
+from .settings import FitCfg
 
 # Named variants that need no table in the config; `[fit.definitions.NAME]` adds or overrides.
 BUILTIN_VARIANTS: dict[str, dict] = {
@@ -27,60 +34,88 @@ BUILTIN_VARIANTS: dict[str, dict] = {
     "lstsq": {"method": "lstsq"},
     "procrustes": {"method": "procrustes"},
 }
-TRAINED_METHODS = {"zoomshot"}          # methods whose epochs come from the grid
-TEXT_METHODS = {"zoomshot"}             # methods that read the class-free prompt embeddings
 
 
-def variant(cfg: C.Config, name: str) -> dict:
-    table = {**BUILTIN_VARIANTS, **cfg.fit.definitions}
-    if name not in table:
+def variant(fit: FitCfg, name: str) -> tuple[str, dict, str]:
+    """(method, its settings from the variant's table, where that table is) of a variant name."""
+    if name in fit.definitions:
+        spec, where = fit.definitions[name], f"fit.definitions.{name}"
+    elif name in BUILTIN_VARIANTS:
+        spec, where = BUILTIN_VARIANTS[name], f"variant {name}"
+    else:
         raise PipelineError(f"unknown fit variant {name!r}: define [fit.definitions.{name}] "
-                            f"or use one of {', '.join(table)}")
-    spec = dict(table[name])
-    if "method" not in spec:
-        raise PipelineError(f"[fit.definitions.{name}] needs a `method` key")
-    return spec
+                            f"or use one of {', '.join({**BUILTIN_VARIANTS, **fit.definitions})}")
+    if not isinstance(spec, dict) or "method" not in spec:
+        raise PipelineError(f"[{where}] must be a table with a `method` key")
+    spec = dict(spec)
+    return spec.pop("method"), spec, where
 
 
-def expand(cfg: C.Config) -> list[dict]:
-    """Every run of the grid, deduplicated by name (baselines ignore the epochs axis)."""
-    encoders = cfg.fit.encoders or [e.name for e in cfg.encoders]
+def expand(project: Project, fit: FitCfg) -> list[dict]:
+    """Every run of the grid with its resolved settings, deduplicated by name (baselines ignore the
+    epochs axis)."""
+    encoders = fit.encoders or [e.name for e in project.encoders]
     if not encoders:
         raise PipelineError("no encoder to fit: add [[encoders]] tables to the config")
-    paths = {k: str(cfg.path(k)) for k in ("cache_dir", "runs_dir")}
+    for enc in encoders:
+        project.encoder(enc)
+    trainer = resolve_params("zoomshot", fit.trainer, "fit.trainer") if fit.trainer else {}
+    trainer = {k: v for k, v in trainer.items() if k in fit.trainer}
+    clip = project.clip
     specs: dict[str, dict] = {}
-    grid = itertools.product(cfg.fit.variants, cfg.fit.train, cfg.fit.fractions, cfg.fit.epochs,
-                             encoders, cfg.fit.seeds)
+    grid = itertools.product(fit.variants, fit.train, fit.fractions, fit.epochs, encoders, fit.seeds)
     for vname, train, fraction, epochs, enc, seed in grid:
-        v = variant(cfg, vname)
-        method = v.pop("method")
-        if method in TRAINED_METHODS:
-            v = {**cfg.fit.trainer, **v, "epochs": epochs}
+        method_name, raw, where = variant(fit, vname)
+        by_epochs = method(method_name).by_epochs
+        params = resolve_params(method_name, {**trainer, **raw, "epochs": epochs} if by_epochs else raw, where)
         refs = train.split("+")
-        spec = {
-            "variant": vname, "method": method, "params": v, "encoder": enc,
-            "encoder_identity": cfg.encoder(enc).identity(), "clip_identity": cfg.clip.identity(),
-            "train": refs, "fraction": fraction, "seed": seed, "device": cfg.fit.device,
-            "pairs": [{"source": str(C.feature_path(cfg, enc, r)),
-                       "clip": str(C.feature_path(cfg, cfg.clip.name, r))} for r in refs],
-            "classfree": str(C.classfree_text_path(cfg)) if method in TEXT_METHODS else "",
-            "paths": paths,
-        }
-        spec["cache_keys"] = [Path(p[k]).name for p in spec["pairs"] for k in ("source", "clip")] + \
-            ([Path(spec["classfree"]).name] if spec["classfree"] else [])
-        spec["name"] = run_name(spec)
-        specs.setdefault(spec["name"], spec)
+        pairs = [{"ref": r, "source": layout.feature_path(project, enc, r),
+                  "clip": layout.feature_path(project, clip.name, r)} for r in refs]
+        classfree = layout.classfree_text_path(project) if method(method_name).needs_prompts(params) else None
+        identity = {"variant": vname, "encoder": enc, "method": method_name, "params": params,
+                    "fraction": fraction, "seed": seed,
+                    "train": [{"ref": p["ref"], "source": p["source"].name, "clip": p["clip"].name} for p in pairs],
+                    "classfree": classfree.name if classfree else None}
+        name = run_name(identity)
+        record = {"name": name, "variant": vname, "method": method_name, "params": params, "encoder": enc,
+                  "encoder_key": project.encoder(enc).key(), "encoder_identity": project.encoder(enc).identity(),
+                  "encoder_pretrained": project.encoder(enc).pretrained, "clip": clip.name, "clip_key": clip.key(),
+                  "clip_identity": clip.identity(), "train": refs, "fraction": fraction,
+                  "epochs": epochs if by_epochs else None, "seed": seed,
+                  "identity": identity}
+        specs.setdefault(name, {
+            "name": name, "record": record, "device": fit.device,
+            "run_dir": str(project.path("runs_dir") / name),
+            "pairs": [{"source": str(p["source"]), "clip": str(p["clip"])} for p in pairs],
+            "classfree": str(classfree) if classfree else "",
+            "imported": {"encoder": project.encoder(enc).model == IMPORTED, "clip": clip.model == IMPORTED,
+                         "datasets": [project.dataset(parse_ref(r)[0]).kind == IMPORTED for r in refs]},
+        })
     return list(specs.values())
 
 
-def check_inputs(specs: list[dict]) -> None:
-    """Fail fast, in one line, when the cache lacks an input of the sweep."""
-    needed = {p for s in specs for pair in s["pairs"] for p in pair.values()} | \
-        {s["classfree"] for s in specs if s["classfree"]}
-    missing = sorted(p for p in needed if not Path(p).exists())
-    if missing:
-        raise PipelineError(f"{len(missing)} cache file(s) missing, e.g. {missing[0]}: "
-                            f"run `pipeline extract` first (with the same config)")
+def check_inputs(specs: list[dict], scheduler: str = "") -> None:
+    """Fail fast, in one line, when the cache lacks an input of the sweep, saying how to make it (or,
+    running here, when the device is not)."""
+    if not scheduler:
+        for device in {s["device"] for s in specs}:
+            resolve_device(device, "fit.device")
+    for s in specs:
+        for pair, imported in zip(s["pairs"], s["imported"]["datasets"]):
+            for role, path in pair.items():
+                if not Path(path).exists():
+                    by_import = imported or s["imported"]["encoder" if role == "source" else "clip"]
+                    how = "import it with `pipeline cache import`" if by_import else \
+                        "run `pipeline extract` first (with the same config)"
+                    raise PipelineError(f"cache file {Path(path).name} is missing (training features of "
+                                        f"{s['record']['encoder'] if role == 'source' else 'CLIP'} for run "
+                                        f"{s['name']}, variant {s['record']['variant']}): {how}")
+        if s["classfree"] and not Path(s["classfree"]).exists():
+            how = ("import them: `pipeline cache import ARRAY --text classfree --prompts FILE` with the prompts "
+                   "of [clip] classfree_prompts" if s["imported"]["clip"]
+                   else "run `pipeline extract` first (with the same config)")
+            raise PipelineError(f"the class-free prompt embeddings ({Path(s['classfree']).name}) that variant "
+                                f"{s['record']['variant']} needs are missing: {how}")
 
 
 def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
@@ -89,15 +124,13 @@ def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
     if not specs:
         return []
     if scheduler:
-        from dask.distributed import Client, as_completed
-        try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as e:
-            raise PipelineError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
-        with client:
-            futures = client.map(execute, specs, pure=False)
+        from dask.distributed import as_completed
+
+        from zoomshot.cache.compute import client
+
+        with client(scheduler) as c:
             results = []
-            for fut in as_completed(futures):
+            for fut in as_completed(c.map(execute, specs, pure=False)):
                 results.append(fut.result())
                 if on_result:
                     on_result(results[-1])

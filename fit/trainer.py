@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from zoomshot.cache.runs import Maps
+
 from .losses import KD_VARIANTS, total_loss
-from .maps import LinearMaps, affine_pinv, variance_scale
+from .maps import affine_pinv, variance_scale
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], "TrainConfig"], torch.optim.Optimizer]] = {
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -76,6 +78,9 @@ class TrainConfig:
         for name in ("lr", "tau", "target_variance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        weights = {name: getattr(self, name) for name in ("w_mse", "w_cyc", "w_cyc_text", "w_kd")}
+        if any(w < 0 for w in weights.values()) or not any(weights.values()):
+            raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights}")
 
 
 def seeded_linear(n_in: int, n_out: int, generator: torch.Generator, device: str | torch.device) -> nn.Linear:
@@ -152,7 +157,7 @@ def train_maps(
     cfg: TrainConfig,
     progress: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
-) -> tuple[LinearMaps, list[dict]]:
+) -> tuple[Maps, list[dict]]:
     """Fit h: R^m -> R^d and h_inv: R^d -> R^m on row-aligned s (N, m), t (N, d) and prompt set u (K, d) or None.
 
     Returns the maps and one record per epoch: {"epoch", "total", and each computed loss term}, each the
@@ -195,4 +200,4 @@ def train_maps(
             on_epoch(record)
     h_weight, h_bias = h.affine()
     hinv_weight, hinv_bias = h_inv.affine() if trains_inverse else affine_pinv(h_weight, h_bias)
-    return LinearMaps(h_weight, h_bias, hinv_weight, hinv_bias, c_s, c_t), history
+    return Maps(h_weight, h_bias, hinv_weight, hinv_bias, c_s, c_t), history
