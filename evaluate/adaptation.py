@@ -21,15 +21,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from zoomshot.cache import store
+from zoomshot.cache import layout, store
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cli import config as C
+from zoomshot.cache.runs import Maps, Run
+from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
-from . import adapters as A
+from .adapters import ADAPTERS, GRIDS, clip_logits, search_hparams, support_val_split, tipx_ranges
 from .metrics import MetricAccumulator
-from .scoring import TASK, aligned_chunks, load_classes, load_mapping, run_fields, write_result
-
-Mapping = Callable[[torch.Tensor], torch.Tensor]
+from .scoring import TASK, Inputs, Outcome, Say, TestInputs, aligned_chunks, run_fields, write_result
+from .settings import EvaluateCfg
 
 
 def variant_name(base: str, method: str, shots: int) -> str:
@@ -66,67 +66,67 @@ def _labels_in(ff: store.FeatureFile, classnames: list[str], what: str) -> np.nd
     return np.where(labels >= 0, remap[np.clip(labels, 0, None)], -1)
 
 
-def _support(path: Path, mapping: Mapping | None, classnames: list[str], cfg: C.Config) -> dict:
+def _support(path: Path, maps: Maps | None, classnames: list[str], ev: EvaluateCfg) -> dict:
     """Support and validation rows of the support file (mapped), by the seeded per-class split."""
-    ev = cfg.evaluate
     ff = store.read_features(path)
     labels = _labels_in(ff, classnames, f"support set {ev.support} ({path.name})")
-    support_rows, val_rows = A.support_val_split(labels, len(classnames), ev.val_per_class, ev.shots,
+    support_rows, val_rows = support_val_split(labels, len(classnames), ev.val_per_class, ev.shots,
                                                  ev.support_seed)
     if len(val_rows) == 0 or len(support_rows) == 0:
         raise PipelineError(f"support set {ev.support} is too small to hold out validation rows "
                             f"(needs 2 or more labelled rows in a class)")
     feats = torch.from_numpy(ff.features)
-    if mapping is not None:
-        feats = mapping(feats)
+    if maps is not None:
+        if feats.shape[1] != maps.source_dim:
+            raise PipelineError(f"support file {path.name} holds {feats.shape[1]}-wide features, the run's map "
+                                f"takes {maps.source_dim}")
+        feats = maps.to_clip(feats)
     labels_t = torch.from_numpy(labels)
     return {"feats": feats[support_rows], "labels": labels_t[support_rows], "val_feats": feats[val_rows],
             "val_labels": labels_t[val_rows], "file": path, "index": ff.index,
             "classes_without_support": int(len(classnames) - len(np.unique(labels[support_rows])))}
 
 
-def _evaluate(test_file: Path, clip_file: Path, mapping: Mapping | None, sup: dict, class_emb: torch.Tensor,
-              methods: list[str], grid: str, chunk_rows: int,
-              groups: dict[str, list[int]] | None = None) -> tuple[dict, dict, dict]:
+def _evaluate(inputs: TestInputs, maps: Maps | None, sup: dict, methods: list[str], grid: str,
+              chunk_rows: int) -> tuple[dict, dict, dict]:
     """Search each method on the validation rows, then score the test rows (streamed).
 
     Returns (hyper-parameter choice per method, test metrics per method, zero-shot metrics)."""
-    chosen = {m: A.search_hparams(sup["val_feats"], sup["val_labels"], sup["feats"], sup["labels"], class_emb,
-                                  m, A.GRIDS[grid][m]) for m in methods}
-    paths = [test_file] if test_file == clip_file else [test_file, clip_file]
+    classes = inputs.classes
+    class_emb, groups = classes.emb, classes.groups
+    chosen = {m: search_hparams(sup["val_feats"], sup["val_labels"], sup["feats"], sup["labels"], class_emb,
+                                m, GRIDS[grid][m]) for m in methods}
+    paths = [inputs.test_file] if inputs.test_file == inputs.clip_file else [inputs.test_file, inputs.clip_file]
 
     def student(chunk: list[store.FeatureFile]) -> torch.Tensor:
         s = torch.from_numpy(chunk[0].features)
-        s = mapping(s) if mapping is not None else s
+        if maps is not None:
+            if s.shape[1] != maps.source_dim:
+                raise PipelineError(f"{inputs.test_file.name} holds {s.shape[1]}-wide features, the run's map "
+                                    f"takes {maps.source_dim}")
+            s = maps.to_clip(s)
         if s.shape[1] != class_emb.shape[1]:
             raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
         return s
 
-    ranges = None
-    if "tip-x" in methods:   # psi's ranges over the whole test set, so chunking changes no number
-        temperature = chosen["tip-x"]["temperature"]
-        for chunk in aligned_chunks(paths, chunk_rows):
-            r = A.tipx_ranges(student(chunk), sup["feats"], class_emb, temperature)
-            ranges = r if ranges is None else ranges.merge(r)
+    ranges = {}
+    for m in (m for m in methods if ADAPTERS[m].uses_kl):   # psi's ranges over the whole test set, so
+        for chunk in aligned_chunks(paths, chunk_rows):     # chunking changes no number
+            r = tipx_ranges(student(chunk), sup["feats"], class_emb, chosen[m]["temperature"])
+            ranges[m] = r if m not in ranges else ranges[m].merge(r)
     acc = {m: MetricAccumulator(class_emb.shape[0]) for m in ["zero-shot", *methods]}
     for chunk in aligned_chunks(paths, chunk_rows):
         s, y = student(chunk), torch.from_numpy(chunk[0].labels)
-        teacher = A.zero_shot_logits(torch.from_numpy(chunk[-1].features), class_emb)
-        acc["zero-shot"].update(A.zero_shot_logits(s, class_emb), y, teacher)
+        teacher = clip_logits(torch.from_numpy(chunk[-1].features), class_emb)
+        acc["zero-shot"].update(clip_logits(s, class_emb), y, teacher)
         for m in methods:
-            hp = chosen[m]
-            if m == "tip-adapter":
-                logits = A.tip_adapter_logits(s, sup["feats"], sup["labels"], class_emb, hp["alpha"], hp["beta"])
-            else:
-                logits = A.tipx_logits(s, sup["feats"], sup["labels"], class_emb, hp["alpha"], hp["beta"],
-                                       hp["gamma"], hp["temperature"], ranges)
+            logits = ADAPTERS[m].logits(s, sup["feats"], sup["labels"], class_emb, chosen[m], ranges.get(m))
             acc[m].update(logits, y, teacher)
     zero_shot = acc.pop("zero-shot").compute(groups=groups)
     return chosen, {m: a.compute(groups=groups) for m, a in acc.items()}, zero_shot
 
 
-def _adapter_fields(cfg: C.Config, hp: dict, sup: dict) -> dict:
-    ev = cfg.evaluate
+def _adapter_fields(ev: EvaluateCfg, hp: dict, sup: dict) -> dict:
     return {"hparams": {k: hp[k] for k in ("alpha", "beta", "gamma", "temperature") if k in hp},
             "support": ev.support, "shots": ev.shots, "val_per_class": ev.val_per_class,
             "support_seed": ev.support_seed, "support_size": int(len(sup["labels"])), "val_size": hp["val_size"],
@@ -135,34 +135,29 @@ def _adapter_fields(cfg: C.Config, hp: dict, sup: dict) -> dict:
             "search": {"grid": ev.adapter_grid, "ranges": hp["grid"], "at_grid_edge": hp["at_grid_edge"]}}
 
 
-def _check(cfg: C.Config) -> None:
-    ev = cfg.evaluate
+def _check(project: Project, ev: EvaluateCfg) -> None:
     if not ev.support:
         raise PipelineError("config key 'evaluate.support' is empty: name the cached support set of the "
                             "adapters, e.g. support = \"shapes-sus:train\" (or a train split with shots = k)")
-    name, _ = C.split_ref(ev.support)
-    cfg.dataset(name)
+    project.dataset(parse_ref(ev.support)[0])
     if ev.support in ev.test:
         raise PipelineError(f"evaluate.support {ev.support!r} is also a test split: the support set (and the "
                             f"validation rows of the search) must not come from the test data")
-    if ev.shots < 0 or ev.val_per_class < 0:
-        raise PipelineError("config keys 'evaluate.shots' and 'evaluate.val_per_class' must be >= 0")
 
 
-def run_adapters(cfg: C.Config, runs: list[Path], written_callback: Callable[[Path, dict], None] | None = None,
-                 progress: Callable[[str], None] = print) -> list[Path]:
-    """`cfg.evaluate.adapters` for CLIP and every given run directory on every test split.
+def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]],
+                 written_callback: Callable[[Path, dict], None] | None = None, say: Say = print) -> Outcome:
+    """`ev.adapters` for CLIP and every given run on every test split.
 
     Writes `<results_dir>/<run or clip>/<dataset>-<split>+<method>[-<k>shot].json`; calls
-    `written_callback(path, result)` after each. A run whose cache files are missing is reported through
-    `progress` and skipped, as `pipeline evaluate` does.
+    `written_callback(path, result)` after each. A run whose inputs the cache lacks is one line and is
+    skipped, as `pipeline evaluate` does.
     """
-    ev = cfg.evaluate
-    methods = [m for m in A.METHODS if m in ev.adapters]
+    methods = [m for m in ADAPTERS if m in ev.adapters]
     if not methods:
-        return []
-    _check(cfg)
-    out_dir, written = cfg.path("results_dir"), []
+        return Outcome([], 0)
+    _check(project, ev)
+    out_dir, written, skipped = project.path("results_dir"), [], 0
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     def emit(result: dict, folder: str, dataset: str, split: str, method: str) -> None:
@@ -172,47 +167,50 @@ def run_adapters(cfg: C.Config, runs: list[Path], written_callback: Callable[[Pa
         if written_callback is not None:
             written_callback(path, result)
 
+    clip_cfg = project.clip
     for ref in ev.test:
-        dataset, split = C.split_ref(ref)
-        classes = load_classes(C.class_text_path(cfg, dataset))
-        classnames, class_emb = classes.names, classes.emb
-        clip_file = C.feature_path(cfg, cfg.clip.name, ref)
+        dataset, split = parse_ref(ref)
+        inputs = Inputs(project, ref)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": created}
-
-        clip_support = _support(C.feature_path(cfg, cfg.clip.name, ev.support), None, classnames, cfg)
-        chosen, metrics, zero_shot = _evaluate(clip_file, clip_file, None, clip_support, class_emb, methods,
-                                               ev.adapter_grid, ev.chunk_rows, classes.groups)
+        try:
+            clip = inputs.clip()
+            clip_sup_file = layout.feature_path(project, clip_cfg.name, ev.support)
+            clip_support = _support(clip_sup_file, None, clip.classes.names, ev)
+            chosen, metrics, zero_shot = _evaluate(clip, None, clip_support, methods, ev.adapter_grid,
+                                                   ev.chunk_rows)
+        except PipelineError as e:
+            say(f"skip adapters on {ref} (CLIP and every run): {e}")
+            skipped += 1 + len(runs)
+            continue
         clip_acc1 = zero_shot["acc1"]
         for m in methods:
-            result = {**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+            result = {**base, "model": clip_cfg.model, "pretrained": clip_cfg.pretrained,
                       "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": clip_acc1},
-                      "encoder": cfg.clip.name, "method": m, "variant": variant_name("clip", m, ev.shots),
-                      "run": "clip", "cache_keys": [clip_file.name, clip_support["file"].name],
-                      **_adapter_fields(cfg, chosen[m], clip_support)}
+                      "encoder": clip_cfg.name, "method": m, "variant": variant_name("clip", m, ev.shots),
+                      "run": "clip", "cache_keys": [clip.test_file.name, clip_sup_file.name],
+                      **_adapter_fields(ev, chosen[m], clip_support)}
             emit(result, "clip", dataset, split, m)
 
-        for run_dir in runs:
-            record = json.loads((run_dir / "run.json").read_text())
+        for run, maps in runs:
+            r = run.record
             try:
-                if cfg.encoder(record["encoder"]).identity() != record["encoder_identity"]:
-                    raise PipelineError("the config's encoder settings differ from the ones it was fitted on")
-                test_file = C.feature_path(cfg, record["encoder"], ref)
-                mapping = load_mapping(run_dir / "maps.safetensors")
-                sup = _support(C.feature_path(cfg, record["encoder"], ev.support), mapping, classnames, cfg)
+                got = inputs.of_run(run)
+                sup_file = Inputs(project, ev.support).features("encoder", r["encoder"], r["encoder_key"],
+                                                                r["encoder_identity"].get("family") == IMPORTED)
+                sup = _support(sup_file, maps, got.classes.names, ev)
                 if not np.array_equal(sup["index"], clip_support["index"]):
-                    raise PipelineError(f"its support file {sup['file'].name} and CLIP's hold different rows: "
+                    raise PipelineError(f"its support file {sup_file.name} and CLIP's hold different rows: "
                                         f"extract {ev.support} for every encoder together")
-                chosen, metrics, zero_shot = _evaluate(test_file, clip_file, mapping, sup, class_emb, methods,
-                                                       ev.adapter_grid, ev.chunk_rows, classes.groups)
+                chosen, metrics, zero_shot = _evaluate(got, maps, sup, methods, ev.adapter_grid, ev.chunk_rows)
             except PipelineError as e:
-                progress(f"skip adapters of run {run_dir.name} ({record['encoder']}, {record['variant']}) "
-                         f"on {ref}: {e}")
+                say(f"skip adapters of run {run.name} ({r['encoder']}, {r['variant']}) on {ref}: {e}")
+                skipped += 1
                 continue
             for m in methods:
-                result = {**base, **run_fields(record, run_dir),
+                result = {**base, **run_fields(run),
                           "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": zero_shot["acc1"]},
-                          "method": m, "variant": variant_name(record["variant"], m, ev.shots),
-                          "cache_keys": record["cache_keys"] + [test_file.name, clip_file.name, sup["file"].name],
-                          **_adapter_fields(cfg, chosen[m], sup)}
-                emit(result, run_dir.name, dataset, split, m)
-    return written
+                          "method": m, "variant": variant_name(r["variant"], m, ev.shots),
+                          "cache_keys": r["inputs"]["files"] + [got.test_file.name, got.clip_file.name, sup_file.name],
+                          **_adapter_fields(ev, chosen[m], sup)}
+                emit(result, run.name, dataset, split, m)
+    return Outcome(written, skipped)

@@ -41,6 +41,7 @@ alpha, beta, gamma). A choice on the edge of its grid is reported (`at_grid_edge
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,6 @@ from torch import Tensor
 CLIP_LOGIT_SCALE = 100.0
 #: Softmax temperature of the TIP-X signatures (SuS-X tipx.py `--temperature` default).
 TIPX_TEMPERATURE = 0.5
-METHODS = ("tip-adapter", "tip-x")
 
 
 def _grid(scale: float, steps: int, start: float) -> list[float]:
@@ -98,7 +98,7 @@ def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes).float()
 
 
-def zero_shot_logits(features: Tensor, class_emb: Tensor) -> Tensor:
+def clip_logits(features: Tensor, class_emb: Tensor) -> Tensor:
     """(N, C) CLIP zero-shot logits, 100 * cosine(image, class text)."""
     return CLIP_LOGIT_SCALE * (_unit(features) @ _unit(class_emb).T)
 
@@ -111,8 +111,8 @@ def cache_affinity(test: Tensor, support: Tensor, beta: float) -> Tensor:
 def tip_adapter_logits(test: Tensor, support: Tensor, support_labels: Tensor, class_emb: Tensor,
                        alpha: float, beta: float) -> Tensor:
     """(N, C) Tip-Adapter logits: 100 f W^T + alpha exp(-beta (1 - f F^T)) L. alpha = 0 gives exactly
-    `zero_shot_logits`."""
-    zs = zero_shot_logits(test, class_emb)
+    `clip_logits`."""
+    zs = clip_logits(test, class_emb)
     if alpha == 0:
         return zs
     return zs + alpha * (cache_affinity(test, support, beta) @ _one_hot(support_labels, class_emb.shape[0]))
@@ -180,10 +180,31 @@ def tipx_logits(test: Tensor, support: Tensor, support_labels: Tensor, class_emb
     labels = _one_hot(support_labels, class_emb.shape[0])
     cos, m = _parts(test, support, class_emb, temperature)
     ranges = ranges or _ranges_of(cos, m)
-    zs = zero_shot_logits(test, class_emb)
+    zs = clip_logits(test, class_emb)
     cache = torch.exp(-beta * (1.0 - cos)) @ labels
     kl_logits = -rescale(m, ranges) @ labels
     return zs + alpha * cache + gamma * kl_logits
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One training-free adapter: the hyper-parameters its search sets, the order the reference loops
+    over them (outer first; the first best wins ties), whether it uses TIP-X's text-side affinity
+    (whose rescaling needs ranges over the whole scored set), and its logits."""
+    searched: tuple[str, ...]
+    loop_order: tuple[int, ...]
+    uses_kl: bool
+    logits: Callable[..., Tensor]     # (test, support, support_labels, class_emb, hparams, ranges) -> (N, C)
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "tip-adapter": Adapter(("alpha", "beta"), (1, 0, 2), False,   # Tip-Adapter utils.py: beta outer
+                           lambda f, sup, lab, w, hp, ranges: tip_adapter_logits(f, sup, lab, w, hp["alpha"],
+                                                                                 hp["beta"])),
+    "tip-x": Adapter(("alpha", "beta", "gamma"), (0, 1, 2), True,   # tipx.py: alpha, beta, gamma
+                     lambda f, sup, lab, w, hp, ranges: tipx_logits(f, sup, lab, w, hp["alpha"], hp["beta"],
+                                                                    hp["gamma"], hp["temperature"], ranges)),
+}
 
 
 # ------------------------------------------------------------------------------------------ the search
@@ -212,10 +233,11 @@ def search_hparams(val_feats: Tensor, val_labels: Tensor, support: Tensor, suppo
     Vectorised: per beta, every (alpha, gamma) cell is scored in one batched argmax. Returns the chosen
     values, the validation top-1 with them and of plain zero-shot, and the grid searched.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    if method not in ADAPTERS:
+        raise ValueError(f"unknown method {method!r} (known: {', '.join(ADAPTERS)})")
+    adapter = ADAPTERS[method]
     grid = {k: [float(v) for v in vals] for k, vals in (grid or DEFAULT_GRIDS[method]).items()}
-    need = ("alpha", "beta", "gamma") if method == "tip-x" else ("alpha", "beta")
+    need = adapter.searched
     missing = [k for k in need if not grid.get(k)]
     if missing:
         raise ValueError(f"grid for {method} needs non-empty {', '.join(missing)}")
@@ -224,10 +246,10 @@ def search_hparams(val_feats: Tensor, val_labels: Tensor, support: Tensor, suppo
     if n_val == 0:
         raise ValueError("the validation split is empty")
     labels = _one_hot(support_labels, class_emb.shape[0])
-    zs = zero_shot_logits(val_feats, class_emb)
+    zs = clip_logits(val_feats, class_emb)
     alphas = torch.tensor(grid["alpha"])
     cos, m = _parts(val_feats, support, class_emb, temperature)
-    if method == "tip-x":
+    if adapter.uses_kl:
         gammas = torch.tensor(grid["gamma"])
         kl_logits = -rescale(m, _ranges_of(cos, m)) @ labels
     else:
@@ -238,10 +260,9 @@ def search_hparams(val_feats: Tensor, val_labels: Tensor, support: Tensor, suppo
         cache = torch.exp(-beta * (1.0 - cos)) @ labels                  # (V, C)
         for i, alpha in enumerate(alphas):
             correct[i, j] = _correct(base + alpha * cache, y)
-    order = (0, 1, 2) if method == "tip-x" else (1, 0, 2)             # tipx.py / Tip-Adapter utils.py
-    i, j, k = _first_best(correct, order)
+    i, j, k = _first_best(correct, adapter.loop_order)
     chosen = {"alpha": grid["alpha"][i], "beta": grid["beta"][j]}
-    if method == "tip-x":
+    if adapter.uses_kl:
         chosen.update(gamma=grid["gamma"][k], temperature=temperature)
     edge = [name for name, pos in zip(("alpha", "beta", "gamma"), (i, j, k)) if name in need
             and len(grid[name]) > 1 and pos in (0, len(grid[name]) - 1)]

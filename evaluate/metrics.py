@@ -43,7 +43,7 @@ def class_embeddings(prompt_embeddings: Tensor, class_of_prompt: Tensor, num_cla
     return F.normalize(sums / counts.unsqueeze(1), dim=-1)
 
 
-def zero_shot_logits(features: Tensor, class_emb: Tensor) -> Tensor:
+def cosine_logits(features: Tensor, class_emb: Tensor) -> Tensor:
     """(N, C) float32 cosine similarities; float32 because cached features are float16."""
     return F.normalize(features.float(), dim=-1) @ F.normalize(class_emb.float(), dim=-1).T
 

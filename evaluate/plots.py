@@ -11,7 +11,6 @@ closes its figure; `write_plots` draws all that the results support:
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
+
+from zoomshot.cache import atomic  # noqa: E402
+from zoomshot.cache.errors import PipelineError  # noqa: E402
+from zoomshot.cache.runs import read_run  # noqa: E402
 
 from .report import CLIP, summary_rows  # noqa: E402
 
@@ -40,10 +43,11 @@ def _panels(n: int, title: str) -> tuple[plt.Figure, list[plt.Axes]]:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """Written atomically, like every output: a reader never sees half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip("."))
     plt.close(fig)
     return path
 
@@ -116,13 +120,12 @@ def load_histories(results: list[dict[str, Any]], runs_dir: Path) -> list[dict[s
         if not name or name in seen:
             continue
         seen.add(name)
-        path = Path(runs_dir) / name / "run.json"
-        if not path.is_file():
+        if not (Path(runs_dir) / name).is_dir():
             continue
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            warnings.warn(f"skipping {path}: not readable JSON ({err})", stacklevel=2)
+            record = read_run(Path(runs_dir) / name).record
+        except PipelineError as err:
+            warnings.warn(f"no loss curve of run {name}: {err}", stacklevel=2)
             continue
         if len(record.get("history") or []) > 1:
             records.append(record)

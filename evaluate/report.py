@@ -6,6 +6,7 @@ directory walk. Seeds of the same configuration collapse into mean and sample st
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -13,6 +14,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from zoomshot.cache import atomic
 
 METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1")
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
@@ -187,15 +190,15 @@ def _plain(value: Any) -> Any:
 def write_report(results: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write results.csv, results.md and results.json into out_dir; return their paths by format."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(results)
     plain_rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
     paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "json": out_dir / "results.json"}
     fields = [*GROUP_FIELDS, "n_seeds", *(f"{m}_{s}" for m in metric_names(results) for s in ("mean", "std"))]
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(plain_rows)
-    paths["md"].write_text(format_markdown(rows))
-    paths["json"].write_text(json.dumps(plain_rows, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(plain_rows)
+    atomic.write_text(paths["csv"], table.getvalue())
+    atomic.write_text(paths["md"], format_markdown(rows))
+    atomic.write_text(paths["json"], json.dumps(plain_rows, indent=2) + "\n")
     return paths

@@ -1,75 +1,36 @@
 """Stage 3: score cached test features of every finished run (and CLIP itself, the ceiling) against
 cached class-prompt embeddings; one CLIP_benchmark-style JSON per (run, dataset).
 
-Reads only the cache and saved maps: never an image, never an encoder, never `fit` internals.
+A run is scored only on features of the very encoder weights and settings it was fitted on, and
+against the text embeddings of the CLIP it was fitted to: the test files are located by the content
+keys its run.json records, not by what the config says today. A run or a file that cannot be read,
+or whose inputs the cache does not hold, is one line and is skipped; the others go on.
+
+Reads only the cache and run folders: never an image, never an encoder, never `fit` internals.
 Test sets stream in chunks of rows, so memory stays bounded whatever their size.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from tqdm import tqdm
 
-from zoomshot.cache import store
+from zoomshot.cache import atomic, layout, locks, store
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cli import config as C
+from zoomshot.cache.runs import Maps, Run, read_run, run_dirs
+from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
-from .metrics import MetricAccumulator, class_embeddings, zero_shot_logits
+from .metrics import MetricAccumulator, class_embeddings, cosine_logits
+from .settings import EvaluateCfg
 
 TASK = "zeroshot_classification"
-
-
-def load_mapping(maps_file: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """h as a function on raw source features; the variance scales are undone here."""
-    t = load_file(str(maps_file))
-    w, b = t["h.weight"], t["h.bias"]
-    cs, cc = float(t["scale_source"]), float(t["scale_clip"])
-    return lambda s: ((s * cs) @ w.T + b) / cc
-
-
-def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.FeatureFile]]:
-    """Aligned row chunks of files that hold the same rows (a student's test file and CLIP's)."""
-    files = [store.open_complete(p) for p in paths]
-    try:
-        n = files[0]["features"].shape[0]
-        for f, p in zip(files[1:], paths[1:]):
-            if f["features"].shape[0] != n or not np.array_equal(f["index"][:], files[0]["index"][:]):
-                raise PipelineError(f"{p.name} and {paths[0].name} hold different rows: extract them together")
-        for i in range(0, n, chunk_rows):
-            out = []
-            for f, p in zip(files, paths):
-                feats = f["features"][i:i + chunk_rows].astype(np.float32)
-                if not np.isfinite(feats).all():
-                    raise PipelineError(f"{p} holds NaN or Inf features; remove it and extract again")
-                out.append(store.FeatureFile(p, feats, f["index"][i:i + chunk_rows], f["labels"][i:i + chunk_rows], {}))
-            yield out
-    finally:
-        for f in files:
-            f.close()
-
-
-def score(student: Path, teacher: Path, class_emb: torch.Tensor,
-          mapping: Callable[[torch.Tensor], torch.Tensor] | None, chunk_rows: int, per_class: bool = False,
-          groups: dict[str, list[int]] | None = None) -> dict:
-    """Metrics of `mapping(student features)` against the classes, with CLIP (`teacher`) agreement."""
-    acc = MetricAccumulator(class_emb.shape[0])
-    paths = [student] if student == teacher else [student, teacher]
-    for chunk in aligned_chunks(paths, chunk_rows):
-        s = torch.from_numpy(chunk[0].features)
-        if mapping is not None:
-            s = mapping(s)
-        if mapping is not None and s.shape[1] != class_emb.shape[1]:
-            raise PipelineError(f"mapped width {s.shape[1]} != CLIP text width {class_emb.shape[1]}")
-        teacher_logits = zero_shot_logits(torch.from_numpy(chunk[-1].features), class_emb)
-        acc.update(zero_shot_logits(s, class_emb), torch.from_numpy(chunk[0].labels), teacher_logits)
-    return acc.compute(per_class, groups)
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -82,107 +43,223 @@ class Classes:
 
 def load_classes(path: Path) -> Classes:
     text = store.read_text(path)
-    emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
-                           len(text.classnames))
+    try:
+        emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
+                               len(text.classnames))
+    except ValueError as e:
+        raise PipelineError(f"{path.name}: {e}") from None
     return Classes(emb, text.classnames, json.loads(text.attrs.get("class_groups", "{}")))
 
 
+def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.FeatureFile]]:
+    """Aligned row chunks of files that hold the same rows (a student's test file and CLIP's)."""
+    files = []
+    try:
+        for p in paths:
+            files.append(store.open_complete(p))
+        n = files[0]["features"].shape[0]
+        for f, p in zip(files[1:], paths[1:]):
+            if f["features"].shape[0] != n or not np.array_equal(f["index"][:], files[0]["index"][:]):
+                raise PipelineError(f"{p.name} and {paths[0].name} hold different rows: extract them together")
+        for i in range(0, n, chunk_rows):
+            yield [store.FeatureFile(p, *store.read_rows(p, f, slice(i, i + chunk_rows)), {})
+                   for f, p in zip(files, paths)]
+    finally:
+        for f in files:
+            f.close()
+
+
+def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chunk_rows: int,
+          per_class: bool = False) -> dict:
+    """Metrics of `maps.to_clip(student features)` (or the features themselves) against the classes,
+    with CLIP (`teacher`) agreement. Every width and label is checked: one clear line, not a traceback."""
+    width = classes.emb.shape[1]
+    acc = MetricAccumulator(classes.emb.shape[0])
+    paths = [student] if student == teacher else [student, teacher]
+    for chunk in aligned_chunks(paths, chunk_rows):
+        s, t = torch.from_numpy(chunk[0].features), torch.from_numpy(chunk[-1].features)
+        if maps is not None:
+            if s.shape[1] != maps.source_dim:
+                raise PipelineError(f"{student.name} holds {s.shape[1]}-wide features, the run's map takes "
+                                    f"{maps.source_dim}: they come from different encoders")
+            s = maps.to_clip(s)
+        for what, x in (("mapped" if maps is not None else student.name, s), (teacher.name, t)):
+            if x.shape[1] != width:
+                raise PipelineError(f"{what} features are {x.shape[1]}-wide, the class-prompt embeddings "
+                                    f"{width}-wide: they come from different CLIP models")
+        try:
+            acc.update(cosine_logits(s, classes.emb), torch.from_numpy(chunk[0].labels), cosine_logits(t, classes.emb))
+        except ValueError as e:
+            raise PipelineError(f"{student.name}: {e}") from None
+    metrics = acc.compute(per_class, classes.groups)
+    if metrics["n_labeled"] == 0:
+        raise PipelineError(f"{student.name} has no labels (every row is -1): there is nothing to score; "
+                            f"import the split with --labels")
+    return metrics
+
+
 def write_result(result: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(path, result)
 
 
-def run_fields(record: dict, run_dir: Path) -> dict:
+def run_fields(run: Run) -> dict:
     """The provenance of a fitted run that every result of it carries."""
-    return {"model": record["encoder"], "pretrained": record["encoder_identity"].get("pretrained", ""),
-            "run": run_dir.name, "encoder": record["encoder"],
-            "loss_weights": {k: v for k, v in record["params"].items() if k.startswith("w_")},
-            "params": record["params"], "fraction": record["fraction"], "epochs": record["params"].get("epochs"),
-            "seed": record["seed"], "train_data": record["train"], "rows": record["rows"],
-            "versions": record.get("versions", {})}
+    r = run.record
+    return {"model": r["encoder"], "pretrained": r.get("encoder_pretrained", ""), "run": run.name,
+            "encoder": r["encoder"], "encoder_key": r["encoder_key"], "clip_key": r["clip_key"],
+            "loss_weights": {k: v for k, v in r["params"].items() if k.startswith("w_")},
+            "params": r["params"], "fraction": r["fraction"], "epochs": r["epochs"],
+            "seed": r["seed"], "train_data": r["train"], "rows": r.get("rows"), "versions": r.get("versions", {})}
 
 
-def finished_runs(runs_dir: Path, names: list[str]) -> list[Path]:
-    found = sorted(p.parent for p in runs_dir.glob("*/run.json")
-                   if (p.parent / "maps.safetensors").exists() and not p.parent.name.startswith("."))
-    if names:
-        missing = set(names) - {p.name for p in found}
-        if missing:
-            raise PipelineError(f"no finished run named {', '.join(sorted(missing))} under {runs_dir}")
-        found = [p for p in found if p.name in names]
-    return found
+def open_runs(project: Project, names: list[str], say: Say) -> tuple[list[tuple[Run, Maps]], int]:
+    """Every run folder (or the named ones) with its checked maps; a damaged run, or one another process
+    is writing, is one line and left out. Returns the runs and how many were left out."""
+    opened, skipped = [], 0
+    for run_dir in run_dirs(project.path("runs_dir"), names):
+        try:
+            with locks.trying(run_dir) as free:
+                if not free:
+                    raise PipelineError(f"run {run_dir.name} is being written by another process (`pipeline fit`)")
+                run = read_run(run_dir)
+                opened.append((run, run.maps()))
+        except PipelineError as e:
+            say(f"skip: {e}")
+            skipped += 1
+    return opened, skipped
 
 
-def run_evaluate(cfg: C.Config, progress: Callable[[str], None] = print) -> list[Path]:
-    """Every finished run (or the named ones) on every configured test split, plus the CLIP row."""
-    runs = finished_runs(cfg.path("runs_dir"), cfg.evaluate.runs)
-    out_dir, written = cfg.path("results_dir"), []
-    for ref in cfg.evaluate.test:
-        dataset, split = C.split_ref(ref)
-        classes = load_classes(C.class_text_path(cfg, dataset))
-        class_emb, groups = classes.emb, classes.groups
-        clip_file = C.feature_path(cfg, cfg.clip.name, ref)
-        clip_metrics = score(clip_file, clip_file, class_emb, None, cfg.evaluate.chunk_rows, cfg.evaluate.per_class,
-                             groups)
+@dataclass
+class TestInputs:
+    """The files one run is scored with on one test split, located by the run's content keys."""
+    test_file: Path
+    clip_file: Path
+    classes: Classes
+
+
+@dataclass
+class Inputs:
+    """Locates and caches what every run needs on one test split."""
+    project: Project
+    ref: str
+    _classes: dict[str, Classes] = field(default_factory=dict)
+
+    def features(self, role: str, name: str, key: str, imported: bool) -> Path:
+        path = layout.feature_path(self.project, name, self.ref, encoder_key=key, imported=imported)
+        if path.exists():
+            return path
+        configured = self.project.encoder(name).key() if name in self._names() else None
+        if configured == key:
+            raise PipelineError(f"cache file {path.name} ({role} on {self.ref}) is missing: run `pipeline "
+                                f"extract` (or `pipeline cache import`) with the same config")
+        raise PipelineError(f"it was fitted with {role} {name!r} of other weights or settings than the config's; "
+                            f"the cache holds no {self.ref} features of those: fit it again with this config "
+                            f"(`pipeline fit`), or evaluate it with the config that made it")
+
+    def _names(self) -> list[str]:
+        return [self.project.clip.name] + [e.name for e in self.project.encoders]
+
+    def classes(self, clip_key: str) -> Classes:
+        if clip_key not in self._classes:
+            dataset, _ = parse_ref(self.ref)
+            path = layout.class_text_path(self.project, dataset, clip_key=clip_key)
+            if not path.exists():
+                raise PipelineError(f"the class-prompt embeddings of {dataset} for this CLIP ({path.name}) are "
+                                    f"missing: run `pipeline extract` (or `pipeline cache import --text "
+                                    f"class-prompts`) with the config of that CLIP")
+            self._classes[clip_key] = load_classes(path)
+        return self._classes[clip_key]
+
+    def clip(self) -> TestInputs:
+        clip = self.project.clip
+        path = self.features("CLIP", clip.name, clip.key(), clip.model == IMPORTED)
+        return TestInputs(path, path, self.classes(clip.key()))
+
+    def of_run(self, run: Run) -> TestInputs:
+        r = run.record
+        test = self.features("encoder", r["encoder"], r["encoder_key"],
+                             r["encoder_identity"].get("family") == IMPORTED)
+        clip = self.features("CLIP", r["clip"], r["clip_key"], r["clip_identity"].get("family") == IMPORTED)
+        return TestInputs(test, clip, self.classes(r["clip_key"]))
+
+
+@dataclass
+class Outcome:
+    written: list[Path]
+    skipped: int
+
+
+def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]], say: Say = print,
+                 progress: bool = True) -> Outcome:
+    """The given runs (`open_runs`) on every configured test split, plus the CLIP row."""
+    out_dir, written, skipped = project.path("results_dir"), [], 0
+    for ref in ev.test:
+        dataset, split = parse_ref(ref)
+        inputs = Inputs(project, ref)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        written.append(write_result({**base, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
-                               "metrics": clip_metrics, "encoder": cfg.clip.name, "method": "clip",
-                               "variant": "clip", "run": "clip", "cache_keys": [clip_file.name]},
-                              out_dir / "clip" / f"{dataset}-{split}.json"))
-        for run_dir in runs:
-            record = json.loads((run_dir / "run.json").read_text())
-            ident = record["encoder_identity"]
+        try:
+            clip = inputs.clip()
+            clip_metrics = score(clip.test_file, clip.clip_file, clip.classes, None, ev.chunk_rows, ev.per_class)
+        except PipelineError as e:
+            say(f"skip {ref} (CLIP and every run): {e}")
+            skipped += 1 + len(runs)
+            continue
+        written.append(write_result({**base, "model": project.clip.model, "pretrained": project.clip.pretrained,
+                                     "metrics": clip_metrics, "encoder": project.clip.name, "method": "clip",
+                                     "variant": "clip", "run": "clip", "clip_key": project.clip.key(),
+                                     "cache_keys": [clip.test_file.name]},
+                                    out_dir / "clip" / f"{dataset}-{split}.json"))
+        for run, maps in tqdm(runs, desc=f"score {ref}", unit="run", disable=not progress):
             try:
-                test_file = C.feature_path(cfg, record["encoder"], ref)
-                if cfg.encoder(record["encoder"]).identity() != ident:
-                    raise PipelineError("the config's encoder settings differ from the ones it was fitted on")
-                metrics = score(test_file, clip_file, class_emb, load_mapping(run_dir / "maps.safetensors"),
-                                cfg.evaluate.chunk_rows, cfg.evaluate.per_class, groups)
+                got = inputs.of_run(run)
+                metrics = score(got.test_file, got.clip_file, got.classes, maps, ev.chunk_rows, ev.per_class)
             except PipelineError as e:
-                progress(f"skip run {run_dir.name} ({record['encoder']}, {record['variant']}) on {ref}: {e}")
+                say(f"skip run {run.name} ({run.record['encoder']}, {run.record['variant']}) on {ref}: {e}")
+                skipped += 1
                 continue
-            metrics["clip_acc1"] = clip_metrics["acc1"]
-            result = {**base, **run_fields(record, run_dir), "metrics": metrics, "method": record["method"],
-                      "variant": record["variant"],
-                      "cache_keys": record["cache_keys"] + [test_file.name, clip_file.name]}
-            written.append(write_result(result, out_dir / run_dir.name / f"{dataset}-{split}.json"))
-    return written
+            metrics["clip_acc1"] = clip_metrics["acc1"] if got.clip_file == clip.clip_file else \
+                score(got.clip_file, got.clip_file, got.classes, None, ev.chunk_rows)["acc1"]
+            result = {**base, **run_fields(run), "metrics": metrics, "method": run.record["method"],
+                      "variant": run.record["variant"],
+                      "cache_keys": run.record["inputs"]["files"] + [got.test_file.name, got.clip_file.name]}
+            written.append(write_result(result, out_dir / run.name / f"{dataset}-{split}.json"))
+    return Outcome(written, skipped)
 
 
 def _head_rows(path: Path, n: int) -> np.ndarray:
     with store.open_complete(path) as f:
-        return f["features"][:n].astype(np.float32)
+        return store.read_rows(path, f, slice(0, n))[0]
 
 
-def projection_points(cfg: C.Config, results: list[dict], max_rows: int = 1500) -> dict[str, dict[str, np.ndarray]]:
+def projection_points(project: Project, test: list[str], train_ref: str | None, results: list[dict],
+                      max_rows: int = 1500) -> dict[str, dict[str, np.ndarray]]:
     """Per test dataset: CLIP image and text features, the best run of each encoder mapped into CLIP's
-    space, and CLIP's training images, for the modality-gap plot. Missing cache files are left out."""
+    space, and CLIP's training images, for the modality-gap plot. Unreadable inputs are left out."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    train_ref = cfg.fit.train[0].split("+")[0] if cfg.fit.train else None
-    for ref in cfg.evaluate.test:
-        dataset, _ = C.split_ref(ref)
+    for ref in test:
+        dataset, _ = parse_ref(ref)
+        inputs = Inputs(project, ref)
         try:
-            points = {"CLIP image (test)": _head_rows(C.feature_path(cfg, cfg.clip.name, ref), max_rows),
-                      "CLIP text (classes)": load_classes(C.class_text_path(cfg, dataset)).emb.numpy()}
+            clip = inputs.clip()
+            points = {"CLIP image (test)": _head_rows(clip.test_file, max_rows),
+                      "CLIP text (classes)": clip.classes.emb.numpy()}
             if train_ref:
-                points["CLIP image (train)"] = _head_rows(C.feature_path(cfg, cfg.clip.name, train_ref), max_rows)
+                points["CLIP image (train)"] = _head_rows(layout.feature_path(project, project.clip.name, train_ref),
+                                                          max_rows)
         except PipelineError:
             continue
-        mine = [r for r in results if r["dataset"] == dataset and r["method"] != "clip"]
         best: dict[str, dict] = {}
-        for r in mine:
-            if r["encoder"] not in best or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]:
+        for r in results:
+            if r["dataset"] == dataset and r["method"] != "clip" and (
+                    r["encoder"] not in best or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]):
                 best[r["encoder"]] = r
         for enc, r in best.items():
-            maps = cfg.path("runs_dir") / r["run"] / "maps.safetensors"
             try:
-                feats = _head_rows(C.feature_path(cfg, enc, ref), max_rows)
+                run = read_run(project.path("runs_dir") / r["run"])
+                got = inputs.of_run(run)
+                points[f"{enc} mapped ({r['variant']})"] = run.maps().to_clip(
+                    torch.from_numpy(_head_rows(got.test_file, max_rows))).numpy()
             except PipelineError:
                 continue
-            if maps.exists():
-                points[f"{enc} mapped ({r['variant']})"] = load_mapping(maps)(torch.from_numpy(feats)).numpy()
         out[dataset] = points
     return out

@@ -1,0 +1,43 @@
+"""The `[evaluate]` and `[report]` tables."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zoomshot.cache.settings import at_least, each, name_like, setting, split_ref
+
+from .adapters import ADAPTERS, GRIDS
+
+
+def adapter_name(v: str) -> str | None:
+    return None if v in ADAPTERS else f"must be one of {', '.join(map(repr, ADAPTERS))}, got {v!r}"
+
+
+def grid_name(v: str) -> str | None:
+    return None if v in GRIDS else f"must be one of {', '.join(map(repr, GRIDS))}, got {v!r}"
+
+
+def support_ref(v: str) -> str | None:
+    return split_ref(v) if v else None
+
+
+@dataclass
+class EvaluateCfg:
+    test: list[str] = setting(lambda: ["shapes:test"], each(split_ref))
+    runs: list[str] = setting(list, each(name_like))                   # [] = every finished run
+    chunk_rows: int = setting(65536, at_least(1))
+    per_class: bool = False          # also write each class's accuracy (metrics.per_class_acc)
+    # training-free adaptation with a labelled support set (evaluate/adaptation.py)
+    adapters: list[str] = setting(list, each(adapter_name))            # [] = off
+    support: str = setting("", support_ref)   # DATASET:SPLIT of the cached support set, e.g. "shapes-sus:train"
+    shots: int = setting(0, at_least(0))           # support images per class, seeded and nested (0 = all)
+    val_per_class: int = setting(0, at_least(0))   # rows per class held out of the support for the search (0 = half)
+    support_seed: int = 0            # seed of the support / validation split and of the k-shot draw
+    adapter_grid: str = setting("wide", grid_name)  # hyper-parameter grid of the search
+
+
+@dataclass
+class ReportCfg:
+    encoders: list[str] = setting(list, each(name_like))
+    datasets: list[str] = setting(list, each(name_like))
+    methods: list[str] = setting(list, each(name_like))
+
