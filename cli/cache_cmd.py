@@ -1,70 +1,76 @@
 """`pipeline cache ls | info | verify | rm | import`."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-from zoomshot.cache import catalog, store
+from zoomshot.cache import catalog, layout, locks, store
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.settings import Project
 
-from . import config as C
-
-
-def _cfg(ctx: click.Context) -> C.Config:
-    return ctx.obj
+from .config import Config
+from .stage import StageCommand
 
 
-def _resolve(cfg: C.Config, name: str) -> Path:
+def _project(ctx: click.Context) -> Project:
+    cfg: Config = ctx.obj
+    return cfg.project
+
+
+def _resolve(project: Project, name: str) -> Path:
     """A cache file given by path or by its name inside the cache."""
     p = Path(name)
-    if p.exists():
+    if p.is_file():
         return p
-    found = catalog.select(cfg.path("cache_dir"), [name])
+    found = catalog.select(project.path("cache_dir"), [name])
     if not found:
-        raise PipelineError(f"no cache file {name!r} under {cfg.path('cache_dir')} (see `pipeline cache ls`)")
+        raise PipelineError(f"no cache file {name!r} under {project.path('cache_dir')} (see `pipeline cache ls`)")
     return found[0]
 
 
 @click.group()
 @click.option("--config", type=click.Path(dir_okay=False), help="Config file [default: ./pipeline.toml].")
-@click.pass_context
-def cache(ctx: click.Context, config: str | None) -> None:
+def cache(config: str | None) -> None:
     """Inspect and manage the feature cache (`cache_dir` of the config)."""
-    path = config or ctx.find_root().params.get("config")
-    ctx.obj = C.load(Path(path) if path else None)
 
 
-@cache.command("ls")
+@cache.command("ls", cls=StageCommand)
 @click.pass_context
 def ls(ctx: click.Context) -> None:
-    """List cache files with their encoder, dataset, split, rows, width and state."""
-    files = catalog.cache_files(_cfg(ctx).path("cache_dir"))
+    """List cache files with their rows, width, size and state."""
+    cache_dir = _project(ctx).path("cache_dir")
+    files = catalog.cache_files(cache_dir)
     if not files:
-        click.echo(f"(empty) {_cfg(ctx).path('cache_dir')}")
+        click.echo(f"(empty) {cache_dir}")
     for p in files:
         d = catalog.describe(p)
         click.echo(f"{d.get('state', '?'):<10} {d.get('rows', '-'):>8} x {d.get('dim', '-'):<5} "
                    f"{d['bytes'] / 2**20:8.2f} MiB  {d['kind']}/{d['file']}")
 
 
-@cache.command()
+@cache.command(cls=StageCommand)
 @click.argument("name")
 @click.pass_context
 def info(ctx: click.Context, name: str) -> None:
-    """Show a file's provenance (all attributes) as JSON."""
-    click.echo(catalog.info(_resolve(_cfg(ctx), name)))
+    """Show a file's provenance (all attributes) as JSON, with the problems a cheap check finds
+    (exit 1 when there are any)."""
+    facts = catalog.info(_resolve(_project(ctx), name))
+    click.echo(json.dumps(facts, indent=1, default=str))
+    if facts["problems"]:
+        sys.exit(1)
 
 
-@cache.command()
+@cache.command(cls=StageCommand)
 @click.argument("names", nargs=-1)
 @click.pass_context
 def verify(ctx: click.Context, names: tuple[str, ...]) -> None:
-    """Check completeness, schema, row counts, finiteness and checksums (all files by default)."""
-    cfg = _cfg(ctx)
-    files = [_resolve(cfg, n) for n in names] or catalog.cache_files(cfg.path("cache_dir"))
+    """Check completeness, schema, shards, row counts, finiteness and checksums (all files by default)."""
+    project = _project(ctx)
+    files = [_resolve(project, n) for n in names] or catalog.cache_files(project.path("cache_dir"))
     bad = 0
     for p in files:
         problems = catalog.verify(p)
@@ -75,81 +81,169 @@ def verify(ctx: click.Context, names: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@cache.command()
+@cache.command(cls=StageCommand)
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.pass_context
 def rm(ctx: click.Context, patterns: tuple[str, ...], dry_run: bool) -> None:
-    """Remove cache files whose names match the glob PATTERNS (e.g. 'shapes_train_*')."""
-    files = catalog.select(_cfg(ctx).path("cache_dir"), list(patterns))
+    """Remove cache files whose names match the glob PATTERNS (e.g. 'shapes_train_*'). A file that
+    another process is writing is left alone (exit 1)."""
+    files = catalog.select(_project(ctx).path("cache_dir"), list(patterns))
     if not files:
         raise PipelineError(f"no cache file matches {' '.join(patterns)} (see `pipeline cache ls`)")
+    busy = 0
     for p in files:
-        if not dry_run:
-            p.unlink()
+        target = p.with_suffix("") if p.suffix == ".partial" else p
+        with locks.trying(target) as free:
+            if not free:
+                busy += 1
+                click.echo(f"kept {p.name}: another process is writing it")
+                continue
+            if not dry_run:
+                p.unlink()
         click.echo(f"{'would remove' if dry_run else 'removed'} {p.name}")
+    if busy:
+        sys.exit(1)
 
 
-@cache.command("import")
+# ---------------------------------------------------------------------------------------------- import
+def _feature_files(project: Project, dataset: str | None, encoder: str | None) -> list[Path]:
+    """Complete feature files already in the cache for a dataset and/or an encoder (any split)."""
+    found = []
+    for p in catalog.cache_files(project.path("cache_dir")):
+        if p.parent.name != "features" or p.suffix != ".h5":
+            continue
+        try:
+            attrs = store.read_attrs_complete(p)
+        except PipelineError:
+            continue
+        if dataset in (None, attrs.get("dataset")) and encoder in (None, attrs.get("encoder")):
+            found.append(p)
+    return found
+
+
+def _known_classes(project: Project, dataset: str) -> int | None:
+    path = layout.class_text_path(project, dataset)
+    return len(store.read_text(path).classnames) if path.exists() else None
+
+
+def _check_width(files: list[Path], width: int, what: str) -> None:
+    for p in files:
+        dim = int(store.read_attrs(p)["dim"])
+        if dim != width:
+            raise PipelineError(f"{what} are {width}-wide but {p.name} in the cache holds {dim}-wide CLIP features: "
+                                f"both must come from the same CLIP model")
+
+
+@cache.command("import", cls=StageCommand)
 @click.argument("array", type=click.Path(dir_okay=False))
 @click.option("--encoder", help="Encoder name of image features (an [[encoders]] name or the [clip] name).")
-@click.option("--dataset", required=True, help="Dataset name (a [[datasets]] name).")
+@click.option("--dataset", help="Dataset name (a [[datasets]] name); not needed for --text classfree.")
 @click.option("--split", help="Split of image features, e.g. train or test.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (N,) array; -1 = unknown.")
 @click.option("--index", type=click.Path(dir_okay=False), help="Dataset index (N,) of each row [default: 0..N-1].")
 @click.option("--text", type=click.Choice(["class-prompts", "classfree"]),
               help="Import CLIP text embeddings (K, d) instead of image features.")
-@click.option("--prompts", type=click.Path(dir_okay=False), help="Text file, one prompt a line (K lines).")
+@click.option("--prompts", type=click.Path(dir_okay=False),
+              help="Text file, one prompt a line (K lines) [classfree default: the [clip] classfree_prompts file].")
 @click.option("--classnames", type=click.Path(dir_okay=False), help="Text file, one class name a line.")
 @click.option("--class-of-prompt", type=click.Path(dir_okay=False),
               help="(K,) class index of each prompt [default: K/C templates per class, class-major].")
 @click.option("--key", default="features", help="Dataset/entry name inside .h5 or .pt files.")
 @click.pass_context
-def import_(ctx: click.Context, array: str, encoder: str | None, dataset: str, split: str | None,
+def import_(ctx: click.Context, array: str, encoder: str | None, dataset: str | None, split: str | None,
             labels: str | None, index: str | None, text: str | None, prompts: str | None,
             classnames: str | None, class_of_prompt: str | None, key: str) -> None:
     """Bring in features computed elsewhere (.npy, .h5, .pt) so `fit` and `evaluate` use them as if
-    extracted: image features of one encoder on one split, or CLIP text embeddings."""
-    cfg = _cfg(ctx)
-    data = catalog.load_array(Path(array), key).astype(np.float32)
-    if text:
-        target = _import_text(cfg, data, text, dataset, prompts, classnames, class_of_prompt)
+    extracted: image features of one encoder on one split, or CLIP text embeddings. Every array is
+    checked first (shape, dtype, NaN/Inf, labels against the classes, widths against CLIP's)."""
+    project = _project(ctx)
+    data = catalog.check_features(catalog.load_array(Path(array), key), f"the array in {array}")
+    if text == "classfree":
+        target = _import_classfree(project, data, prompts)
+    elif text:
+        if not dataset:
+            raise PipelineError("class-prompt embeddings need --dataset (a [[datasets]] name)")
+        target = _import_class_prompts(project, data, dataset, prompts, classnames, class_of_prompt)
     else:
-        if not (encoder and split):
-            raise PipelineError("image features need --encoder and --split (or --text for text embeddings)")
-        ref = f"{dataset}:{split}"
-        target = C.feature_path(cfg, encoder, ref)
-        if target.exists():
-            raise PipelineError(f"{target.name} already exists: `pipeline cache rm {target.name}` first")
-        names = catalog.read_lines(Path(classnames)) if classnames else []
-        lab = catalog.load_array(Path(labels)) if labels else None
-        idx = catalog.load_array(Path(index)) if index else None
-        spec = cfg.encoder(encoder)
-        target = catalog.import_features(target, data, lab, idx, {
-            "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
-            "dataset": dataset, "split": split, "dataset_identity": cfg.dataset(dataset).identity(),
-            "classnames": names, "imported_from": str(array), "preprocess": {}, "versions": {}})
+        if not (encoder and split and dataset):
+            raise PipelineError("image features need --encoder, --dataset and --split (or --text for text "
+                                "embeddings)")
+        target = _import_features(project, data, encoder, dataset, split, labels, index, classnames, array)
     click.echo(f"imported {data.shape[0]} x {data.shape[1]} -> {target}")
 
 
-def _import_text(cfg: C.Config, data: np.ndarray, kind: str, dataset: str, prompts: str | None,
-                 classnames: str | None, class_of_prompt: str | None) -> Path:
-    lines = catalog.read_lines(Path(prompts)) if prompts else [f"prompt {i}" for i in range(len(data))]
-    if len(lines) != len(data):
-        raise PipelineError(f"{prompts} has {len(lines)} prompts but the array has {len(data)} rows")
-    if kind == "classfree":
-        target, names, cop = C.classfree_text_path(cfg), [], -np.ones(len(data), np.int64)
+def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: str, split: str,
+                     labels: str | None, index: str | None, classnames: str | None, source: str) -> Path:
+    ref = f"{dataset}:{split}"
+    target = layout.feature_path(project, encoder, ref)
+    if target.exists():
+        raise PipelineError(f"{target.name} already exists: `pipeline cache rm {target.name}` first")
+    names = catalog.read_lines(Path(classnames)) if classnames else []
+    n_classes = len(names) or _known_classes(project, dataset)
+    spec = project.encoder(encoder)
+    if encoder == project.clip.name:
+        text = layout.class_text_path(project, dataset)
+        if text.exists():
+            _check_width([text], data.shape[1], "these CLIP image features")
+    with locks.holding([target], click.echo):
+        return catalog.import_features(
+            target, data, catalog.load_array(Path(labels)) if labels else None,
+            catalog.load_array(Path(index)) if index else None, {
+                "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
+                "encoder_key": spec.key(), "dataset": dataset, "split": split,
+                "dataset_identity": project.dataset(dataset).identity(split), "classnames": names,
+                "imported_from": Path(source).name, "preprocess": {}, "versions": {}},
+            num_classes=n_classes)
+
+
+def _text_attrs(project: Project) -> dict:
+    return {"clip": project.clip.name, "identity": project.clip.identity(), "clip_key": project.clip.key(),
+            "imported": True}
+
+
+def _import_class_prompts(project: Project, data: np.ndarray, dataset: str, prompts: str | None,
+                          classnames: str | None, class_of_prompt: str | None) -> Path:
+    if not classnames:
+        raise PipelineError("class-prompt embeddings need --classnames (one class name a line)")
+    names = catalog.read_lines(Path(classnames))
+    lines = _prompt_lines(prompts, len(data))
+    if class_of_prompt:
+        cop = catalog.check_ints(catalog.load_array(Path(class_of_prompt)), len(data), "--class-of-prompt", 0,
+                                 len(names))
+    elif len(data) % len(names) == 0:
+        cop = np.repeat(np.arange(len(names)), len(data) // len(names))
     else:
-        if not classnames:
-            raise PipelineError("class-prompt embeddings need --classnames (one class name a line)")
-        names = catalog.read_lines(Path(classnames))
-        if class_of_prompt:
-            cop = catalog.load_array(Path(class_of_prompt)).astype(np.int64)
-        elif len(data) % len(names) == 0:
-            cop = np.repeat(np.arange(len(names)), len(data) // len(names))
-        else:
-            raise PipelineError(f"{len(data)} prompts do not split evenly over {len(names)} classes: "
-                                f"give --class-of-prompt")
-        target = C.class_text_path(cfg, dataset)
+        raise PipelineError(f"{len(data)} prompts do not split evenly over {len(names)} classes: "
+                            f"give --class-of-prompt")
+    if len(np.unique(cop)) != len(names):
+        raise PipelineError(f"classes without any prompt: {sorted(set(range(len(names))) - set(cop.tolist()))[:5]}")
+    _check_width(_feature_files(project, dataset, project.clip.name), data.shape[1], "these class-prompt embeddings")
+    for p in _feature_files(project, dataset, None):
+        top = int(store.read_features(p).labels.max(initial=-1))
+        if top >= len(names):
+            raise PipelineError(f"{p.name} in the cache has labels up to {top}, but --classnames lists {len(names)} "
+                                f"classes")
+    target = layout.class_text_path(project, dataset)
     return store.write_text(target, store.TextEmbeddings(data, lines, cop, names, {
-        "dataset": dataset, "prompt_set": kind, "clip": cfg.clip.name, "identity": cfg.clip.identity()}))
+        "dataset": dataset, "prompt_set": "class-prompts", **_text_attrs(project)}))
+
+
+def _prompt_lines(prompts: str | None, count: int) -> list[str]:
+    lines = layout.read_prompt_file(prompts) if prompts else [f"prompt {i}" for i in range(count)]
+    if len(lines) != count:
+        raise PipelineError(f"{prompts} has {len(lines)} prompts but the array has {count} rows")
+    return lines
+
+
+def _import_classfree(project: Project, data: np.ndarray, prompts: str | None) -> Path:
+    """Keyed by the prompts themselves: `fit` finds them only when [clip] classfree_prompts holds the same."""
+    lines = _prompt_lines(prompts or project.clip.classfree_prompts, len(data))
+    _check_width(_feature_files(project, None, project.clip.name), data.shape[1],
+                 "these class-free prompt embeddings")
+    target = layout.classfree_text_path(project, prompts=lines)
+    if lines != layout.classfree_prompts(project):
+        click.echo(f"note: these prompts differ from [clip] classfree_prompts ({project.clip.classfree_prompts}); "
+                   f"`pipeline fit` uses them only with a config whose classfree_prompts file holds them")
+    return store.write_text(target, store.TextEmbeddings(data, lines, -np.ones(len(data), np.int64), [], {
+        "prompt_set": "classfree", **_text_attrs(project)}))
