@@ -7,6 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -48,7 +49,7 @@ name = "vit"
 model = "test_vit"
 options = {{ img_size = 64, pretrained_cfg_overlay = {{ input_size = [3, 64, 64], crop_pct = 1.0 }} }}
 """
-TINY_WORLD = PATHS + CLIP + CNN + VIT + """
+SHAPES = """
 [[datasets]]
 name = "shapes"
 kind = "shapes"
@@ -57,7 +58,8 @@ options = {{ train_size = {train}, test_size = {test}, seed = 0, image_size = 64
 [extract]
 batch_size = {batch}
 device = "cpu"
-
+"""
+TINY_WORLD = PATHS + CLIP + CNN + VIT + SHAPES + """
 [fit]
 variants = ["mse", "lstsq"]
 fractions = [0.5, 1.0]
@@ -73,6 +75,17 @@ def write_config(folder: Path, text: str = TINY_WORLD, **fmt) -> Path:
     return path
 
 
+def feature_rows(folder: Path) -> dict[str, tuple[bytes, ...]]:
+    """The bytes of every complete feature file's rows under `folder/out/cache`, by file name."""
+    import h5py
+
+    out = {}
+    for p in sorted((folder / "out/cache/features").glob("*.h5")):
+        with h5py.File(p) as f:
+            out[p.name] = tuple(f[k][:].tobytes() for k in ("features", "index", "labels"))
+    return out
+
+
 def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
              env: dict | None = None) -> subprocess.CompletedProcess:
     """`pipeline ARGS` in `folder`; `prelude` is Python run first in the same process."""
@@ -81,3 +94,127 @@ def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# ---- synthetic features with a known answer, brought in through `pipeline cache import` ----
+SYNTHETIC_CONFIG = """
+[paths]
+cache_dir = "out/cache"
+runs_dir = "{runs}"
+results_dir = "out/results"
+report_dir = "out/report"
+
+[clip]
+model = "imported"
+classfree_prompts = "classfree.txt"
+
+[[encoders]]
+name = "src"
+model = "imported"
+
+[[datasets]]
+name = "syn"
+kind = "imported"
+
+[fit]
+train = ["syn:train"]
+variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]
+fractions = [1.0]
+epochs = [40]
+seeds = [0]
+
+[evaluate]
+test = ["syn:test"]
+"""
+
+
+def synthetic_arrays(folder, n_classes=10, d=32, m=48, seed=0):
+    """CLIP features = class centroid + noise; source = a fixed linear image of CLIP + small noise."""
+    rng = np.random.default_rng(seed)
+    centroids = rng.normal(size=(n_classes, d))
+    a = rng.normal(size=(m, d)) / np.sqrt(d)
+    for split, n in (("train", 3000), ("test", 1000)):
+        y = rng.integers(0, n_classes, n)
+        t = centroids[y] + 0.9 * rng.normal(size=(n, d))
+        s = t @ a.T + 0.05 * rng.normal(size=(n, m))
+        np.save(folder / f"clip_{split}.npy", t.astype(np.float32))
+        np.save(folder / f"src_{split}.npy", s.astype(np.float32))
+        np.save(folder / f"y_{split}.npy", y)
+    templates = np.repeat(centroids, 3, axis=0) + 0.05 * rng.normal(size=(3 * n_classes, d))
+    np.save(folder / "class_text.npy", templates.astype(np.float32))
+    (folder / "classnames.txt").write_text("\n".join(f"class {i}" for i in range(n_classes)))
+    mixes = rng.dirichlet(np.ones(n_classes) * 0.3, size=60) @ centroids
+    np.save(folder / "classfree.npy", mixes.astype(np.float32))
+    (folder / "classfree.txt").write_text("\n".join(f"prompt {i}" for i in range(60)))
+
+
+# ---- in-process runs, for the many one-line-error cases (a subprocess per case would cost seconds) ----
+def run_main(folder: Path, *args: str) -> tuple[int, str, str]:
+    """`pipeline ARGS` through the console script's own `main()` in this process, in `folder`: exit
+    code, stdout and stderr."""
+    import contextlib
+    import io
+
+    from zoomshot.cli.main import main
+
+    out, err, old = io.StringIO(), io.StringIO(), (os.getcwd(), sys.argv)
+    try:
+        os.chdir(folder)
+        sys.argv = ["pipeline", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0
+    finally:
+        os.chdir(old[0])
+        sys.argv = old[1]
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---- background processes stopped at a known point (cache/faults.py), never after a guessed delay ----
+class Stopped:
+    """`pipeline ARGS` started in the background, told to stop at the k-th pass of a fault point.
+
+    `wait_stopped()` returns once it is there (it wrote the marker); then `kill(sig)` sends a real
+    signal, or `resume()` lets it go on. The waits poll the file system; their limit is only a safety
+    net for a broken test, not part of what is tested.
+    """
+
+    def __init__(self, folder: Path, *args: str, point: str, k: int = 1, env: dict | None = None):
+        self.folder, self.marker = Path(folder), Path(folder) / f".stop-{point}-{k}-{os.getpid()}"
+        self.log = Path(folder) / f".log-{point}-{k}-{os.getpid()}.txt"
+        code = f"import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline', *{list(args)!r}]\nmain()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=folder, stdout=self.log.open("w"),
+                                     stderr=subprocess.STDOUT,
+                                     env={**ENV, **(env or {}), "ZOOMSHOT_STOP_AT": f"{point}:{k}:{self.marker}"})
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_stopped(self, limit: float = 900) -> None:
+        wait_until(lambda: self.marker.exists(), self, limit)
+
+    def kill(self, sig: int) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait()
+
+    def resume(self) -> None:
+        self.marker.unlink()
+
+    def finish(self, limit: float = 900) -> tuple[int, str]:
+        return self.proc.wait(limit), self.output()
+
+
+def wait_until(condition, proc: "Stopped | None" = None, limit: float = 900) -> None:
+    """Poll `condition` until it holds; fail at once if `proc` ended first."""
+    import time
+
+    end = time.monotonic() + limit
+    while not condition():
+        if proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.proc.returncode}) before the condition held:\n{proc.output()}")
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached (safety limit)" + (f":\n{proc.output()}" if proc else ""))
+        time.sleep(0.02)

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from helpers import pipeline, shipped_config, write_toml
-from zoomshot.cache import catalog, store
+from zoomshot.cache import catalog, layout, runs, store
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.keys import weights_location
 from zoomshot.cli import config as C
 from zoomshot.evaluate import adaptation
 from zoomshot.evaluate import adapters as A
+from zoomshot.evaluate.scoring import open_runs
+from zoomshot.extract.shipped import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = REPO / "extract" / "assets" / "weights" / "tiny_clip.safetensors"
@@ -99,7 +99,7 @@ def test_alpha_zero_is_exactly_zero_shot():
     g = torch.Generator().manual_seed(1)
     test, support, classes = torch.randn(50, 8, generator=g), torch.randn(20, 8, generator=g), torch.randn(5, 8, generator=g)
     labels = torch.arange(20) % 5
-    zs = A.zero_shot_logits(test, classes)
+    zs = A.clip_logits(test, classes)
     torch.testing.assert_close(zs, 100 * (F.normalize(test, dim=-1) @ F.normalize(classes, dim=-1).T), rtol=0, atol=0)
     for beta in (1.0, 7.0):
         ta = A.tip_adapter_logits(test, support, labels, classes, alpha=0.0, beta=beta)
@@ -188,7 +188,7 @@ def test_adapters_beat_zero_shot_on_a_world_with_a_good_support_set():
     text, (sup, sy), (test, ty) = _world(0)
     s_rows, v_rows = A.support_val_split(sy.numpy(), 8, 0, 0, 0)
     acc = lambda logits: (logits.argmax(1) == ty).float().mean().item()  # noqa: E731
-    zs = acc(A.zero_shot_logits(test, text))
+    zs = acc(A.clip_logits(test, text))
     hp_ta = A.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-adapter")
     hp_tx = A.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-x")
     ta = acc(A.tip_adapter_logits(test, sup[s_rows], sy[s_rows], text, hp_ta["alpha"], hp_ta["beta"]))
@@ -228,22 +228,33 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> C.Config
     mix = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))[0]
     for enc, fn in (("clip", lambda x: x), ("enc", lambda x: x @ mix)):     # enc = a rotation of CLIP
         for ds, split, feats, lab in (("syn", "test", test, labels), ("sus", "train", sup, sy.numpy())):
-            target = C.feature_path(cfg, enc, f"{ds}:{split}")
+            target = layout.feature_path(cfg.project, enc, f"{ds}:{split}")
             if target.exists():
                 target.unlink()
             catalog.import_features(target, fn(feats).numpy(), lab, None, {
-                "encoder": enc, "dataset": ds, "split": split, "classnames": names, "identity": cfg.encoder(enc).identity()})
-    store.write_text(C.class_text_path(cfg, "syn"), store.TextEmbeddings(
+                "encoder": enc, "dataset": ds, "split": split, "classnames": names,
+                "identity": cfg.project.encoder(enc).identity()})
+    store.write_text(layout.class_text_path(cfg.project, "syn"), store.TextEmbeddings(
         text.numpy(), names, np.arange(8), names, {"dataset": "syn"}))
-    run = folder / "runs_dir" / "run0"                          # h undoes the rotation: h(s) = s mix^T
-    run.mkdir(parents=True, exist_ok=True)
-    save_file({"h.weight": mix.contiguous(), "h.bias": torch.zeros(32), "h_inv.weight": mix.T.contiguous(),
-               "h_inv.bias": torch.zeros(32), "scale_source": torch.tensor(1.0), "scale_clip": torch.tensor(1.0)},
-              str(run / "maps.safetensors"))
-    (run / "run.json").write_text(json.dumps({
-        "encoder": "enc", "encoder_identity": cfg.encoder("enc").identity(), "method": "lstsq", "variant": "lstsq",
-        "params": {}, "fraction": 1.0, "seed": 0, "train": ["sus:train"], "rows": 1, "cache_keys": []}))
+    project = cfg.project                                       # h undoes the rotation: h(s) = s mix^T
+    maps = runs.Maps(mix.contiguous(), torch.zeros(32), mix.T.contiguous(), torch.zeros(32), 1.0, 1.0)
+    runs.write_run(project.path("runs_dir") / "run0", {
+        "name": "run0", "encoder": "enc", "encoder_key": project.encoder("enc").key(),
+        "encoder_identity": project.encoder("enc").identity(), "clip": "clip", "clip_key": project.clip.key(),
+        "clip_identity": project.clip.identity(), "method": "lstsq", "variant": "lstsq", "params": {},
+        "fraction": 1.0, "epochs": None, "seed": 0, "train": ["sus:train"], "rows": 1,
+        "inputs": {"files": [], "checksums": {}}}, maps)
     return cfg
+
+
+def _runs(cfg):
+    opened, skipped = open_runs(cfg.project, [], say=print)
+    assert skipped == 0
+    return opened
+
+
+def _adapt(cfg, with_runs=True):
+    return adaptation.run_adapters(cfg.project, cfg.evaluate, _runs(cfg) if with_runs else []).written
 
 
 def test_no_test_row_reaches_the_search(tmp_path, monkeypatch):
@@ -255,10 +266,10 @@ def test_no_test_row_reaches_the_search(tmp_path, monkeypatch):
         seen.append((val_feats.clone(), support.clone()))
         return real(val_feats, val_labels, support, support_labels, *args, **kwargs)
 
-    monkeypatch.setattr(A, "search_hparams", spy)
-    written = adaptation.run_adapters(cfg, [cfg.path("runs_dir") / "run0"])
+    monkeypatch.setattr(adaptation, "search_hparams", spy)
+    written = _adapt(cfg)
     assert len(written) == 4 and len(seen) == 4           # (CLIP, run0) x (tip-adapter, tip-x)
-    test_rows = [store.read_features(C.feature_path(cfg, e, "syn:test")).features for e in ("clip", "enc")]
+    test_rows = [store.read_features(layout.feature_path(cfg.project, e, "syn:test")).features for e in ("clip", "enc")]
     mix = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))[0]
     test_all = torch.cat([torch.from_numpy(test_rows[0]), torch.from_numpy(test_rows[1]) @ mix.T])
     for val, sup in seen:
@@ -270,9 +281,9 @@ def test_no_test_row_reaches_the_search(tmp_path, monkeypatch):
         assert r["metrics"]["acc1"] > r["metrics"]["zero_shot_acc1"]
 
     # poisoned test labels: the accuracy collapses, the chosen hyper-parameters do not move
-    monkeypatch.setattr(A, "search_hparams", real)
+    monkeypatch.setattr(adaptation, "search_hparams", real)
     cfg = _synthetic_cache(tmp_path, test_labels_poison=True)
-    again = {p.name + p.parent.name: json.loads(p.read_text()) for p in adaptation.run_adapters(cfg, [cfg.path("runs_dir") / "run0"])}
+    again = {p.name + p.parent.name: json.loads(p.read_text()) for p in _adapt(cfg)}
     assert again.keys() == results.keys()
     for key, r in results.items():
         assert again[key]["hparams"] == r["hparams"] and again[key]["val_acc1"] == r["val_acc1"]
@@ -283,18 +294,18 @@ def test_support_must_not_be_a_test_split(tmp_path):
     cfg = _synthetic_cache(tmp_path)
     cfg.evaluate.support = "syn:test"
     with pytest.raises(PipelineError, match="must not come from the test data"):
-        adaptation.run_adapters(cfg, [])
+        _adapt(cfg, with_runs=False)
     cfg.evaluate.support = ""
     with pytest.raises(PipelineError, match="evaluate.support"):
-        adaptation.run_adapters(cfg, [])
+        _adapt(cfg, with_runs=False)
     cfg.evaluate.adapters = []
-    assert adaptation.run_adapters(cfg, []) == []
+    assert _adapt(cfg, with_runs=False) == []
 
 
 def test_shots_write_their_own_files_and_variants(tmp_path):
     cfg = _synthetic_cache(tmp_path)
     cfg.evaluate.shots, cfg.evaluate.adapters = 2, ["tip-x"]
-    (path,) = adaptation.run_adapters(cfg, [])
+    (path,) = _adapt(cfg, with_runs=False)
     r = json.loads(path.read_text())
     assert path.name == "syn-test+tip-x-2shot.json" and r["variant"] == "clip+tip-x-2shot"
     assert r["shots"] == 2 and r["support_size"] == 16 and r["val_size"] == 64 and r["method"] == "tip-x"
@@ -311,7 +322,7 @@ TIPX_GAIN_FLOOR = 0.05
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sus_world")
     data = shipped_config()     # it has the name-only support set `shapes-sus` and the adapters on
-    assert Path(weights_location(data["clip"]["pretrained"])).resolve() == TINY_CLIP.resolve()
+    assert Path(resolve(data["clip"]["pretrained"])).resolve() == TINY_CLIP.resolve()
     shapes = next(d for d in data["datasets"] if d["name"] == "shapes")
     shapes["options"].update(train_size=1000, test_size=640)
     assert "shapes-sus:train" in data["extract"]["splits"]

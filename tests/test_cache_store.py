@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from zoomshot.cache import catalog, keys, store
+from zoomshot.cache import catalog, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.subsets import rows_of_subset, subset_indices
 
@@ -12,7 +12,7 @@ DS = {"name": "shapes", "kind": "shapes", "root": "", "options": {"train_size": 
 
 
 def _write(path, feats, batch, stop_after=None, attrs=None):
-    w = store.FeatureWriter(path, feats.shape[1], attrs or {"encoder": "cnn"}, batch, len(feats))
+    w = store.FeatureWriter(path, feats.shape[1], attrs or {"encoder": "cnn"}, {"batch_size": batch}, len(feats))
     start = w.items_done
     for i in range(start, len(feats), batch):
         if stop_after is not None and i >= stop_after:
@@ -20,7 +20,7 @@ def _write(path, feats, batch, stop_after=None, attrs=None):
             return None
         sl = slice(i, i + batch)
         w.append(feats[sl], np.arange(len(feats))[sl], np.arange(len(feats))[sl] % 7, len(feats[sl]))
-    return catalog.finish(w)
+    return w.finish()
 
 
 def test_round_trip_keeps_rows_dtype_chunks_and_provenance(tmp_path):
@@ -64,7 +64,7 @@ def test_verify_catches_changed_rows(tmp_path):
 
 
 def test_nan_features_refused(tmp_path):
-    w = store.FeatureWriter(tmp_path / "n.h5", 4, {}, 2)
+    w = store.FeatureWriter(tmp_path / "n.h5", 4, {}, {"batch_size": 2})
     with pytest.raises(PipelineError, match="non-finite"):
         w.append(np.array([[np.nan, 0, 0, 0]], np.float32), np.array([0]), np.array([0]), 1)
     w.close()
@@ -97,25 +97,88 @@ def test_text_round_trip(tmp_path):
     np.testing.assert_array_equal(back.class_of_prompt, [0, 0, 1])
 
 
+def _project(tmp_path, encoder=None, dataset=None):
+    from zoomshot.cache.settings import ClipCfg, DatasetCfg, EncoderCfg, PathsCfg, Project, Subsets
+    enc = EncoderCfg(**{"name": "cnn", "model": "test_resnet", **(encoder or {})})
+    ds = DatasetCfg(**{"name": "shapes", "kind": "shapes", "options": {"train_size": 100}, **(dataset or {})})
+    return Project(PathsCfg(cache_dir=str(tmp_path)), ClipCfg(), [enc], [ds], Subsets())
+
+
+def _path(tmp_path, ref="shapes:train", subsets=None, **changes):
+    from zoomshot.cache import layout
+    project = _project(tmp_path, **changes)
+    for k, v in (subsets or {}).items():
+        setattr(project.subsets, k, v)
+    return layout.feature_path(project, "cnn", ref)
+
+
 @pytest.mark.parametrize("change", [
-    ("encoder", "model", "test_vit"), ("encoder", "options", {"img_size": 64}),
-    ("dataset", "root", "elsewhere"), ("dataset", "options", {"train_size": 101}),
+    {"encoder": {"model": "test_vit"}}, {"encoder": {"options": {"img_size": 64}}},
+    {"dataset": {"kind": "imagefolder"}}, {"dataset": {"options": {"train_size": 101}}},
 ])
 def test_any_setting_that_changes_numbers_changes_the_file(tmp_path, change):
-    base = keys.feature_path(tmp_path, ENC, DS, "train", 1.0, 0)
-    enc, ds = dict(ENC), dict(DS)
-    {"encoder": enc, "dataset": ds}[change[0]][change[1]] = change[2]
-    assert keys.feature_path(tmp_path, enc, ds, "train", 1.0, 0) != base
-    assert keys.feature_path(tmp_path, ENC, DS, "test", 1.0, 0) != base
-    assert keys.feature_path(tmp_path, ENC, DS, "train", 0.5, 0) != base
-    assert keys.feature_path(tmp_path, ENC, DS, "train", 1.0, 1) != base
-    assert keys.feature_path(tmp_path, ENC, DS, "train", 1.0, 0) == base
+    base = _path(tmp_path)
+    assert _path(tmp_path, **change) != base
+    assert _path(tmp_path, ref="shapes:test") != base
+    assert _path(tmp_path, subsets={"fraction": 0.5}) != base
+    assert _path(tmp_path, subsets={"subset_seed": 1}) != base
+    assert _path(tmp_path) == base
+
+
+def test_names_and_places_are_not_in_the_key(tmp_path):
+    """A key is content: the same settings under another cache folder or a dataset root elsewhere
+    with the same files give the same key."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "train" / "cat").mkdir(parents=True)
+        (root / "train" / "cat" / "1.png").write_bytes(b"x" * 10)
+    key = lambda p: p.name.rsplit("_", 1)[1]   # noqa: E731
+    first = _path(tmp_path / "c1", dataset={"kind": "imagefolder", "root": str(a), "options": {}})
+    second = _path(tmp_path / "c2", dataset={"kind": "imagefolder", "root": str(b), "options": {}})
+    assert key(first) == key(second)
+    (b / "train" / "cat" / "2.png").write_bytes(b"y")        # an image added: another key
+    assert key(_path(tmp_path, dataset={"kind": "imagefolder", "root": str(b), "options": {}})) != key(first)
 
 
 def test_weights_file_content_is_in_the_key(tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"one")
-    enc = {**ENC, "pretrained": str(weights)}
-    first = keys.feature_path(tmp_path, enc, DS, "train", 1.0, 0)
+    first = _path(tmp_path, encoder={"pretrained": str(weights)})
     weights.write_bytes(b"two!")
-    assert keys.feature_path(tmp_path, enc, DS, "train", 1.0, 0) != first
+    assert _path(tmp_path, encoder={"pretrained": str(weights)}) != first
+
+
+def test_a_class_names_file_counts_by_content(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    first = _path(tmp_path, dataset={"options": {"train_size": 100, "classnames_file": str(names)}})
+    names.write_text("cat\nwolf\n")
+    assert _path(tmp_path, dataset={"options": {"train_size": 100, "classnames_file": str(names)}}) != first
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_litter(tmp_path):
+    from zoomshot.cache import atomic
+
+    target = tmp_path / "results.md"
+    atomic.write_text(target, "old table")
+    with pytest.raises(RuntimeError):
+        with atomic.replacing(target) as tmp:
+            tmp.write_text("half a tab")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old table" and [p.name for p in tmp_path.iterdir()] == ["results.md"]
+    atomic.write_text(target, "new table")
+    assert target.read_text() == "new table" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_flipped_byte_in_a_feature_chunk_is_an_error_not_a_number(tmp_path):
+    path = _write(tmp_path / "a.h5", np.random.default_rng(2).normal(size=(64, 8)).astype(np.float32), 16)
+    with h5py.File(path, "r") as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with path.open("r+b") as f:
+        f.seek(offset + 10)
+        b = f.read(1)
+        f.seek(offset + 10)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(PipelineError, match="a.h5 is damaged"):
+        store.read_features(path, np.arange(0, 64, 2))
+    assert "damaged" in catalog.verify(path)[0]

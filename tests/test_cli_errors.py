@@ -56,11 +56,3 @@ def test_cli_option_overrides_file_and_is_validated(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and all("epochs=7" in ln and "cnn" in ln for ln in lines)   # 2 fractions
     _one_line_error(pipeline(tmp_path, "fit", "--dry-run", "--variants", "nope", check=False), "unknown fit variant")
-
-
-def test_duplicate_dataset_names_are_refused():
-    from zoomshot.cache.errors import PipelineError
-    from zoomshot.cli.config import from_dict
-
-    with pytest.raises(PipelineError, match="dataset names must be non-empty and unique"):
-        from_dict({"datasets": [{"name": "shapes"}, {"name": "shapes", "kind": "imagefolder"}]})

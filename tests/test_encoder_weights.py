@@ -75,3 +75,35 @@ def test_missing_file_and_unknown_names_are_pipeline_errors(tmp_path):
         build_encoder({**CNN, "model": "resnet_nope"}, "cpu")
     with pytest.raises(PipelineError, match="unknown encoder family"):
         build_encoder({**CNN, "family": "keras"}, "cpu")
+
+
+def test_clip_from_a_local_dir_as_a_downloaded_checkpoint(tmp_path):
+    """`pretrained = "local-dir:FOLDER"`: open_clip's own folder layout (open_clip_config.json with
+    model_cfg and preprocess_cfg, and the weights), as a checkpoint downloaded from the hub has it."""
+    import json
+    import shutil
+
+    from zoomshot.cache.keys import weights_fingerprint
+    from zoomshot.extract.shipped import ASSETS, MODEL_CONFIGS
+
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    model_cfg = json.loads((MODEL_CONFIGS / "zoomshot-tiny-clip.json").read_text())
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    shutil.copy(ASSETS / "weights" / "tiny_clip.safetensors", folder / "open_clip_model.safetensors")
+    from_dir = build_encoder({**CLIP, "model": "ViT-B-16", "pretrained": f"local-dir:{folder}"}, "cpu")
+    from_file = build_encoder({**CLIP, "pretrained": str(ASSETS / "weights" / "tiny_clip.safetensors")}, "cpu")
+    assert from_dir.dim == 128 and _differs(from_file.model, from_dir.model) == []
+    assert repr(from_dir.transform) == repr(from_file.transform)
+    with torch.inference_mode():
+        prompts = ["a red triangle.", "a photo of a blue star."]
+        torch.testing.assert_close(from_dir.encode_text(prompts, "cpu"), from_file.encode_text(prompts, "cpu"))
+    before = weights_fingerprint(f"local-dir:{folder}")
+    assert before.startswith("dir-sha256:")
+    (folder / "open_clip_model.safetensors").unlink()      # no weights: open_clip would use random ones
+    with pytest.raises(PipelineError, match="holds no weights file"):
+        build_encoder({**CLIP, "pretrained": f"local-dir:{folder}"}, "cpu")
+    assert weights_fingerprint(f"local-dir:{folder}") != before
+    (folder / "open_clip_config.json").unlink()
+    with pytest.raises(PipelineError, match="holds no open_clip_config.json"):
+        build_encoder({**CLIP, "pretrained": f"local-dir:{folder}"}, "cpu")

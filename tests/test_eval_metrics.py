@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, zero_shot_logits
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
 
 # Six classes; labels unbalanced (class 0 three times); the last sample's label is unknown.
 LOGITS = torch.tensor(
@@ -107,15 +107,15 @@ def test_update_rejects_inconsistent_input():
         MetricAccumulator(5).update(LOGITS, LABELS)
 
 
-def test_zero_shot_logits_is_float32_cosine():
+def test_cosine_logits_is_float32_cosine():
     gen = torch.Generator().manual_seed(1)
     feats = torch.randn(7, 16, generator=gen)
     emb = torch.randn(4, 16, generator=gen)
-    logits = zero_shot_logits(feats.half(), 2 * emb)
+    logits = cosine_logits(feats.half(), 2 * emb)
     expected = F.cosine_similarity(feats.half().float().unsqueeze(1), emb.unsqueeze(0), dim=-1)
     assert logits.dtype == torch.float32 and logits.shape == (7, 4)
     assert torch.allclose(logits, expected, atol=1e-5)
-    assert torch.allclose(zero_shot_logits(3 * feats, emb), zero_shot_logits(feats, emb), atol=1e-6)
+    assert torch.allclose(cosine_logits(3 * feats, emb), cosine_logits(feats, emb), atol=1e-6)
 
 
 def test_class_embeddings_rejects_classes_without_prompts():

@@ -1,13 +1,14 @@
 """Report figures: accuracy against fraction / epochs, loss curves and the modality-gap projection are
 written as valid PNG files, and only when the results support them."""
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from zoomshot.cache.runs import Maps, write_run  # noqa: E402
 
 from zoomshot.evaluate.plots import pca_2d, projection_plot, write_plots  # noqa: E402
 from zoomshot.evaluate.report import summary_rows  # noqa: E402
@@ -48,11 +49,10 @@ def write_runs(runs_dir, results):
             continue
         n = r["epochs"] or 0
         history = [{"epoch": i, "total": 1.0 / (i + 1), "mse": 1.0 / (i + 1)} for i in range(n)]
-        folder = runs_dir / r["run"]
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {k: r[k] for k in ("encoder", "variant", "method", "fraction", "seed")}
-        record.update(params={"epochs": r["epochs"]}, history=history)
-        (folder / "run.json").write_text(json.dumps(record))
+        record = {k: r[k] for k in ("encoder", "variant", "method", "fraction", "epochs", "seed")}
+        record.update(name=r["run"], params={"epochs": r["epochs"]}, history=history, encoder_key="e", clip="clip",
+                      clip_key="c", train=["syn:train"], inputs={"files": [], "checksums": {}})
+        write_run(runs_dir / r["run"], record, Maps(torch.eye(2), torch.zeros(2), torch.eye(2), torch.zeros(2), 1, 1))
 
 
 def assert_png(path):

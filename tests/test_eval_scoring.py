@@ -4,8 +4,9 @@ import torch
 from safetensors.torch import save_file
 
 from zoomshot.cache import catalog
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, zero_shot_logits
-from zoomshot.evaluate.scoring import load_mapping, score
+from zoomshot.cache.runs import Maps
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
+from zoomshot.evaluate.scoring import Classes, score
 
 
 def _files(tmp_path, n=997, m=24, d=16, c=7):
@@ -24,21 +25,22 @@ def _files(tmp_path, n=997, m=24, d=16, c=7):
                "h_inv.bias": torch.zeros(m), "scale_source": torch.tensor(0.5, dtype=torch.float64),
                "scale_clip": torch.tensor(3.0, dtype=torch.float64)}, str(maps))
     prompts = torch.from_numpy(np.repeat(centroids, 2, 0) + 0.1 * rng.normal(size=(2 * c, d))).float()
-    return src, clip, maps, class_embeddings(prompts, torch.arange(c).repeat_interleave(2), c), s, t, labels
+    classes = Classes(class_embeddings(prompts, torch.arange(c).repeat_interleave(2), c), [str(i) for i in range(c)], {})
+    return src, clip, Maps.load(maps), classes, s, t, labels
 
 
 def test_streamed_scores_equal_in_memory_scores(tmp_path):
-    src, clip, maps, class_emb, s, t, labels = _files(tmp_path)
-    mapping = load_mapping(maps)
-    streamed = score(src, clip, class_emb, mapping, chunk_rows=100)
-    whole = score(src, clip, class_emb, mapping, chunk_rows=10**6)
+    src, clip, maps, classes, s, t, labels = _files(tmp_path)
+    class_emb = classes.emb
+    streamed = score(src, clip, classes, maps, chunk_rows=100)
+    whole = score(src, clip, classes, maps, chunk_rows=10**6)
     assert streamed == whole
 
     acc = MetricAccumulator(class_emb.shape[0])     # in memory, straight from the float16 cache values
     s16 = torch.from_numpy(s.astype(np.float16).astype(np.float32))
     t16 = torch.from_numpy(t.astype(np.float16).astype(np.float32))
     mapped = ((s16 * 0.5) @ (torch.eye(16, 24) * 2.0).T + 0.1) / 3.0
-    acc.update(zero_shot_logits(mapped, class_emb), torch.from_numpy(labels), zero_shot_logits(t16, class_emb))
+    acc.update(cosine_logits(mapped, class_emb), torch.from_numpy(labels), cosine_logits(t16, class_emb))
     expected = acc.compute()
     assert streamed.keys() == expected.keys()
     for k in expected:
@@ -47,14 +49,14 @@ def test_streamed_scores_equal_in_memory_scores(tmp_path):
 
 
 def test_clip_scores_itself_with_full_agreement(tmp_path):
-    _, clip, _, class_emb, *_ = _files(tmp_path)
-    metrics = score(clip, clip, class_emb, None, chunk_rows=64)
+    _, clip, _, classes, *_ = _files(tmp_path)
+    metrics = score(clip, clip, classes, None, chunk_rows=64)
     assert metrics["teacher_agreement"] == 1.0
 
 
 def test_per_class_accuracy_on_request(tmp_path):
-    src, clip, maps, class_emb, s, t, labels = _files(tmp_path)
-    metrics = score(src, clip, class_emb, load_mapping(maps), chunk_rows=100, per_class=True)
+    src, clip, maps, classes, s, t, labels = _files(tmp_path)
+    metrics = score(src, clip, classes, maps, chunk_rows=100, per_class=True)
     per_class = np.array(metrics["per_class_acc"])
     assert per_class.shape == (7,) and np.isclose(per_class.mean(), metrics["mean_per_class_recall"])
-    assert "per_class_acc" not in score(src, clip, class_emb, load_mapping(maps), chunk_rows=100)
+    assert "per_class_acc" not in score(src, clip, classes, maps, chunk_rows=100)

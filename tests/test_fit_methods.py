@@ -9,7 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from zoomshot.fit.baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
-from zoomshot.fit.maps import LinearMaps, variance_scale
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.runs import Maps as LinearMaps
+from zoomshot.fit.maps import variance_scale
 from zoomshot.fit.methods import METHODS, fit_method, resolve_params
 from zoomshot.fit.trainer import TrainConfig, seeded_linear, train_maps
 
@@ -267,15 +269,22 @@ def test_registry_lists_the_methods():
 
 def test_fit_method_rejects_unknown_names_with_hints():
     s, t = torch.randn(20, 4), torch.randn(20, 3)
-    with pytest.raises(ValueError, match="linear-aligner.*lstsq.*procrustes.*zoomshot"):
+    with pytest.raises(PipelineError, match="linear-aligner.*lstsq.*procrustes.*zoomshot"):
         fit_method("ridge", s, t, None, {}, 0, "cpu")
-    with pytest.raises(ValueError, match="'w_kdd'.*'w_kd'"):
+    with pytest.raises(PipelineError, match="'w_kdd'.*'w_kd'"):
         fit_method("zoomshot", s, t, None, {"w_kdd": 1.0}, 0, "cpu")
-    with pytest.raises(ValueError, match="'seed'"):  # given as its own argument, not a setting
+    with pytest.raises(PipelineError, match="seed"):  # given as its own argument, not a setting
         fit_method("lstsq", s, t, None, {"seed": 1}, 0, "cpu")
+    with pytest.raises(PipelineError, match="ridge' must be >= 0"):
+        fit_method("lstsq", s, t, None, {"ridge": -1.0}, 0, "cpu")
+    with pytest.raises(PipelineError, match="batch_size must be >= 1"):
+        fit_method("zoomshot", s, t, None, {"batch_size": 0}, 0, "cpu")
+    with pytest.raises(PipelineError, match="lr' must be float"):
+        fit_method("linear-aligner", s, t, None, {"lr": "fast"}, 0, "cpu")
 
 
 def test_resolve_params_fills_defaults():
     assert resolve_params("lstsq", {"ridge": 0.1}) == {"ridge": 0.1, "target_variance": 4.5}
     assert resolve_params("zoomshot", {})["kd_variant"] == TrainConfig().kd_variant
     assert "seed" not in resolve_params("linear-aligner", {}) and resolve_params("linear-aligner", {})["t_max"] == 200
+    assert "seed" not in resolve_params("zoomshot", {}) and "device" not in resolve_params("zoomshot", {})

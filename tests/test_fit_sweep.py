@@ -6,72 +6,25 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from helpers import pipeline
-
-CONFIG = """
-[paths]
-cache_dir = "out/cache"
-runs_dir = "{runs}"
-results_dir = "out/results"
-report_dir = "out/report"
-
-[clip]
-model = "imported"
-classfree_prompts = "classfree.txt"
-
-[[encoders]]
-name = "src"
-model = "imported"
-
-[[datasets]]
-name = "syn"
-kind = "imported"
-
-[fit]
-train = ["syn:train"]
-variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]
-fractions = [1.0]
-epochs = [40]
-seeds = [0]
-
-[evaluate]
-test = ["syn:test"]
-"""
+from helpers import SYNTHETIC_CONFIG as CONFIG
+from helpers import pipeline, run_main, synthetic_arrays
 
 
-def _synthetic(folder, n_classes=10, d=32, m=48, seed=0):
-    """CLIP features = class centroid + noise; source = a fixed linear image of CLIP + small noise."""
-    rng = np.random.default_rng(seed)
-    centroids = rng.normal(size=(n_classes, d))
-    a = rng.normal(size=(m, d)) / np.sqrt(d)
-    for split, n in (("train", 3000), ("test", 1000)):
-        y = rng.integers(0, n_classes, n)
-        t = centroids[y] + 0.9 * rng.normal(size=(n, d))
-        s = t @ a.T + 0.05 * rng.normal(size=(n, m))
-        np.save(folder / f"clip_{split}.npy", t.astype(np.float32))
-        np.save(folder / f"src_{split}.npy", s.astype(np.float32))
-        np.save(folder / f"y_{split}.npy", y)
-    templates = np.repeat(centroids, 3, axis=0) + 0.05 * rng.normal(size=(3 * n_classes, d))
-    np.save(folder / "class_text.npy", templates.astype(np.float32))
-    (folder / "classnames.txt").write_text("\n".join(f"class {i}" for i in range(n_classes)))
-    mixes = rng.dirichlet(np.ones(n_classes) * 0.3, size=60) @ centroids
-    np.save(folder / "classfree.npy", mixes.astype(np.float32))
-    (folder / "classfree.txt").write_text("\n".join(f"prompt {i}" for i in range(60)))
-
+def _import(folder, *args):
+    code, out, err = run_main(folder, "cache", "import", *args)
+    assert code == 0, (out, err)
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
-    _synthetic(folder)
+    synthetic_arrays(folder)
     (folder / "pipeline.toml").write_text(CONFIG.format(runs="out/runs"))
     for split in ("train", "test"):
         for enc in ("clip", "src"):
-            pipeline(folder, "cache", "import", f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn",
-                     "--split", split, "--labels", f"y_{split}.npy")
-    pipeline(folder, "cache", "import", "class_text.npy", "--text", "class-prompts", "--dataset", "syn",
-             "--classnames", "classnames.txt")
-    pipeline(folder, "cache", "import", "classfree.npy", "--text", "classfree", "--dataset", "syn",
-             "--prompts", "classfree.txt")
+            _import(folder, f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split,
+                    "--labels", f"y_{split}.npy")
+    _import(folder, "class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt")
+    _import(folder, "classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")
     pipeline(folder, "fit")
     return folder
 
@@ -90,6 +43,11 @@ def test_every_method_reaches_teacher_top1_within_2_points(synthetic):
         assert runs[variant] >= clip - 0.02, (variant, runs[variant], clip)
 
 
+def _runs(folder):
+    """Run folders by name (the hidden .locks folder is not a run)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+
+
 def test_distributed_sweep_gives_the_same_maps_as_threads(synthetic):
     from dask.distributed import LocalCluster
 
@@ -98,8 +56,7 @@ def test_distributed_sweep_gives_the_same_maps_as_threads(synthetic):
                       dashboard_address=None) as cluster:
         proc = pipeline(synthetic, "fit", "--config", "cluster.toml", "--scheduler", cluster.scheduler_address)
     assert "4 done" in proc.stdout
-    threaded = sorted(p.name for p in (synthetic / "out/runs").iterdir())
-    distributed = sorted(p.name for p in (synthetic / "out/runs-cluster").iterdir())
+    threaded, distributed = _runs(synthetic / "out/runs"), _runs(synthetic / "out/runs-cluster")
     assert threaded == distributed and len(threaded) == 4
     for name in threaded:
         a = load_file(str(synthetic / "out/runs" / name / "maps.safetensors"))
@@ -109,51 +66,60 @@ def test_distributed_sweep_gives_the_same_maps_as_threads(synthetic):
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
-    cfg = (synthetic / "pipeline.toml").read_text()
-    (synthetic / "bad.toml").write_text(
-        cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-bad"')
-        .replace('results_dir = "out/results"', 'results_dir = "out/results-bad"')
-        .replace('variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', 'variants = ["broken", "lstsq"]')
-        .replace("fractions = [1.0]", "fractions = [1.0]\n[fit.definitions.broken]\n"
-                 'method = "lstsq"\nnot_a_param = 1') + "\n[extract]\nsplits = []\n")
-    proc = pipeline(synthetic, "fit", "--config", "bad.toml", check=False)
+    """A run whose input is damaged on disk fails alone: one line, exit 1, the other run is fitted,
+    evaluated and reported."""
+    import shutil
+
+    import h5py
+
+    bad = synthetic / "bad"
+    shutil.copytree(synthetic, bad, ignore=shutil.ignore_patterns("out"))
+    cfg = CONFIG.format(runs="out/runs").replace('variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]',
+                                                 'variants = ["lstsq"]')
+    (bad / "pipeline.toml").write_text(cfg + '\n[[encoders]]\nname = "src2"\nmodel = "imported"\n\n[extract]\nsplits = []\n')
+    for enc in ("clip", "src", "src2"):
+        for split in ("train", "test"):
+            array = f"{'src' if enc == 'src2' else enc}_{split}.npy"
+            _import(bad, array, "--encoder", enc, "--dataset", "syn", "--split", split, "--labels", f"y_{split}.npy")
+    _import(bad, "class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt")
+    (damaged,) = (bad / "out/cache/features").glob("syn_train_src2_*.h5")
+    with h5py.File(damaged, "r") as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with damaged.open("r+b") as f:       # flip a byte of the first chunk, as a bad disk would
+        f.seek(offset + 100)
+        byte = f.read(1)
+        f.seek(offset + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    proc = pipeline(bad, "fit", check=False)
     assert proc.returncode == 1
-    assert "1 done, 0 already finished, 1 failed" in proc.stdout and "not_a_param" in proc.stdout
-    run = pipeline(synthetic, "run", "--config", "bad.toml", "--no-progress", check=False)
+    assert "1 done, 0 already finished, 1 failed" in proc.stdout and f"{damaged.name} is damaged" in proc.stdout
+    run = pipeline(bad, "run", "--no-progress", check=False)
     assert run.returncode == 1 and "0 done, 1 already finished, 1 failed" in run.stdout
-    assert "| src | lstsq |" in run.stdout            # the run that fitted is still evaluated and reported
+    assert any(line.startswith("| src | lstsq |") for line in run.stdout.splitlines()), run.stdout
+    assert "BAD" in pipeline(bad, "cache", "verify", check=False).stdout
 
 
 def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
-    import os
+    """kill -9 right after the 2nd run of 6 is written (a known point, however busy the machine is)."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from helpers import ENV
+    from helpers import Stopped
 
     cfg = (synthetic / "pipeline.toml").read_text()
     (synthetic / "killed.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-killed"'))
     grid = ["--variants", "mse", "--variants", "lstsq", "--seeds", "0", "--seeds", "1", "--seeds", "2"]
     args = ["fit", "--config", "killed.toml", *grid, "--workers", "1"]
-    code = f"import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline', *{args!r}]\nmain()"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=synthetic, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = Stopped(synthetic, *args, point="fit.run_done", k=2)
+    proc.wait_stopped()
+    assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     runs = synthetic / "out/runs-killed"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (runs.exists() and any(runs.glob("*/run.json"))):
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = [p for p in runs.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(finished) < 6                       # killed mid-sweep: some runs done, not all
+    assert len(_runs(runs)) == 2                       # killed mid-sweep: exactly the runs written so far
     rerun = pipeline(synthetic, *args)
-    assert f"{6 - len(finished)} done, {len(finished)} already finished, 0 failed" in rerun.stdout
+    assert "4 done, 2 already finished, 0 failed" in rerun.stdout
     (synthetic / "whole.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-whole"'))
     pipeline(synthetic, "fit", "--config", "whole.toml", *grid, "--workers", "1")
-    names = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
-    assert names == sorted(p.name for p in (synthetic / "out/runs-whole").iterdir()) and len(names) == 6
+    names = _runs(runs)
+    assert names == _runs(synthetic / "out/runs-whole") and len(names) == 6
     for name in names:
         a = load_file(str(runs / name / "maps.safetensors"))
         b = load_file(str(synthetic / "out/runs-whole" / name / "maps.safetensors"))

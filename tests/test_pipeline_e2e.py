@@ -1,15 +1,11 @@
 """The whole pipeline through its real CLI on tiny real models and the generated world."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import h5py
 import pytest
 
-from helpers import ENV, pipeline, write_config
+from helpers import Stopped, feature_rows, pipeline, write_config
 
 # Make any image decode or encoder construction impossible in the process that runs the command.
 NO_IMAGES_NO_ENCODERS = "\n".join(
@@ -82,36 +78,25 @@ def test_changed_settings_never_reuse_a_stale_file(world):
         assert f["features"].shape[0] == 128 and f.attrs["fraction"] == 0.5
 
 
-def _features(folder):
-    out = {}
-    for p in sorted((folder / "out/cache/features").glob("*.h5")):
-        with h5py.File(p) as f:
-            out[p.name] = tuple(f[k][:].tobytes() for k in ("features", "index", "labels"))
-    return out
-
-
 def test_sigkill_mid_extract_then_rerun_equals_uninterrupted(tmp_path):
+    """kill -9 once the 3rd batch of the train split is written (a known point, however busy the
+    machine is); the re-run resumes and ends bit-identical to an uninterrupted extraction."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for folder in (whole, killed):
         folder.mkdir()
-        write_config(folder, train=1024, test=64, batch=32)
-    code = "import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline','extract','--no-progress']\nmain()"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=killed, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        write_config(folder, train=256, test=64, batch=32)
+    proc = Stopped(killed, "extract", "--no-progress", point="extract.batch", k=3)
+    proc.wait_stopped()
+    assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     feat_dir = killed / "out/cache/features"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:      # wait until some batches of the train split are on disk
-        sizes = [p.stat().st_size for p in feat_dir.glob("*.partial")] if feat_dir.exists() else []
-        if sizes and min(sizes) > 32 * 1024:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert list(feat_dir.glob("*train*.partial")) and not list(feat_dir.glob("*train*.h5"))
+    partials = list(feat_dir.glob("*train*.partial"))
+    assert len(partials) == 3 and not list(feat_dir.glob("*train*.h5"))
+    for p in partials:
+        with h5py.File(p) as f:
+            assert f.attrs["rows_done"] == 96      # three batches of 32, counted for every encoder
     pipeline(killed, "extract", "--no-progress")
     pipeline(whole, "extract", "--no-progress")
-    a, b = _features(whole), _features(killed)
+    a, b = feature_rows(whole), feature_rows(killed)
     assert a.keys() == b.keys() and len(a) == 6
     assert all(a[k] == b[k] for k in a)
     assert not list(feat_dir.glob("*.partial"))

@@ -19,9 +19,15 @@ from zoomshot.extract.world import (
     SHAPES,
     SIZES,
     ShapesWorld,
-    classfree_prompts,
     is_held_out,
 )
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.layout import read_prompt_file
+from zoomshot.extract import shipped
+
+
+def classfree_prompts(path=shipped.CLASSFREE_PROMPTS):
+    return read_prompt_file(path)
 
 
 def _bytes(img: Image.Image) -> bytes:
@@ -266,7 +272,7 @@ def _to_tensor(img):
 
 # --- prompt assets -----------------------------------------------------------------------------------
 def test_templates_json():
-    data = json.loads(W.default_templates_path().read_text(encoding="utf-8"))
+    data = json.loads(shipped.TEMPLATES.read_text(encoding="utf-8"))
     assert isinstance(data, dict) and "shapes" in data
     templates = data["shapes"]
     assert 5 <= len(templates) <= 8
@@ -300,9 +306,9 @@ def test_classfree_prompts_user_file(tmp_path):
     p.write_text("# comment\n\n  a shiny thing  \nsomething blue\n   \n#another\n", encoding="utf-8")
     assert classfree_prompts(p) == ["a shiny thing", "something blue"]
     assert classfree_prompts(str(p)) == ["a shiny thing", "something blue"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(PipelineError, match="cannot read"):
         classfree_prompts(tmp_path / "missing.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n", encoding="utf-8")
-    with pytest.raises(ValueError):
+    with pytest.raises(PipelineError, match="holds no prompts"):
         classfree_prompts(empty)
