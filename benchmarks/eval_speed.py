@@ -38,10 +38,11 @@ import numpy as np
 import tomli_w
 import torch
 
-from zoomshot.cache import store
+from zoomshot.cache import layout, store
+from zoomshot.cache.runs import Maps
 from zoomshot.cli import config as C
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, zero_shot_logits
-from zoomshot.evaluate.scoring import finished_runs, load_mapping, run_evaluate
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
+from zoomshot.evaluate.scoring import open_runs, run_evaluate
 from zoomshot.extract.datasets import open_split
 from zoomshot.extract.encoders import build_encoder
 
@@ -95,28 +96,30 @@ def encode_test_set(encoder, dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def reencode_evaluate(cfg: C.Config, runs: list[Path]) -> tuple[float, dict[str, float]]:
     """Seconds for R re-encoding evaluations, and each run's top-1."""
-    encoder = build_encoder(cfg.encoder(ENCODER).identity(), "cpu")
-    dataset = open_split(cfg.dataset(DATASET).identity(), "test").dataset
-    text = store.read_text(C.class_text_path(cfg, DATASET))
+    project = cfg.project
+    encoder = build_encoder(project.encoder(ENCODER).spec(), "cpu")
+    dataset = open_split(project.dataset(DATASET).spec(), "test").dataset
+    text = store.read_text(layout.class_text_path(project, DATASET))
     class_emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
                                  len(text.classnames))
-    clip = store.read_features(C.feature_path(cfg, cfg.clip.name, TEST), None)
+    clip = store.read_features(layout.feature_path(project, cfg.clip.name, TEST), None)
     if not np.array_equal(clip.index, np.arange(len(dataset))):
         raise SystemExit("the cached test split is not the whole split in order; extract fraction 1.0")
-    teacher = zero_shot_logits(torch.from_numpy(clip.features), class_emb)
+    teacher = cosine_logits(torch.from_numpy(clip.features), class_emb)
     acc1 = {}
     start = time.perf_counter()
     for run in runs:
         feats, labels = encode_test_set(encoder, dataset)
         acc = MetricAccumulator(class_emb.shape[0])
-        acc.update(zero_shot_logits(load_mapping(run / "maps.safetensors")(feats), class_emb), labels, teacher)
+        acc.update(cosine_logits(Maps.load(run / "maps.safetensors").to_clip(feats), class_emb), labels, teacher)
         acc1[run.name] = acc.compute()["acc1"]
     return time.perf_counter() - start, acc1
 
 
 def cached_evaluate(cfg: C.Config) -> tuple[float, dict[str, float]]:
     start = time.perf_counter()
-    written = run_evaluate(cfg, progress=lambda _msg: None)
+    runs, _ = open_runs(cfg.project, [], say=lambda _msg: None)
+    written = run_evaluate(cfg.project, cfg.evaluate, runs, say=lambda _msg: None, progress=False).written
     seconds = time.perf_counter() - start
     results = [json.loads(p.read_text()) for p in written]
     return seconds, {r["run"]: r["metrics"]["acc1"] for r in results if r["method"] != "clip"}
@@ -138,7 +141,7 @@ def main() -> None:
         config = write_config(Path(tmp), args.test_size, args.train_size, args.seeds, args.epochs)
         t_extract, t_fit = pipeline("extract", config), pipeline("fit", config)
         cfg = C.load(config)
-        runs = finished_runs(cfg.path("runs_dir"), [])
+        runs = [run.dir for run, _ in open_runs(cfg.project, [], say=print)[0]]
         torch.set_num_threads(args.threads)
         cached, reencode = [], []
         for _ in range(args.repeats):   # interleaved, so a change in the machine's load hits both sides
@@ -149,14 +152,14 @@ def main() -> None:
     diff = max(abs(cached_acc[k] - reencode_acc[k]) for k in reencode_acc)
     ratio = reencode_s / cached_s
     print(f"setup: extract {t_extract:.1f} s, fit {t_fit:.1f} s; R = {len(runs)} runs on {args.test_size} "
-          f"test images ({ENCODER}: {cfg.encoder(ENCODER).model}), torch threads {torch.get_num_threads()}, "
+          f"test images ({ENCODER}: {cfg.project.encoder(ENCODER).model}), torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
     for name, seconds in (("(a) cached evaluation (run_evaluate):    ", cached_s),
                           ("(b) re-encode test images for every run: ", reencode_s)):
         print(f"{name}{seconds:8.3f} s  ({1000 * seconds / len(runs):.1f} ms/run)")
     print(f"speed-up of the cache: {ratio:.1f}x  (max |top-1 difference| between (a) and (b): {diff:.4f})")
     record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "runs": len(runs),
-              "test_size": args.test_size, "train_size": args.train_size, "encoder": cfg.encoder(ENCODER).model,
+              "test_size": args.test_size, "train_size": args.train_size, "encoder": cfg.project.encoder(ENCODER).model,
               "cached_s": round(cached_s, 4), "reencode_s": round(reencode_s, 4), "speedup": round(ratio, 2),
               "max_acc1_diff": diff, "load_avg_1min": round(os.getloadavg()[0], 2), "repeats": args.repeats,
               "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from zoomshot.cache import layout  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.datasets import open_split  # noqa: E402
 from zoomshot.extract.encoders import build_encoder  # noqa: E402
@@ -71,9 +72,10 @@ def main() -> None:
                           "options": {"train_size": args.images, "image_size": image_size}}],
             "extract": {"splits": ["shapes:train"], "batch_size": args.batch, "num_workers": args.workers,
                         "device": args.device}})
+        project = cfg.project
         names = [cfg.clip.name] + [e.name for e in cfg.encoders]
-        encoders = {n: build_encoder(cfg.encoder(n).identity(), args.device) for n in names}
-        data = open_split(cfg.dataset("shapes").identity(), "train").dataset
+        encoders = {n: build_encoder(project.encoder(n).spec(), args.device) for n in names}
+        data = open_split(project.dataset("shapes").spec(), "train").dataset
         indices = torch.arange(args.images).numpy()
         transforms = [encoders[n].transform for n in names]
 
@@ -92,8 +94,8 @@ def main() -> None:
 
         bare()                                   # warm-up (allocator, cuDNN autotune)
         t_bare = timed(bare)
-        job = SplitJob("shapes:train", {n: C.feature_path(cfg, n, "shapes:train") for n in names})
-        t_stage = timed(lambda: extract_split(cfg, job, encoders, args.device, progress=False))
+        job = SplitJob("shapes:train", {n: layout.feature_path(project, n, "shapes:train") for n in names})
+        t_stage = timed(lambda: extract_split(project, cfg.extract, job, encoders, args.device, progress=False))
         t_one = timed(lambda: [None for _ in loader(transforms)])
         t_sep = sum(timed(lambda tf=tf: [None for _ in loader([tf])]) for tf in transforms)
         t_dec_one = timed(lambda: [None for _ in loader([])])

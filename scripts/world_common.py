@@ -132,8 +132,8 @@ def check_bank_matches_transform(world, transform, n: int = 8) -> float:
 # CLIP zero-shot
 # ----------------------------------------------------------------------------------------------------
 def templates(key: str = "shapes") -> list[str]:
-    W = world_module()
-    return json.loads(Path(W.default_templates_path()).read_text())[key]
+    from zoomshot.extract.shipped import TEMPLATES
+    return json.loads(TEMPLATES.read_text())[key]
 
 
 @torch.no_grad()
