@@ -45,12 +45,16 @@ def holding(paths: list[Path], say: Callable[[str], None] | None = None) -> Iter
 
 @contextmanager
 def trying(path: Path) -> Iterator[bool]:
-    """Hold the lock of `path` if it is free; yields whether it was taken (never waits)."""
-    lock = _lock(path)
+    """Hold the lock of `path` if it is free; yields whether it was taken (never waits). In a folder that
+    cannot be written (a read-only copy of the runs) nobody writes either: that counts as free."""
     try:
+        lock = _lock(path)
         lock.acquire(timeout=0)
     except Timeout:
         yield False
+        return
+    except OSError:
+        yield True
         return
     try:
         yield True

@@ -48,11 +48,6 @@ def cycle_terms(
     return terms
 
 
-def cycle_loss(s: torch.Tensor, t: torch.Tensor, u: torch.Tensor | None, h: Map, h_inv: Map) -> torch.Tensor:
-    """L_cyc: the sum of the three cycle terms (the text term only when a prompt set u is given)."""
-    return sum(cycle_terms(s, t, u, h, h_inv).values())
-
-
 def prompt_logits(x: torch.Tensor, u_unit: torch.Tensor, tau: float) -> torch.Tensor:
     """tau * cos(x, u_k) for every row of x against unit-norm prompt rows u_unit (K, d): CLIP's zero-shot logits."""
     return tau * F.normalize(x, dim=-1) @ u_unit.T

@@ -41,10 +41,9 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
 class TrainConfig:
     """Settings of one Zoom-shot fit.
 
-    The defaults (Adam, lr 3e-2 with cosine decay to 0 over all steps, batch 2,048, 20 epochs) bring the MSE
-    within 0.2 % of the closed-form optimum on 10-20k rows of 128-1024 -> 128-512-dim features (measured on
-    uncentered, anisotropic synthetic features), in seconds on a CPU. What converges is the number of steps:
-    with far fewer rows, lower batch_size or raise epochs; the full objective needs more steps than MSE alone.
+    The defaults are Adam, lr 3e-2 with cosine decay to 0 over all steps, batch 2,048, 20 epochs. What
+    converges is the number of optimizer steps: with few rows, lower batch_size or raise epochs (the full
+    objective needs more steps than MSE alone); benchmarks/fit_speed.py measures convergence and speed.
     The loss weights default to the full Zoom-shot objective (DESIGN.md section 5); w_cyc weighs the two image
     cycle terms and w_cyc_text the prompt-set cycle term, so w_cyc == w_cyc_text is the paper's single L_cyc.
     """

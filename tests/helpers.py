@@ -173,6 +173,14 @@ def run_main(folder: Path, *args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def inproc(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_main` with the shape of `pipeline(...)`'s result, for steps that need no process of their own."""
+    code, out, err = run_main(folder, *args)
+    if check and code != 0:
+        raise AssertionError(f"pipeline {' '.join(args)} failed ({code}):\n{out}\n{err}")
+    return subprocess.CompletedProcess(["pipeline", *args], code, out, err)
+
+
 # ---- background processes stopped at a known point (cache/faults.py), never after a guessed delay ----
 class Stopped:
     """`pipeline ARGS` started in the background, told to stop at the k-th pass of a fault point.

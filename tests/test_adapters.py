@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from helpers import pipeline, shipped_config, write_toml
 from zoomshot.cache import catalog, layout, runs, store
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cli import config as C
+from zoomshot.cli import config
 from zoomshot.evaluate import adaptation
-from zoomshot.evaluate import adapters as A
+from zoomshot.evaluate import adapters
 from zoomshot.evaluate.scoring import open_runs
 from zoomshot.extract.shipped import resolve
 
@@ -50,22 +50,22 @@ def test_kl_signature_affinity_matches_a_hand_computed_case():
         [0.9 * ln(0.9 / 0.5) + 0.1 * ln(0.1 / 0.5), 0.9 * ln(0.9 / 0.25) + 0.1 * ln(0.1 / 0.75)],
         [ln(1.0 / 0.5), ln(1.0 / 0.25)],          # 0 log 0 counts 0
     ])
-    m = A.kl_signature_affinity(p, q)
+    m = adapters.kl_signature_affinity(p, q)
     assert m.shape == (3, 2)
     torch.testing.assert_close(m, expected, atol=1e-6, rtol=0)
     # KL is not symmetric: the test image's signature is the first argument (tipx.py line 38)
-    assert not torch.allclose(A.kl_signature_affinity(q, p[:2]), expected[:2].T)
+    assert not torch.allclose(adapters.kl_signature_affinity(q, p[:2]), expected[:2].T)
 
 
 def test_signatures_and_rescaling_by_hand():
     feats = torch.tensor([[3.0, 0.0]])                       # normalised inside: e1
     classes = torch.tensor([[1.0, 0.0], [0.0, 2.0]])         # cosines (1, 0)
-    sig = A.signatures(feats, classes, temperature=0.5)      # softmax((2, 0))
+    sig = adapters.signatures(feats, classes, temperature=0.5)      # softmax((2, 0))
     e2 = math.exp(2.0)
     torch.testing.assert_close(sig, torch.tensor([[e2 / (e2 + 1), 1 / (e2 + 1)]]))
     m = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
-    r = A.TipXRanges(kl_min=0.0, kl_max=4.0, cos_min=-0.5, cos_max=0.5)
-    torch.testing.assert_close(A.rescale(m, r), torch.tensor([[-0.5, -0.25], [0.0, 0.5]]))
+    r = adapters.TipXRanges(kl_min=0.0, kl_max=4.0, cos_min=-0.5, cos_max=0.5)
+    torch.testing.assert_close(adapters.rescale(m, r), torch.tensor([[-0.5, -0.25], [0.0, 0.5]]))
 
 
 def _reference_tipx(test, support, labels, class_emb, alpha, beta, gamma, temp):
@@ -88,10 +88,10 @@ def test_tipx_logits_equal_the_reference_loop():
     g = torch.Generator().manual_seed(0)
     test, support, classes = torch.randn(37, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(6, 16, generator=g)
     labels = torch.arange(24) % 6
-    ours = A.tipx_logits(test, support, labels, classes, alpha=2.5, beta=5.5, gamma=3.0, temperature=0.5)
+    ours = adapters.tipx_logits(test, support, labels, classes, alpha=2.5, beta=5.5, gamma=3.0, temperature=0.5)
     ref = _reference_tipx(test, support, labels, classes, 2.5, 5.5, 3.0, 0.5)
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=1e-5)
-    ta = A.tip_adapter_logits(test, support, labels, classes, alpha=2.5, beta=5.5)
+    ta = adapters.tip_adapter_logits(test, support, labels, classes, alpha=2.5, beta=5.5)
     assert not torch.allclose(ours, ta)                                 # the gamma term is there
 
 
@@ -99,26 +99,26 @@ def test_alpha_zero_is_exactly_zero_shot():
     g = torch.Generator().manual_seed(1)
     test, support, classes = torch.randn(50, 8, generator=g), torch.randn(20, 8, generator=g), torch.randn(5, 8, generator=g)
     labels = torch.arange(20) % 5
-    zs = A.clip_logits(test, classes)
+    zs = adapters.clip_logits(test, classes)
     torch.testing.assert_close(zs, 100 * (F.normalize(test, dim=-1) @ F.normalize(classes, dim=-1).T), rtol=0, atol=0)
     for beta in (1.0, 7.0):
-        ta = A.tip_adapter_logits(test, support, labels, classes, alpha=0.0, beta=beta)
+        ta = adapters.tip_adapter_logits(test, support, labels, classes, alpha=0.0, beta=beta)
         assert torch.equal(ta, zs) and torch.equal(ta.argmax(1), zs.argmax(1))
-    tx = A.tipx_logits(test, support, labels, classes, alpha=0.0, beta=3.0, gamma=0.0)
+    tx = adapters.tipx_logits(test, support, labels, classes, alpha=0.0, beta=3.0, gamma=0.0)
     assert torch.equal(tx, zs)
-    assert not torch.equal(A.tip_adapter_logits(test, support, labels, classes, alpha=1.0, beta=1.0), zs)
+    assert not torch.equal(adapters.tip_adapter_logits(test, support, labels, classes, alpha=1.0, beta=1.0), zs)
 
 
 def test_chunked_tipx_equals_one_shot():
     g = torch.Generator().manual_seed(2)
     test, support, classes = torch.randn(90, 12, generator=g), torch.randn(30, 12, generator=g), torch.randn(3, 12, generator=g)
     labels = torch.arange(30) % 3
-    whole = A.tipx_logits(test, support, labels, classes, 4.0, 2.0, 5.0)
+    whole = adapters.tipx_logits(test, support, labels, classes, 4.0, 2.0, 5.0)
     chunks = [test[:25], test[25:60], test[60:]]
-    ranges = A.tipx_ranges(chunks[0], support, classes)
+    ranges = adapters.tipx_ranges(chunks[0], support, classes)
     for c in chunks[1:]:
-        ranges = ranges.merge(A.tipx_ranges(c, support, classes))
-    parts = torch.cat([A.tipx_logits(c, support, labels, classes, 4.0, 2.0, 5.0, ranges=ranges) for c in chunks])
+        ranges = ranges.merge(adapters.tipx_ranges(c, support, classes))
+    parts = torch.cat([adapters.tipx_logits(c, support, labels, classes, 4.0, 2.0, 5.0, ranges=ranges) for c in chunks])
     torch.testing.assert_close(parts, whole)
 
 
@@ -127,22 +127,22 @@ def test_support_val_split_is_seeded_disjoint_per_class_and_nested():
     rng = np.random.default_rng(0)
     labels = np.concatenate([np.repeat(np.arange(5), 20), [-1, -1]])
     rng.shuffle(labels)
-    sup, val = A.support_val_split(labels, 5, val_per_class=0, shots=0, seed=3)
+    sup, val = adapters.support_val_split(labels, 5, val_per_class=0, shots=0, seed=3)
     assert not set(sup) & set(val) and len(sup) + len(val) == 100
     assert np.all(np.bincount(labels[val], minlength=5) == 10)       # half of each class
     assert np.all(labels[sup] >= 0) and np.all(labels[val] >= 0)
-    again = A.support_val_split(labels, 5, 0, 0, 3)
+    again = adapters.support_val_split(labels, 5, 0, 0, 3)
     assert np.array_equal(again[0], sup) and np.array_equal(again[1], val)
-    assert not np.array_equal(A.support_val_split(labels, 5, 0, 0, 4)[1], val)
-    s1, v1 = A.support_val_split(labels, 5, 4, 1, 3)
-    s4, v4 = A.support_val_split(labels, 5, 4, 4, 3)
-    s_all, v_all = A.support_val_split(labels, 5, 4, 0, 3)
+    assert not np.array_equal(adapters.support_val_split(labels, 5, 0, 0, 4)[1], val)
+    s1, v1 = adapters.support_val_split(labels, 5, 4, 1, 3)
+    s4, v4 = adapters.support_val_split(labels, 5, 4, 4, 3)
+    s_all, v_all = adapters.support_val_split(labels, 5, 4, 0, 3)
     assert np.array_equal(v1, v4) and np.array_equal(v4, v_all)          # validation rows do not move with k
     assert set(s1) < set(s4) < set(s_all)                                  # nested shots
     assert np.all(np.bincount(labels[s1], minlength=5) == 1) and np.all(np.bincount(labels[s4], minlength=5) == 4)
     assert np.all(np.bincount(labels[v4], minlength=5) == 4)
     # a class with one row keeps it in the support
-    sup, val = A.support_val_split(np.array([0, 1, 1]), 2, 5, 0, 0)
+    sup, val = adapters.support_val_split(np.array([0, 1, 1]), 2, 5, 0, 0)
     assert 0 in sup and len(val) == 1
 
 
@@ -186,34 +186,34 @@ def _world(seed: int, n_classes: int = 8, d: int = 32, n_support: int = 16, n_te
 
 def test_adapters_beat_zero_shot_on_a_world_with_a_good_support_set():
     text, (sup, sy), (test, ty) = _world(0)
-    s_rows, v_rows = A.support_val_split(sy.numpy(), 8, 0, 0, 0)
+    s_rows, v_rows = adapters.support_val_split(sy.numpy(), 8, 0, 0, 0)
     acc = lambda logits: (logits.argmax(1) == ty).float().mean().item()  # noqa: E731
-    zs = acc(A.clip_logits(test, text))
-    hp_ta = A.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-adapter")
-    hp_tx = A.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-x")
-    ta = acc(A.tip_adapter_logits(test, sup[s_rows], sy[s_rows], text, hp_ta["alpha"], hp_ta["beta"]))
-    tx = acc(A.tipx_logits(test, sup[s_rows], sy[s_rows], text, hp_tx["alpha"], hp_tx["beta"], hp_tx["gamma"]))
+    zs = acc(adapters.clip_logits(test, text))
+    hp_ta = adapters.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-adapter")
+    hp_tx = adapters.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-x")
+    ta = acc(adapters.tip_adapter_logits(test, sup[s_rows], sy[s_rows], text, hp_ta["alpha"], hp_ta["beta"]))
+    tx = acc(adapters.tipx_logits(test, sup[s_rows], sy[s_rows], text, hp_tx["alpha"], hp_tx["beta"], hp_tx["gamma"]))
     assert zs < 0.75, zs                      # the world is hard for zero-shot...
     assert ta >= zs + 0.15 and tx >= zs + 0.15, (zs, ta, tx)   # ...and easy with the support set
     assert hp_tx["val_acc1"] >= hp_tx["val_zero_shot_acc1"] and hp_tx["val_size"] == len(v_rows)
     # the gain comes from the support set's labels: shuffled, they take it away
     bad = sy[torch.randperm(len(sy), generator=torch.Generator().manual_seed(5))]
-    hp_bad = A.search_hparams(sup[v_rows], bad[v_rows], sup[s_rows], bad[s_rows], text, "tip-x")
-    assert acc(A.tipx_logits(test, sup[s_rows], bad[s_rows], text, hp_bad["alpha"], hp_bad["beta"],
+    hp_bad = adapters.search_hparams(sup[v_rows], bad[v_rows], sup[s_rows], bad[s_rows], text, "tip-x")
+    assert acc(adapters.tipx_logits(test, sup[s_rows], bad[s_rows], text, hp_bad["alpha"], hp_bad["beta"],
                              hp_bad["gamma"])) < zs
 
 
 def test_search_ties_go_to_the_first_cell_in_the_reference_order():
     acc = torch.zeros(3, 4, 2, dtype=torch.long)
     acc[2, 0, 0] = acc[0, 3, 1] = 5
-    assert A._first_best(acc, (0, 1, 2)) == (0, 3, 1)     # TIP-X: alpha outer
-    assert A._first_best(acc, (1, 0, 2)) == (2, 0, 0)     # Tip-Adapter: beta outer
+    assert adapters._first_best(acc, (0, 1, 2)) == (0, 3, 1)     # TIP-X: alpha outer
+    assert adapters._first_best(acc, (1, 0, 2)) == (2, 0, 0)     # Tip-Adapter: beta outer
 
 
 # ---------------------------------------------- the stage on a synthetic cache: no test row in the search
-def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> C.Config:
+def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.Config:
     """Imported CLIP / encoder features of a synthetic world: a support split and a test split."""
-    cfg = C.from_dict({
+    cfg = config.from_dict({
         "paths": {k: str(folder / k) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},
         "clip": {"name": "clip", "model": "imported"},
         "encoders": [{"name": "enc", "model": "imported"}],
@@ -260,7 +260,7 @@ def _adapt(cfg, with_runs=True):
 def test_no_test_row_reaches_the_search(tmp_path, monkeypatch):
     cfg = _synthetic_cache(tmp_path)
     seen = []
-    real = A.search_hparams
+    real = adapters.search_hparams
 
     def spy(val_feats, val_labels, support, support_labels, *args, **kwargs):
         seen.append((val_feats.clone(), support.clone()))

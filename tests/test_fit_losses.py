@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoomshot.fit.losses import cycle_loss, cycle_terms, mse_loss, pgkd_loss, total_loss
+from zoomshot.fit.losses import cycle_terms, mse_loss, pgkd_loss, total_loss
 from zoomshot.fit.maps import affine_pinv, variance_scale
 
 
@@ -53,8 +53,7 @@ def test_cycle_terms_known_values():
     assert terms["cyc_s"].item() == pytest.approx(3.0)
     assert terms["cyc_t"].item() == pytest.approx(4.5)
     assert terms["cyc_u"].item() == pytest.approx(2.5 + 2.0)  # |u + 2|_1
-    assert cycle_loss(s, t, u, h, h_inv).item() == pytest.approx(3.0 + 4.5 + 4.5)
-    assert cycle_loss(s, t, None, h, h_inv).item() == pytest.approx(3.0 + 4.5)
+    assert set(cycle_terms(s, t, None, h, h_inv)) == {"cyc_s", "cyc_t"}      # no prompt set, no text term
 
 
 def test_cycle_terms_vanish_for_an_exact_inverse():

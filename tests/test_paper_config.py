@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from zoomshot.cli import config as C
+from zoomshot.cli.config import load
 from zoomshot.extract.encoders import build_encoder
 
 CONFIG = Path(__file__).parents[1] / "configs" / "paper.toml"
@@ -21,14 +21,14 @@ def paper(tmp_path_factory):
         (folder / name).write_text("{}" if name.endswith(".json") else "x\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        yield C.load(CONFIG)
+        yield load(CONFIG)
 
 
 def test_the_config_names_files_that_must_exist(tmp_path, monkeypatch):
     from zoomshot.cache.errors import PipelineError
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match="class_list' must name an existing file"):
-        C.load(CONFIG)
+        load(CONFIG)
 EXPECTED = {   # name -> (feature width, input size)
     "clip": (512, 224), "mobilenetv3-s": (1024, 224), "densenet121": (1024, 224), "resnet18": (512, 224),
     "dino-vitb16": (768, 224), "dinov2-vitb14": (768, 518),

@@ -5,7 +5,7 @@ import signal
 import h5py
 import pytest
 
-from helpers import Stopped, feature_rows, pipeline, write_config
+from helpers import Stopped, feature_rows, inproc, pipeline, write_config
 
 # Make any image decode or encoder construction impossible in the process that runs the command.
 NO_IMAGES_NO_ENCODERS = "\n".join(
@@ -94,8 +94,8 @@ def test_sigkill_mid_extract_then_rerun_equals_uninterrupted(tmp_path):
     for p in partials:
         with h5py.File(p) as f:
             assert f.attrs["rows_done"] == 96      # three batches of 32, counted for every encoder
-    pipeline(killed, "extract", "--no-progress")
-    pipeline(whole, "extract", "--no-progress")
+    inproc(killed, "extract", "--no-progress")
+    inproc(whole, "extract", "--no-progress")
     a, b = feature_rows(whole), feature_rows(killed)
     assert a.keys() == b.keys() and len(a) == 6
     assert all(a[k] == b[k] for k in a)

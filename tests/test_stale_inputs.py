@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from helpers import CLIP, CNN, PATHS, REPO, SHAPES, SYNTHETIC_CONFIG, Stopped, feature_rows, pipeline, run_main, synthetic_arrays
+from helpers import (CLIP, CNN, PATHS, REPO, SHAPES, SYNTHETIC_CONFIG, Stopped, feature_rows, inproc, pipeline,
+                     run_main, synthetic_arrays)
 
 # ------------------------------------------------------------------ imported synthetic features (fast)
 
@@ -157,20 +158,20 @@ def _acc(folder):
 
 def test_changed_weights_never_score_old_runs_on_new_features(tmp_path):
     folder = _world(tmp_path / "w")
-    pipeline(folder, "run", "--no-progress")
+    inproc(folder, "run", "--no-progress")
     (old_run, acc) = next(iter(_acc(folder).items()))
     weights = load_file(str(folder / "cnn.safetensors"))
     save_file({k: (v + 0.3 * v.std() if v.is_floating_point() and v.numel() > 1 else v) for k, v in weights.items()},
               str(folder / "cnn.safetensors"))                             # the file rewritten in place
-    assert "2 cache file(s) written" in pipeline(folder, "extract", "--no-progress").stdout   # new cnn features
-    pipeline(folder, "evaluate", "--no-progress")
+    assert "2 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout   # new cnn features
+    inproc(folder, "evaluate", "--no-progress")
     assert _acc(folder) == {old_run: acc}          # the old run is still scored on the features it was fitted on
-    assert "1 done, 0 already finished" in pipeline(folder, "fit").stdout  # the new weights: a new run
+    assert "1 done, 0 already finished" in inproc(folder, "fit").stdout  # the new weights: a new run
     record = json.loads((folder / "out/runs" / old_run / "run.json").read_text())
     (old_features,) = [p for p in (folder / "out/cache/features").glob("shapes_test_cnn_*.h5")
                        if _attr(p, "encoder_key") == record["encoder_key"]]
-    pipeline(folder, "cache", "rm", old_features.name)
-    ev = pipeline(folder, "evaluate", "--no-progress", check=False)
+    inproc(folder, "cache", "rm", old_features.name)
+    ev = inproc(folder, "evaluate", "--no-progress", check=False)
     assert ev.returncode == 1 and f"skip run {old_run} (cnn, lstsq)" in ev.stdout
     assert "fitted with encoder 'cnn' of other weights or settings than the config's" in ev.stdout
     new = _acc(folder)
@@ -205,16 +206,16 @@ splits = ["mine:train"]
 batch_size = 4
 device = "cpu"
 """)
-    assert "3 cache file(s) written" in pipeline(folder, "extract", "--no-progress").stdout   # + both text files
-    again = pipeline(folder, "extract", "--no-progress").stdout
+    assert "3 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout   # + both text files
+    again = inproc(folder, "extract", "--no-progress").stdout
     assert "everything was cached already" in again
     (folder / "names.txt").write_text("red circle\ngreen star\n")
-    assert "2 cache file(s) written" in pipeline(folder, "extract", "--no-progress").stdout
+    assert "2 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout
     texts = sorted((folder / "out/cache/text").glob("mine-classes_*.h5"), key=lambda p: p.stat().st_mtime_ns)
     with h5py.File(texts[-1]) as f:
         assert [s.decode() for s in f["classnames"][:]] == ["red circle", "green star"]
     _tree(folder / "data", {"a": 4})                                        # one image added
-    assert "1 cache file(s) written" in pipeline(folder, "extract", "--no-progress").stdout
+    assert "1 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout
     newest = max((folder / "out/cache/features").glob("mine_train_*.h5"), key=lambda p: p.stat().st_mtime_ns)
     with h5py.File(newest) as f:
         assert f["features"].shape[0] == 7
@@ -228,8 +229,8 @@ def test_a_full_disk_mid_extraction_is_one_line_and_the_rerun_recovers(tmp_path)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert list((full / "out/cache/features").glob("*.partial"))
-    pipeline(full, "extract", "--no-progress")
-    pipeline(whole, "extract", "--no-progress")
+    inproc(full, "extract", "--no-progress")
+    inproc(whole, "extract", "--no-progress")
     assert feature_rows(full) == feature_rows(whole) and len(feature_rows(full)) == 4
 
 
@@ -238,7 +239,7 @@ def test_resuming_with_other_settings_starts_again(tmp_path):
     proc = Stopped(killed, "extract", "--no-progress", point="extract.batch", k=2)
     proc.wait_stopped()
     proc.kill(signal.SIGKILL)
-    again = pipeline(killed, "extract", "--no-progress", "--batch-size", "16")
+    again = inproc(killed, "extract", "--no-progress", "--batch-size", "16")
     assert again.stdout.count("again: its settings differ (batch_size: 32 -> 16)") == 2, again.stdout
-    pipeline(whole, "extract", "--no-progress", "--batch-size", "16")
+    inproc(whole, "extract", "--no-progress", "--batch-size", "16")
     assert feature_rows(killed) == feature_rows(whole)
