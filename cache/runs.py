@@ -29,6 +29,14 @@ RECORD_FIELDS = ("name", "variant", "method", "params", "encoder", "encoder_key"
                  "fraction", "epochs", "seed", "train", "inputs", "maps_sha256")
 
 
+class DamagedRun(PipelineError):
+    """A run folder whose files are missing or damaged; `what` says which, without the advice."""
+
+    def __init__(self, run: str, what: str):
+        super().__init__(f"run {run}: {what}: fit it again (`pipeline fit`)")
+        self.what = what
+
+
 def run_name(identity: dict) -> str:
     return keys.digest(identity)
 
@@ -120,29 +128,27 @@ class Run:
         """The maps, after checking the file against the checksum in run.json."""
         path = self.dir / MAPS_FILE
         if not path.is_file():
-            raise PipelineError(f"run {self.name} has no {MAPS_FILE}: fit it again (`pipeline fit`)")
+            raise DamagedRun(self.name, f"{MAPS_FILE} is missing")
         if _sha256(path) != self.record["maps_sha256"]:
-            raise PipelineError(f"run {self.name}: {MAPS_FILE} is damaged (its checksum does not match "
-                                f"run.json): fit it again (`pipeline fit`)")
+            raise DamagedRun(self.name, f"{MAPS_FILE} is damaged (its checksum does not match run.json)")
         try:
             return Maps.load(path)
         except Exception as e:   # safetensors raises its own error types for a torn file
-            raise PipelineError(f"run {self.name}: cannot read {MAPS_FILE} ({e}): fit it again") from None
+            raise DamagedRun(self.name, f"cannot read {MAPS_FILE} ({e})") from None
 
 
 def read_run(run_dir: Path) -> Run:
     """The run folder's record, checked; one clear PipelineError for a missing or damaged run.json."""
-    path = Path(run_dir) / RUN_FILE
+    path, name = Path(run_dir) / RUN_FILE, Path(run_dir).name
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PipelineError(f"run {Path(run_dir).name} has no {RUN_FILE}: fit it again (`pipeline fit`)") from None
+        raise DamagedRun(name, f"{RUN_FILE} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PipelineError(f"run {Path(run_dir).name}: {RUN_FILE} is damaged ({e}): fit it again") from None
+        raise DamagedRun(name, f"{RUN_FILE} is damaged ({e})") from None
     missing = [k for k in RECORD_FIELDS if k not in record] if isinstance(record, dict) else list(RECORD_FIELDS)
     if missing:
-        raise PipelineError(f"run {Path(run_dir).name}: {RUN_FILE} lacks {', '.join(missing)} (written by an "
-                            f"older version, or damaged): fit it again (`pipeline fit`)")
+        raise DamagedRun(name, f"{RUN_FILE} lacks {', '.join(missing)} (written by an older version, or damaged)")
     return Run(Path(run_dir), record)
 
 
@@ -154,8 +160,8 @@ def stale_reason(run_dir: Path, input_checksums: dict[str, str]) -> str | None:
     try:
         run = read_run(run_dir)
         run.maps()
-    except PipelineError as e:
-        return str(e)
+    except DamagedRun as e:
+        return e.what
     if run.record["inputs"].get("checksums") != input_checksums:
         return "its input files changed since it was fitted"
     return None

@@ -28,7 +28,7 @@ from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
 from .adapters import ADAPTERS, GRIDS, clip_logits, search_hparams, support_val_split, tipx_ranges
 from .metrics import MetricAccumulator
-from .scoring import TASK, Inputs, Outcome, Say, TestInputs, aligned_chunks, run_fields, write_result
+from .scoring import TASK, Inputs, Outcome, Say, Skips, TestInputs, aligned_chunks, run_fields, write_result
 from .settings import EvaluateCfg
 
 
@@ -191,6 +191,7 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
                       **_adapter_fields(ev, chosen[m], clip_support)}
             emit(result, "clip", dataset, split, m)
 
+        skips = Skips("adapters of ", ref)
         for run, maps in runs:
             r = run.record
             try:
@@ -203,8 +204,7 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
                                         f"extract {ev.support} for every encoder together")
                 chosen, metrics, zero_shot = _evaluate(got, maps, sup, methods, ev.adapter_grid, ev.chunk_rows)
             except PipelineError as e:
-                say(f"skip adapters of run {run.name} ({r['encoder']}, {r['variant']}) on {ref}: {e}")
-                skipped += 1
+                skips.add(run, str(e))
                 continue
             for m in methods:
                 result = {**base, **run_fields(run),
@@ -213,4 +213,5 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
                           "cache_keys": r["inputs"]["files"] + [got.test_file.name, got.clip_file.name, sup_file.name],
                           **_adapter_fields(ev, chosen[m], sup)}
                 emit(result, run.name, dataset, split, m)
+        skipped += skips.report(say)
     return Outcome(written, skipped)

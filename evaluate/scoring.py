@@ -189,6 +189,24 @@ class Outcome:
     skipped: int
 
 
+class Skips:
+    """Runs left out on one test split, said once per reason: a damaged test file shared by many runs
+    is one line naming the file and the runs, not one line per run."""
+
+    def __init__(self, what: str, ref: str):
+        self.what, self.ref, self.by_reason = what, ref, {}
+
+    def add(self, run: Run, reason: str) -> None:
+        self.by_reason.setdefault(reason, []).append(f"{run.name} ({run.record['encoder']}, {run.record['variant']})")
+
+    def report(self, say: Say) -> int:
+        for reason, runs in self.by_reason.items():
+            names = f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs ({', '.join(runs[:3])}" + \
+                (", ...)" if len(runs) > 3 else ")")
+            say(f"skip {self.what}{names} on {self.ref}: {reason}")
+        return sum(len(r) for r in self.by_reason.values())
+
+
 def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]], say: Say = print,
                  progress: bool = True) -> Outcome:
     """The given runs (`open_runs`) on every configured test split, plus the CLIP row."""
@@ -209,13 +227,13 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
                                      "variant": "clip", "run": "clip", "clip_key": project.clip.key(),
                                      "cache_keys": [clip.test_file.name]},
                                     out_dir / "clip" / f"{dataset}-{split}.json"))
+        skips = Skips("", ref)
         for run, maps in tqdm(runs, desc=f"score {ref}", unit="run", disable=not progress):
             try:
                 got = inputs.of_run(run)
                 metrics = score(got.test_file, got.clip_file, got.classes, maps, ev.chunk_rows, ev.per_class)
             except PipelineError as e:
-                say(f"skip run {run.name} ({run.record['encoder']}, {run.record['variant']}) on {ref}: {e}")
-                skipped += 1
+                skips.add(run, str(e))
                 continue
             metrics["clip_acc1"] = clip_metrics["acc1"] if got.clip_file == clip.clip_file else \
                 score(got.clip_file, got.clip_file, got.classes, None, ev.chunk_rows)["acc1"]
@@ -223,6 +241,7 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
                       "variant": run.record["variant"],
                       "cache_keys": run.record["inputs"]["files"] + [got.test_file.name, got.clip_file.name]}
             written.append(write_result(result, out_dir / run.name / f"{dataset}-{split}.json"))
+        skipped += skips.report(say)
     return Outcome(written, skipped)
 
 
