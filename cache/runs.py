@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +55,7 @@ class Maps:
     hinv_bias: torch.Tensor
     scale_source: float
     scale_clip: float
+    fit: dict = field(default_factory=dict, compare=False)   # how it was fitted (run.json `fit_info`)
 
     def __post_init__(self) -> None:
         d, m = self.h_weight.shape

@@ -6,84 +6,43 @@ treats every method alike.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from zoomshot.cache.runs import Maps
 
-from .maps import ROWS_PER_CHUNK, affine_pinv, variance_scale
+from .maps import affine_pinv, variance_scale
+from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 
 
-@dataclass
-class _Moments:
-    """Means and centered cross-product sums (not divided by N) of row-aligned s and t, in float64."""
-
-    mean_s: torch.Tensor
-    mean_t: torch.Tensor
-    ss: torch.Tensor  # (m, m) = S_c^T S_c
-    tt: torch.Tensor  # (d, d) = T_c^T T_c
-    ts: torch.Tensor  # (d, m) = T_c^T S_c
-
-    def scaled(self, c_s: float, c_t: float) -> _Moments:
-        """The moments of (c_s * s, c_t * t), without copying the data."""
-        return _Moments(
-            self.mean_s * c_s, self.mean_t * c_t, self.ss * c_s**2, self.tt * c_t**2, self.ts * (c_s * c_t)
-        )
-
-
-def _moments(s: torch.Tensor, t: torch.Tensor) -> _Moments:
-    """Two passes over row chunks (means, then centered products) so large float16/32 caches stay exact."""
-    check_pairs(s, t)
-    pairs = list(zip(s.split(ROWS_PER_CHUNK), t.split(ROWS_PER_CHUNK)))
-    mean_s = sum(a.double().sum(0) for a, _ in pairs) / s.shape[0]
-    mean_t = sum(b.double().sum(0) for _, b in pairs) / s.shape[0]
-    ss = tt = ts = 0.0
-    for a, b in pairs:
-        a, b = a.double() - mean_s, b.double() - mean_t
-        ss, tt, ts = ss + a.T @ a, tt + b.T @ b, ts + b.T @ a
-    return _Moments(mean_s, mean_t, ss, tt, ts)
-
-
-def _scaled_moments(s: torch.Tensor, t: torch.Tensor, target_variance: float) -> tuple[_Moments, float, float]:
+def _scaled_moments(s: torch.Tensor, t: torch.Tensor, target_variance: float) -> tuple[Moments, float, float]:
     """Moments of the variance-aligned s and t, and the two scalars (c_s, c_t)."""
+    check_pairs(s, t)
     c_s, c_t = variance_scale(s, target_variance), variance_scale(t, target_variance)
-    return _moments(s, t).scaled(c_s, c_t), c_s, c_t
+    return moments(s, t).scaled(c_s, c_t), c_s, c_t
 
 
-Affine = tuple[torch.Tensor, torch.Tensor]  # (weight, bias)
-
-
-def _ridge(xx: torch.Tensor, yx: torch.Tensor, mean_x: torch.Tensor, mean_y: torch.Tensor, ridge: float) -> Affine:
-    """W, b minimising ||Y - X W^T - b||^2 + lam ||W||^2 from centered sums; the bias is not penalised.
-
-    Centering is the exact solution of the ones-column augmentation with an unpenalised bias column.
-    lam = ridge * trace(xx) / dim, i.e. relative to the mean eigenvalue, so one default fits any feature scale.
-    """
-    lam = ridge * torch.trace(xx) / xx.shape[0]
-    eye = torch.eye(xx.shape[0], dtype=xx.dtype, device=xx.device)
-    weight = torch.linalg.solve(xx + lam * eye, yx.T).T
-    return weight, mean_y - weight @ mean_x
-
-
-def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float) -> Maps:
+def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float, fit: dict | None = None) -> Maps:
     (hw, hb), (iw, ib) = h, h_inv
-    return Maps(*(x.float().cpu() for x in (hw, hb, iw, ib)), c_s, c_t)
+    return Maps(*(x.float().cpu() for x in (hw, hb, iw, ib)), c_s, c_t, fit=fit or {})
 
 
-def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, target_variance: float = 4.5) -> Maps:
+def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, ridge_by_gcv: bool = True,
+               target_variance: float = 4.5) -> Maps:
     """Closed-form ridge regression s -> t for h and, separately, t -> s for h_inv, in the scaled spaces.
 
-    `ridge` is relative to the mean eigenvalue of the input covariance. The default 1e-6 guards against a
-    singular covariance (fewer rows than dims, collinear features); it shrinks a direction whose variance is
-    a fraction f of the mean by about 1e-6 / f relatively, so ridge=0 gives the plain least-squares fit.
+    The strength of each is chosen by GCV from the training pairs (`fit/ridge.py`), or, with
+    `ridge_by_gcv = False`, is `ridge`, relative to the mean eigenvalue of the input covariance (1e-6 only
+    guards a singular covariance; 0 gives plain least squares). The chosen strengths are in `Maps.fit`.
     """
     mo, c_s, c_t = _scaled_moments(s, t, target_variance)
-    h = _ridge(mo.ss, mo.ts, mo.mean_s, mo.mean_t, ridge)
-    h_inv = _ridge(mo.tt, mo.ts.T, mo.mean_t, mo.mean_s, ridge)
-    return _to_maps(h, h_inv, c_s, c_t)
+    r_h = gcv_ridge(mo.ss, mo.ts, float(torch.trace(mo.tt)), mo.n) if ridge_by_gcv else ridge
+    r_inv = gcv_ridge(mo.tt, mo.ts.T, float(torch.trace(mo.ss)), mo.n) if ridge_by_gcv else ridge
+    h = ridge_fit(mo.ss, mo.ts, mo.mean_s, mo.mean_t, r_h)
+    h_inv = ridge_fit(mo.tt, mo.ts.T, mo.mean_t, mo.mean_s, r_inv)
+    return _to_maps(h, h_inv, c_s, c_t, {"ridge": r_h, "ridge_h_inv": r_inv,
+                                         "ridge_chosen_by": "gcv" if ridge_by_gcv else "setting"})
 
 
 def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4.5) -> Maps:

@@ -93,7 +93,8 @@ def execute(spec: dict) -> dict:
             wall = time.perf_counter() - t0
             runs.write_run(run_dir, {
                 **rec, "inputs": {"files": sorted(checksums), "checksums": checksums}, "train_files": provenance,
-                "rows": int(len(s)), "history": history, "wall_time_s": round(wall, 4), "device": device,
+                "rows": int(len(s)), "fit_info": maps.fit, "history": history, "wall_time_s": round(wall, 4),
+                "device": device,
                 "versions": {"torch": torch.__version__, "numpy": np.__version__,
                              "project": version("zoomshot-pipeline")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, maps)

@@ -1,9 +1,16 @@
 """Zoom-shot's training loop: h and h_inv trained together on cached feature tensors (DESIGN.md section 5).
 
 The whole feature matrices go to the device once; every epoch is a seeded permutation of row indices cut into
-large batches that are gathered by indexing. There is no DataLoader: the rows are already in memory, and at
-these sizes a DataLoader's per-batch Python and worker overhead costs more than the matmuls (DESIGN.md
-section 8; benchmarks/fit_speed.py measures it).
+batches that are gathered by indexing. There is no DataLoader: the rows are already in memory, and at these
+sizes a DataLoader's per-batch Python and worker overhead costs more than the matmuls (DESIGN.md section 8;
+benchmarks/fit_speed.py measures it).
+
+Two things make the result independent of guessing the batch size or the data size:
+* every epoch takes at least `steps_per_epoch` optimizer steps (the batch shrinks for few rows), so a small
+  training set is not left after a handful of steps; an epoch is still one pass over the rows;
+* each map is trained in whitened input coordinates (`WhitenedLinear`), an exact reparametrisation that
+  makes the reconstruction loss perfectly conditioned, so Adam reaches its optimum in those steps even
+  when the features are anisotropic or the rows barely outnumber the dimensions.
 """
 from __future__ import annotations
 
@@ -20,11 +27,14 @@ from tqdm import tqdm
 from zoomshot.cache.runs import Maps
 
 from .losses import KD_VARIANTS, total_loss
-from .maps import affine_pinv, variance_scale
+from .maps import ROWS_PER_CHUNK, affine_pinv, variance_scale
+from .ridge import absolute, gcv_ridge, moments, ridge_fit
 
+INITS = ("ridge", "random")   # where the maps start: the reconstruction's ridge closed forms, or seeded noise
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], "TrainConfig"], torch.optim.Optimizer]] = {
-    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    # fused: one kernel for all parameters (12x faster than the default loop for a 2048 x 512 map on a CPU)
+    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
     "sgd": lambda params, cfg: torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     ),
@@ -41,25 +51,33 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
 class TrainConfig:
     """Settings of one Zoom-shot fit.
 
-    The defaults are Adam, lr 3e-2 with cosine decay to 0 over all steps, batch 2,048, 20 epochs. What
-    converges is the number of optimizer steps: with few rows, lower batch_size or raise epochs (the full
-    objective needs more steps than MSE alone); benchmarks/fit_speed.py measures convergence and speed.
-    The loss weights default to the full Zoom-shot objective (DESIGN.md section 5); w_cyc weighs the two image
-    cycle terms and w_cyc_text the prompt-set cycle term, so w_cyc == w_cyc_text is the paper's single L_cyc.
+    The defaults are Adam, lr 3e-2 with cosine decay to 0 over all steps, 20 epochs of batches of at most
+    2,048 rows and at least 50 steps (`batch_for`), in whitened coordinates, with a ridge on h chosen by
+    GCV, starting from the ridge closed forms: the MSE variant reaches the closed-form optimum at any number
+    of rows (tests/test_fit_convergence.py), and one epoch of the full objective on a few thousand rows ends
+    where twenty do (benchmarks/claims.py, claim 3). The loss weights default to the full Zoom-shot objective (DESIGN.md
+    section 5) with the weights the study in benchmarks/loss_weights.py supports (every term is on one
+    scale, fit/losses.py); w_cyc weighs the two image cycle terms and w_cyc_text the prompt-set cycle term,
+    so w_cyc == w_cyc_text is the paper's single L_cyc.
     """
 
-    epochs: int = 20
-    batch_size: int = 2048
+    epochs: int = 20             # passes over the training rows (the paper's meaning)
+    batch_size: int = 2048       # the largest batch; fewer rows take smaller batches (steps_per_epoch)
+    steps_per_epoch: int = 50    # the fewest optimizer steps of an epoch
+    ridge: float = 1e-6          # ridge on h's reconstruction, relative to the mean input eigenvalue ...
+    ridge_by_gcv: bool = True    # ... or chosen from the training pairs by GCV (fit/ridge.py)
+    init: str = "ridge"          # start h and h_inv at their ridge closed forms, or "random"
     lr: float = 3e-2
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
     w_mse: float = 1.0
-    w_cyc: float = 1.0
-    w_cyc_text: float = 1.0
+    w_cyc: float = 0.1             # the weights follow benchmarks/loss_weights.py (README: which terms help)
+    w_cyc_text: float = 0.1
     w_kd: float = 1.0
     kd_variant: str = "lm"
+    kd_temperature: float = 4.0    # softmax temperature of the `kl` variant
     tau: float = 100.0
     target_variance: float = 4.5
     seed: int = 0
@@ -67,14 +85,16 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_variant": KD_VARIANTS}
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_variant": KD_VARIANTS, "init": INITS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {sorted(valid)}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "tau", "target_variance"):
+        if self.ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        for name in ("lr", "tau", "target_variance", "kd_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         weights = {name: getattr(self, name) for name in ("w_mse", "w_cyc", "w_cyc_text", "w_kd")}
@@ -94,30 +114,70 @@ def seeded_linear(n_in: int, n_out: int, generator: torch.Generator, device: str
     return layer.to(device)
 
 
-class CenteredLinear(nn.Module):
-    """x -> W (x - mean_in) + b, with b starting at mean_out: an nn.Linear reparametrised for conditioning.
+class WhitenedLinear(nn.Module):
+    """x -> W (x - mean_in) + b with W = W' P, b starting at the output mean: an affine map reparametrised
+    for conditioning, optionally with a ridge penalty lam ||W||^2.
 
-    Cached features are far from centered (post-ReLU pooling, CLIP's embedding cone), so a plain affine map
-    has its bias and weights strongly coupled and gradient steps crawl along the mean direction. Subtracting
-    the fixed input mean decouples them, and starting the bias at the output mean starts from the best constant
-    predictor. It represents exactly the same affine maps; `affine()` folds the shift back into the bias.
+    Cached features are far from centered and far from isotropic (post-ReLU pooling, CLIP's embedding cone),
+    so a plain affine map has its bias and weights strongly coupled and gradient steps crawl along the
+    low-variance directions; with few rows the reconstruction problem is nearly singular. Training W' with
+    P = (Lambda + alpha)^-1/2 V^T (V Lambda V^T the input covariance, alpha = lam / N) makes the curvature of
+    the ridge-penalised reconstruction the identity in W', so every direction converges at the same rate.
+    Without a penalty (alpha = 0), directions whose variance is below `rcond` times the largest carry no
+    signal to fit and map to 0, so an untrained direction never enters a prediction amplified. It
+    represents the same affine maps (on the directions the data spans); `affine()` folds P and the shift
+    back into an ordinary weight and bias.
     """
 
-    def __init__(self, mean_in: torch.Tensor, mean_out: torch.Tensor, generator: torch.Generator) -> None:
+    def __init__(self, mean_in: torch.Tensor, spectrum: tuple[torch.Tensor, torch.Tensor], mean_out: torch.Tensor,
+                 alpha: float, generator: torch.Generator, rcond: float = 1e-6) -> None:
+        """`spectrum`: (eigenvalues, eigenvectors) of the input covariance (float64, `torch.linalg.eigh`)."""
         super().__init__()
+        eigenvalues, vectors = spectrum
+        eigenvalues = eigenvalues.clamp(min=0) + alpha
+        keep = eigenvalues > (rcond * eigenvalues.max() if alpha == 0 else 0)
+        inv_sqrt = torch.where(keep, eigenvalues.clamp(min=1e-300).rsqrt(), torch.zeros_like(eigenvalues))
         self.linear = seeded_linear(mean_in.shape[0], mean_out.shape[0], generator, mean_in.device)
         with torch.no_grad():
             self.linear.bias.copy_(mean_out)
-        self.register_buffer("mean_in", mean_in.clone())
+        dtype = self.linear.weight.dtype
+        self.register_buffer("mean_in", mean_in.to(dtype))
+        self.register_buffer("p", (inv_sqrt[:, None] * vectors.T).to(dtype))
+        # P^+ = V diag(sqrt(lambda + alpha)) on the directions P keeps (no SVD needed)
+        self.register_buffer("p_pinv", (vectors * torch.where(keep, eigenvalues.sqrt(), 0.0)).to(dtype))
+        self.register_buffer("penalty_scale", (alpha * inv_sqrt**2).to(dtype))   # lam/N ||W||^2 in W'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # W (x - mean_in) + b, with the shift folded into the bias: no extra pass over the batch.
-        return F.linear(x, self.linear.weight, self.linear.bias - self.linear.weight @ self.mean_in)
+        if x.shape[0] < self.linear.out_features:    # few rows: whiten them (cheaper than folding P)
+            return self.linear((x - self.mean_in) @ self.p.T)
+        weight = self.linear.weight @ self.p
+        return F.linear(x, weight, self.linear.bias - weight @ self.mean_in)
+
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """P (x - mean_in) of every row, in chunks: a trainer whitens its training rows once, so that a step
+        on them costs a plain linear layer (`self.linear`)."""
+        return torch.cat([(chunk - self.mean_in) @ self.p.T for chunk in x.split(ROWS_PER_CHUNK)])
+
+    def start_at(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start from the affine map x -> weight x + bias (W' = weight P^+, on the directions P keeps)."""
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.double() @ self.p_pinv.double())
+            self.linear.bias.copy_(bias + weight.double() @ self.mean_in.double())
+
+    def penalty(self) -> torch.Tensor:
+        """alpha ||W||^2 (= lam ||W||^2 / N), computed in W' without forming W; its gradient is
+        2 W' penalty_scale."""
+        return (self.linear.weight.detach().pow(2) * self.penalty_scale).sum()
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the same map written as x -> weight x + bias, on the CPU."""
-        weight = self.linear.weight.detach()
+        weight = (self.linear.weight @ self.p).detach()
         return weight.cpu(), (self.linear.bias.detach() - weight @ self.mean_in).cpu()
+
+
+def batch_for(rows: int, cfg: TrainConfig) -> int:
+    """The batch size of a fit: `batch_size` at most, and small enough for `steps_per_epoch` steps."""
+    return max(1, min(cfg.batch_size, math.ceil(rows / cfg.steps_per_epoch)))
 
 
 def shuffled_batches(
@@ -168,35 +228,54 @@ def train_maps(
     s, t, u, c_s, c_t = scaled_features(s, t, u, cfg.target_variance, device)
     n = s.shape[0]
     generator = torch.Generator().manual_seed(cfg.seed)
-    mean_s, mean_t = s.mean(dim=0), t.mean(dim=0)
-    h = CenteredLinear(mean_s, mean_t, generator)
-    h_inv = CenteredLinear(mean_t, mean_s, generator)
+    mo = moments(s, t)
+    spectrum_s, spectrum_t = torch.linalg.eigh(mo.ss), torch.linalg.eigh(mo.tt)   # of the sums; / n: covariances
+    ridge = gcv_ridge(mo.ss, mo.ts, float(torch.trace(mo.tt)), n, spectrum=spectrum_s) if cfg.ridge_by_gcv \
+        else cfg.ridge
+    h = WhitenedLinear(mo.mean_s, (spectrum_s[0] / n, spectrum_s[1]), mo.mean_t, absolute(ridge, mo.ss) / n, generator)
+    h_inv = WhitenedLinear(mo.mean_t, (spectrum_t[0] / n, spectrum_t[1]), mo.mean_s, 0.0, generator)
+    if cfg.init == "ridge":    # start where the reconstruction alone ends: the ridge closed forms
+        h.start_at(*ridge_fit(mo.ss, mo.ts, mo.mean_s, mo.mean_t, ridge))
+        h_inv.start_at(*ridge_fit(mo.tt, mo.ts.T, mo.mean_t, mo.mean_s, cfg.ridge))
+    ridge_scale = cfg.w_mse / (t.shape[1] * cfg.target_variance)   # the penalty on L_mse's scale
+    s_white = h.whiten(s)
     trains_inverse = bool(cfg.w_cyc or cfg.w_cyc_text)
     params = [*h.parameters(), *h_inv.parameters()] if trains_inverse else list(h.parameters())
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
-    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg.epochs * math.ceil(n / cfg.batch_size))
+    batch = batch_for(n, cfg)
+    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg.epochs * math.ceil(n / batch))
     loss_fn = functools.partial(
         total_loss, w_mse=cfg.w_mse, w_cyc=cfg.w_cyc, w_cyc_text=cfg.w_cyc_text, w_kd=cfg.w_kd,
-        tau=cfg.tau, kd_variant=cfg.kd_variant,
+        tau=cfg.tau, kd_variant=cfg.kd_variant, kd_temperature=cfg.kd_temperature,
+        target_variance=cfg.target_variance,
     )
     if cfg.compile:
         loss_fn = torch.compile(loss_fn)
     history = []
     for epoch in (bar := tqdm(range(cfg.epochs), desc="fit", unit="epoch", disable=not progress)):
         sums: dict[str, torch.Tensor] = {}
-        for idx in shuffled_batches(n, cfg.batch_size, generator, device):
-            total, parts = loss_fn(s.index_select(0, idx), t.index_select(0, idx), u, h, h_inv)
+        for idx in shuffled_batches(n, batch, generator, device):
+            h_s = h.linear(s_white.index_select(0, idx))
+            total, parts = loss_fn(s.index_select(0, idx), t.index_select(0, idx), u, h, h_inv, h_s=h_s)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if ridge_scale:    # the ridge's gradient, added directly: cheaper than a term in the graph
+                with torch.no_grad():
+                    h.linear.weight.grad.addcmul_(h.linear.weight, h.penalty_scale, value=2 * ridge_scale)
             optimizer.step()
             scheduler.step()
             for name, value in {"total": total.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value * len(idx)
         record = {"epoch": epoch, **{name: float(value) / n for name, value in sums.items()}}
+        if ridge_scale:
+            record["ridge"] = float(ridge_scale * h.penalty())
+            record["total"] += record["ridge"]
         history.append(record)
         bar.set_postfix(loss=f"{record['total']:.4g}")
         if on_epoch is not None:
             on_epoch(record)
     h_weight, h_bias = h.affine()
     hinv_weight, hinv_bias = h_inv.affine() if trains_inverse else affine_pinv(h_weight, h_bias)
-    return Maps(h_weight, h_bias, hinv_weight, hinv_bias, c_s, c_t), history
+    fit = {"batch_size": batch, "steps": cfg.epochs * math.ceil(n / batch), "ridge": ridge,
+           "ridge_chosen_by": "gcv" if cfg.ridge_by_gcv else "setting"}
+    return Maps(h_weight, h_bias, hinv_weight, hinv_bias, c_s, c_t, fit=fit), history
