@@ -22,13 +22,13 @@ from .runs import execute
 from .settings import FitCfg
 
 # Named variants that need no table in the config; `[fit.definitions.NAME]` adds or overrides.
+# The loss sets' weights are the trainer's defaults (fit/trainer.py, from the weight study).
 BUILTIN_VARIANTS: dict[str, dict] = {
-    "mse": {"method": "zoomshot", "w_mse": 1.0, "w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0},
-    "mse+cyc": {"method": "zoomshot", "w_mse": 1.0, "w_cyc": 1.0, "w_cyc_text": 1.0, "w_kd": 0.0},
-    "mse+cyc+kd-lm": {"method": "zoomshot", "w_mse": 1.0, "w_cyc": 1.0, "w_cyc_text": 1.0, "w_kd": 1.0,
-                      "kd_variant": "lm"},
-    "mse+cyc+kd-htce": {"method": "zoomshot", "w_mse": 1.0, "w_cyc": 1.0, "w_cyc_text": 1.0, "w_kd": 1.0,
-                        "kd_variant": "ht-ce"},
+    "mse": {"method": "zoomshot", "w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0},
+    "mse+cyc": {"method": "zoomshot", "w_kd": 0.0},
+    "mse+cyc+kd-lm": {"method": "zoomshot", "kd_variant": "lm"},
+    "mse+cyc+kd-htce": {"method": "zoomshot", "kd_variant": "ht-ce"},
+    "mse+cyc+kd-kl": {"method": "zoomshot", "kd_variant": "kl"},
     "linear-aligner": {"method": "linear-aligner"},
     "linear-aligner-fixed": {"method": "linear-aligner", "fixed": True},
     "lstsq": {"method": "lstsq"},

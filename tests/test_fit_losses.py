@@ -37,10 +37,12 @@ def test_affine_pinv_inverts_an_invertible_map():
     torch.testing.assert_close(affine(inv_w, inv_b)(affine(weight, bias)(x)), x, atol=1e-4, rtol=0)
 
 
-def test_mse_loss_sums_over_dims_and_averages_over_rows():
+def test_mse_loss_is_the_share_of_variance_left():
     h_s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     t = torch.tensor([[0.0, 0.0], [0.0, 3.0]])
-    assert mse_loss(h_s, t).item() == pytest.approx((5.0 + 9.0) / 2)
+    assert mse_loss(h_s, t, variance=2.0).item() == pytest.approx((1 + 4 + 0 + 9) / 4 / 2.0)
+    wide = torch.randn(64, 300, generator=torch.Generator().manual_seed(7)) * 2.0    # variance 4, any width:
+    assert mse_loss(torch.zeros_like(wide), wide, 4.0).item() == pytest.approx(1.0, rel=0.05)   # the mean: ~1
 
 
 def test_cycle_terms_known_values():
@@ -48,12 +50,13 @@ def test_cycle_terms_known_values():
     t = torch.tensor([[1.0, 1.0], [0.0, -3.0]])
     u = torch.tensor([[0.5, 0.0]])
     h, h_inv = (lambda x: 2 * x), (lambda x: x + 1)
-    terms = cycle_terms(s, t, u, h, h_inv)
-    # cyc_s: |2s + 1 - s|_1 = |s + 1|_1 -> rows 2+0, 3+1; cyc_t: |2(t + 1) - t|_1 = |t + 2|_1 -> rows 6, 2+1.
-    assert terms["cyc_s"].item() == pytest.approx(3.0)
-    assert terms["cyc_t"].item() == pytest.approx(4.5)
-    assert terms["cyc_u"].item() == pytest.approx(2.5 + 2.0)  # |u + 2|_1
-    assert set(cycle_terms(s, t, None, h, h_inv)) == {"cyc_s", "cyc_t"}      # no prompt set, no text term
+    terms = cycle_terms(s, t, u, h, h_inv, std=2.0)
+    # mean over elements / std. cyc_s: |2s + 1 - s| = |s + 1| -> 2, 0, 3, 1; cyc_t: |2(t + 1) - t| = |t + 2|
+    # -> 3, 3, 2, 1; cyc_u: |u + 2| -> 2.5, 2.
+    assert terms["cyc_s"].item() == pytest.approx(6 / 4 / 2.0)
+    assert terms["cyc_t"].item() == pytest.approx(9 / 4 / 2.0)
+    assert terms["cyc_u"].item() == pytest.approx(4.5 / 2 / 2.0)
+    assert set(cycle_terms(s, t, None, h, h_inv, std=1.0)) == {"cyc_s", "cyc_t"}    # no prompt set, no text term
 
 
 def test_cycle_terms_vanish_for_an_exact_inverse():
@@ -63,16 +66,24 @@ def test_cycle_terms_vanish_for_an_exact_inverse():
     inv = torch.linalg.inv(weight)
     h, h_inv = affine(weight, bias), affine(inv, -inv @ bias)
     s, t, u = (torch.randn(n, 5, generator=g) for n in (7, 6, 3))
-    for name, term in cycle_terms(s, t, u, h, h_inv).items():
+    for name, term in cycle_terms(s, t, u, h, h_inv, std=1.0).items():
         assert term.item() == pytest.approx(0.0, abs=1e-5), name
 
 
 def test_pgkd_known_values():
     t, h_s = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])
     u = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    # Teacher logits tau*[1, 0], student tau*[0, 1] with tau = 2.
-    assert pgkd_loss(h_s, t, u, tau=2.0, variant="lm").item() == pytest.approx((4.0 + 4.0) / 2)
-    assert pgkd_loss(h_s, t, u, tau=2.0, variant="ht-ce").item() == pytest.approx(math.log(1 + math.exp(2.0)))
+    # Teacher logits tau*[1, 0], student tau*[0, 1] with tau = 2; the teacher's variance over the 2 prompts
+    # (unbiased) is 2: lm = mean squared difference 4 / 2. ht-ce and kl are in units of log 2.
+    assert pgkd_loss(h_s, t, u, tau=2.0, variant="lm").item() == pytest.approx(4.0 / 2.0)
+    assert pgkd_loss(h_s, t, u, tau=2.0, variant="ht-ce").item() == pytest.approx(
+        math.log(1 + math.exp(2.0)) / math.log(2))
+    p, q = torch.softmax(torch.tensor([2.0, 0.0]), 0), torch.softmax(torch.tensor([0.0, 2.0]), 0)
+    kl = float((p * (p / q).log()).sum())
+    assert pgkd_loss(h_s, t, u, tau=2.0, variant="kl").item() == pytest.approx(kl / math.log(2), rel=1e-6)
+    p2, q2 = torch.softmax(torch.tensor([0.5, 0.0]), 0), torch.softmax(torch.tensor([0.0, 0.5]), 0)   # T = 4
+    assert pgkd_loss(h_s, t, u, tau=2.0, variant="kl", temperature=4.0).item() == pytest.approx(
+        float((p2 * (p2 / q2).log()).sum()) / math.log(2), rel=1e-6)
 
 
 def test_pgkd_is_minimal_when_student_equals_teacher():
@@ -80,16 +91,20 @@ def test_pgkd_is_minimal_when_student_equals_teacher():
     t, u = torch.randn(8, 6, generator=g), torch.randn(5, 6, generator=g)
     h_s = t.clone()
     assert pgkd_loss(h_s, t, u, tau=10.0, variant="lm").item() == 0.0
+    assert pgkd_loss(h_s, t, u, tau=10.0, variant="kl").item() == pytest.approx(0.0, abs=1e-7)
     scaled = pgkd_loss(2.5 * t, t, u, tau=10.0, variant="lm")  # cosine logits do not see the scale
     assert scaled.item() == pytest.approx(0.0, abs=1e-10)
     z_t = 10.0 * F.normalize(t, dim=-1) @ F.normalize(u, dim=-1).T
-    own_ce = (torch.logsumexp(z_t, dim=-1) - z_t.max(dim=-1).values).mean()
+    own_ce = (torch.logsumexp(z_t, dim=-1) - z_t.max(dim=-1).values).mean() / math.log(5)
     assert pgkd_loss(h_s, t, u, tau=10.0, variant="ht-ce").item() == pytest.approx(own_ce.item(), rel=1e-6)
+    # lm does not depend on tau: it is relative to the teacher logits' spread
+    other = t + 0.3 * torch.randn(8, 6, generator=g)
+    assert pgkd_loss(other, t, u, tau=10.0).item() == pytest.approx(pgkd_loss(other, t, u, tau=100.0).item(), rel=1e-5)
 
 
 def test_pgkd_rejects_unknown_variant():
     with pytest.raises(ValueError, match="kl"):
-        pgkd_loss(torch.ones(1, 2), torch.ones(1, 2), torch.ones(1, 2), variant="kl")
+        pgkd_loss(torch.ones(1, 2), torch.ones(1, 2), torch.ones(1, 2), variant="kld")
 
 
 class Recording:
@@ -118,10 +133,11 @@ def batch():
 
 def test_total_loss_combines_weighted_terms(batch):
     s, t, u, h, h_inv = batch["s"], batch["t"], batch["u"], batch["h"], batch["h_inv"]
-    total, parts = total_loss(s, t, u, h, h_inv, w_mse=0.5, w_cyc=2.0, w_cyc_text=3.0, w_kd=4.0, tau=7.0)
-    cyc = cycle_terms(s, t, u, h, h_inv)
+    total, parts = total_loss(s, t, u, h, h_inv, w_mse=0.5, w_cyc=2.0, w_cyc_text=3.0, w_kd=4.0, tau=7.0,
+                              target_variance=2.25)
+    cyc = cycle_terms(s, t, u, h, h_inv, std=1.5)
     expected = (
-        0.5 * mse_loss(h(s), t)
+        0.5 * mse_loss(h(s), t, 2.25)
         + 2.0 * (cyc["cyc_s"] + cyc["cyc_t"])
         + 3.0 * cyc["cyc_u"]
         + 4.0 * pgkd_loss(h(s), t, u, tau=7.0)
@@ -136,7 +152,7 @@ def test_total_loss_skips_zero_weight_terms(batch):
     h, h_inv = Recording(batch["h"]), Recording(batch["h_inv"])
     total, parts = total_loss(s, t, u, h, h_inv, w_mse=1.0)
     assert set(parts) == {"mse"} and h_inv.calls == [] and h.calls == [6]
-    assert total.item() == pytest.approx(mse_loss(batch["h"](s), t).item())
+    assert total.item() == pytest.approx(mse_loss(batch["h"](s), t, 4.5).item())
 
     h, h_inv = Recording(batch["h"]), Recording(batch["h_inv"])
     _, parts = total_loss(s, t, u, h, h_inv, w_mse=1.0, w_cyc=1.0, w_cyc_text=0.0)
