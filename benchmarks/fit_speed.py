@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from zoomshot.fit.maps import variance_scale
-from zoomshot.fit.trainer import TrainConfig, train_maps
+from zoomshot.fit.trainer import TrainConfig, batch_for, train_maps
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fit_speed.jsonl"
 
@@ -120,14 +120,15 @@ def run_width(n: int, m: int, d: int, k: int, args: argparse.Namespace) -> None:
     common = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
     mse_cfg = TrainConfig(**common, w_cyc=0, w_cyc_text=0, w_kd=0)
     full_cfg = TrainConfig(**common)
-    batches = math.ceil(n / mse_cfg.batch_size)
+    batch = batch_for(n, mse_cfg)          # the trainer's batch: at most --batch-size, at least 50 steps
+    batches = math.ceil(n / batch)
     flops = {"mse": 4 * n * m * d, "full": 20 * n * m * d + 10 * k * m * d * batches + 6 * n * d * k}
 
     reference = reference_epoch_seconds(s, t, device, args.reference_epochs)
-    floor = matmul_epoch_seconds(n, m, d, mse_cfg.batch_size, device, repeats=max(3, args.epochs))
+    floor = matmul_epoch_seconds(n, m, d, batch, device, repeats=max(3, args.epochs))
     floor_flop_s = flops["mse"] / floor
     record({**base, "variant": "reference-dataloader", "batch_size": 100, "s_per_epoch": reference})
-    record({**base, "variant": "matmul-floor", "batch_size": mse_cfg.batch_size, "s_per_epoch": floor,
+    record({**base, "variant": "matmul-floor", "batch_size": batch, "s_per_epoch": floor,
             "flop_s": floor_flop_s})
     print(f"[{m}->{d}, {n} rows, {base['device']}, {base['threads']} threads] reference DataLoader loop "
           f"{reference:.3f} s/epoch; bare matmuls of an MSE epoch {floor:.4f} s ({floor_flop_s / 1e9:.1f} GFLOP/s)")
@@ -135,7 +136,7 @@ def run_width(n: int, m: int, d: int, k: int, args: argparse.Namespace) -> None:
         seconds = ours_epoch_seconds(s, t, prompts, cfg)
         flop_s = flops[name] / seconds
         record({
-            **base, "variant": f"ours-{name}", "batch_size": cfg.batch_size, "s_per_epoch": seconds,
+            **base, "variant": f"ours-{name}", "batch_size": batch, "s_per_epoch": seconds,
             "speedup_vs_reference": reference / seconds, "flops_per_epoch": flops[name], "flop_s": flop_s,
             "fraction_of_matmul": flop_s / floor_flop_s,
         })
