@@ -16,28 +16,31 @@ CNN_TRAINED_FLOOR = 0.76   # measured 80.5 % (Zoom-shot trainer, MSE only)
 TIPX_GAIN = 0.04           # CLIP + TIP-X with the name-only support set: measured 98.1 % (+7.1 points)
 #: issue 5's target: the mapped caption-free encoder reaches 75 % of CLIP's top-1 (measured 88 %)
 SHARE_OF_CLIP = 0.75
+FEW_ROWS_FLOOR = 0.55      # measured 63.1 % (mse) and 63.7 % (lstsq) on 100 training rows
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("default")
     data = shipped_config()
-    data["fit"].update(variants=["mse", "lstsq"], fractions=[1.0])
+    data["fit"].update(variants=["mse", "lstsq"], fractions=[0.025, 1.0])
     write_toml(folder, data)
     pipeline(folder, "run", "--no-progress")
     results = [json.loads(p.read_text()) for p in (folder / "zoomshot-out/results").rglob("*.json")]
     report = pipeline(folder, "report", "--no-plots").stdout
-    return {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results}, results, report
+    full = {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results if r.get("fraction") in (None, 1.0)}
+    few = {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results if r.get("fraction") == 0.025}
+    return full, results, report, few
 
 
 def test_tiny_clip_zero_shot_floor_and_tipx_gain(default_run):
-    default_run, _, _ = default_run
+    default_run, *_ = default_run
     assert default_run[("clip", "clip")] >= CLIP_FLOOR
     assert default_run[("clip", "clip+tip-x")] >= default_run[("clip", "clip")] + TIPX_GAIN
 
 
 def test_held_out_combinations_are_scored_and_reported_on_their_own(default_run):
-    acc1, results, report = default_run
+    acc1, results, report, _ = default_run
     clip = next(r["metrics"] for r in results if r["variant"] == "clip")
     assert clip["acc1_held_out"] >= CLIP_HELD_OUT_FLOOR
     # the two groups partition the test set: their sample-weighted mean is the overall top-1
@@ -51,10 +54,17 @@ def test_held_out_combinations_are_scored_and_reported_on_their_own(default_run)
 
 
 def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
-    default_run, _, _ = default_run
+    default_run, *_ = default_run
     assert default_run[("cnn", "lstsq")] >= CNN_LSTSQ_FLOOR
     assert default_run[("cnn", "mse")] >= CNN_TRAINED_FLOOR
     assert default_run[("cnn", "mse")] >= SHARE_OF_CLIP * default_run[("clip", "clip")]
     assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.40     # measured 17.1 %
     plain = {k: v for k, v in default_run.items() if k[0] != "clip" and "tip" not in k[1]}
     assert len(plain) == 6 and all(v < default_run[("clip", "clip")] for v in plain.values())
+
+
+def test_a_hundred_rows_still_transfer(default_run):
+    """2.5 % of the training split: 100 rows for the CNN's 96 dimensions. The reconstruction's GCV ridge
+    keeps the maps from fitting noise: measured mse 63.1 %, lstsq 63.7 % (unregularised: 17 %)."""
+    *_, few = default_run
+    assert few[("cnn", "mse")] >= FEW_ROWS_FLOOR and few[("cnn", "lstsq")] >= FEW_ROWS_FLOOR
