@@ -187,6 +187,7 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             result = {**base, "model": clip_cfg.model, "pretrained": clip_cfg.pretrained,
                       "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": clip_acc1},
                       "encoder": clip_cfg.name, "method": m, "variant": variant_name("clip", m, ev.shots),
+                      "base_variant": "clip",
                       "run": "clip", "cache_keys": [clip.test_file.name, clip_sup_file.name],
                       **_adapter_fields(ev, chosen[m], clip_support)}
             emit(result, "clip", dataset, split, m)
@@ -209,7 +210,7 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             for m in methods:
                 result = {**base, **run_fields(run),
                           "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": zero_shot["acc1"]},
-                          "method": m, "variant": variant_name(r["variant"], m, ev.shots),
+                          "method": m, "variant": variant_name(r["variant"], m, ev.shots), "base_variant": r["variant"],
                           "cache_keys": r["inputs"]["files"] + [got.test_file.name, got.clip_file.name, sup_file.name],
                           **_adapter_fields(ev, chosen[m], sup)}
                 emit(result, run.name, dataset, split, m)

@@ -26,6 +26,7 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run, read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
+from .gap import GapAccumulator, GapView
 from .metrics import MetricAccumulator, class_embeddings, cosine_logits
 from .settings import EvaluateCfg
 
@@ -72,9 +73,11 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
 def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chunk_rows: int,
           per_class: bool = False) -> dict:
     """Metrics of `maps.to_clip(student features)` (or the features themselves) against the classes,
-    with CLIP (`teacher`) agreement. Every width and label is checked: one clear line, not a traceback."""
+    with CLIP (`teacher`) agreement and the modality gap (`evaluate/gap.py`). Every width and label is
+    checked: one clear line, not a traceback."""
     width = classes.emb.shape[1]
     acc = MetricAccumulator(classes.emb.shape[0])
+    gap = GapAccumulator(classes.emb)
     paths = [student] if student == teacher else [student, teacher]
     for chunk in aligned_chunks(paths, chunk_rows):
         s, t = torch.from_numpy(chunk[0].features), torch.from_numpy(chunk[-1].features)
@@ -87,11 +90,13 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
             if x.shape[1] != width:
                 raise PipelineError(f"{what} features are {x.shape[1]}-wide, the class-prompt embeddings "
                                     f"{width}-wide: they come from different CLIP models")
+        labels = torch.from_numpy(chunk[0].labels)
         try:
-            acc.update(cosine_logits(s, classes.emb), torch.from_numpy(chunk[0].labels), cosine_logits(t, classes.emb))
+            acc.update(cosine_logits(s, classes.emb), labels, cosine_logits(t, classes.emb))
         except ValueError as e:
             raise PipelineError(f"{student.name}: {e}") from None
-    metrics = acc.compute(per_class, classes.groups)
+        gap.update(s, labels)
+    metrics = {**acc.compute(per_class, classes.groups), **gap.compute()}
     if metrics["n_labeled"] == 0:
         raise PipelineError(f"{student.name} has no labels (every row is -1): there is nothing to score; "
                             f"import the split with --labels")
@@ -217,6 +222,8 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             clip = inputs.clip()
+            if ev.per_class:   # the names that per_class_acc's entries belong to, for the per-class figure
+                base["classnames"] = clip.classes.names
             clip_metrics = score(clip.test_file, clip.clip_file, clip.classes, None, ev.chunk_rows, ev.per_class)
         except PipelineError as e:
             say(f"skip {ref} (CLIP and every run): {e}")
@@ -250,35 +257,34 @@ def _head_rows(path: Path, n: int) -> np.ndarray:
         return store.read_rows(path, f, slice(0, n))[0]
 
 
-def projection_points(project: Project, test: list[str], train_ref: str | None, results: list[dict],
-                      max_rows: int = 1500) -> dict[str, dict[str, np.ndarray]]:
-    """Per test dataset: CLIP image and text features, the best run of each encoder mapped into CLIP's
-    space, and CLIP's training images, for the modality-gap plot. Unreadable inputs are left out."""
-    out: dict[str, dict[str, np.ndarray]] = {}
+def gap_views(project: Project, test: list[str], results: list[dict], max_rows: int = 1500) -> dict[str, GapView]:
+    """Per test dataset, what the modality-gap figure draws: CLIP's test image and class-text features,
+    and the test features of each encoder's best zero-shot run mapped into CLIP's space, with the gaps
+    their results measured. Unreadable inputs are left out."""
+    out: dict[str, GapView] = {}
     for ref in test:
         dataset, _ = parse_ref(ref)
         inputs = Inputs(project, ref)
+        mine = [r for r in results if r["dataset"] == dataset and "gap" in r["metrics"]]
         try:
             clip = inputs.clip()
-            points = {"CLIP image (test)": _head_rows(clip.test_file, max_rows),
-                      "CLIP text (classes)": clip.classes.emb.numpy()}
-            if train_ref:
-                points["CLIP image (train)"] = _head_rows(layout.feature_path(project, project.clip.name, train_ref),
-                                                          max_rows)
+            view = GapView(_head_rows(clip.test_file, max_rows), clip.classes.emb.numpy(), clip.classes.names)
         except PipelineError:
             continue
+        view.gaps.update({"CLIP image": r["metrics"]["gap"] for r in mine if r["method"] == "clip"})
         best: dict[str, dict] = {}
-        for r in results:
-            if r["dataset"] == dataset and r["method"] != "clip" and (
-                    r["encoder"] not in best or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]):
+        for r in mine:
+            if r["method"] != "clip" and (r["encoder"] not in best
+                                          or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]):
                 best[r["encoder"]] = r
-        for enc, r in best.items():
+        for enc, r in sorted(best.items()):
+            label = f"{enc} mapped ({r['variant']})"
             try:
                 run = read_run(project.path("runs_dir") / r["run"])
                 got = inputs.of_run(run)
-                points[f"{enc} mapped ({r['variant']})"] = run.maps().to_clip(
-                    torch.from_numpy(_head_rows(got.test_file, max_rows))).numpy()
+                view.mapped[label] = run.maps().to_clip(torch.from_numpy(_head_rows(got.test_file, max_rows))).numpy()
             except PipelineError:
                 continue
-        out[dataset] = points
+            view.gaps[label] = r["metrics"]["gap"]
+        out[dataset] = view
     return out
