@@ -148,15 +148,22 @@ def do_evaluate(cfg: Config, progress: bool = True) -> int:
 @multi("--encoders", help="Only these encoders")
 @multi("--datasets", help="Only these datasets")
 @multi("--methods", help="Only these methods or variants")
-@click.option("--plots/--no-plots", default=True, help="PNG plots beside the tables.")
+@click.option("--metric", help="The main table's metric (acc1 adds a column per class group).")
+@click.option("--pivot", help="The main table's ROWS:COLUMNS, fields among encoder, dataset, variant, fraction, "
+                              "epochs, metric [default: variant:encoder,dataset].")
+@click.option("--fraction", type=float, help="The fraction shown where it is not pivoted (0 = the largest).")
+@click.option("--epochs", type=int, help="The epochs shown where they are not pivoted (0 = the most).")
+@multi("--runs", help="Runs whose loss terms to draw (default: per encoder and variant, the first seed)")
+@click.option("--plots/--no-plots", default=True, help="Figures (PNG and PDF) beside the tables.")
 @click.pass_context
 def report(ctx: click.Context, plots: bool, **values) -> None:
-    """Merge every result JSON into results.csv / .md / .json, draw the plots, print the table."""
+    """Merge every result JSON into the tables (Markdown, CSV, LaTeX) and figures; print the main table."""
     do_report(apply(ctx, "report", values), plots)
 
 
 def do_report(cfg: Config, plots: bool = True) -> None:
-    from zoomshot.evaluate.report import format_markdown, load_results, summary_rows, write_report
+    from zoomshot.evaluate.report import load_results, replace_outputs, summary_rows, write_summary
+    from zoomshot.evaluate.tables import Pivot, build_tables, to_markdown, write_tables
     project = cfg.project
     results_dir = project.path("results_dir")
     if not results_dir.is_dir():
@@ -165,16 +172,20 @@ def do_report(cfg: Config, plots: bool = True) -> None:
     results = load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None)
     if not results:
         raise PipelineError(f"no result matches the filters under {results_dir}")
+    rows = summary_rows(results)
+    chosen = {"fraction": r.fraction or None, "epochs": r.epochs or None}
+    tables = build_tables(rows, r.metric, Pivot.parse(r.pivot), chosen)
     report_dir = writable(project.path("report_dir"), "report_dir")
-    paths = list(write_report(results, report_dir).values())
+    paths = write_summary(rows, report_dir) + write_tables(tables, report_dir)
     if plots:
         from zoomshot.evaluate.plots import write_plots
-        from zoomshot.evaluate.scoring import projection_points
-        train = cfg.fit.train[0].split("+")[0] if cfg.fit.train else None
+        from zoomshot.evaluate.scoring import gap_views
         paths += write_plots(results, project.path("runs_dir"), report_dir,
-                             projection_points(project, cfg.evaluate.test, train, results))
-    click.echo(format_markdown(summary_rows(results)))
-    click.echo(f"report: {len(paths)} files in {report_dir} ({', '.join(p.name for p in paths)})")
+                             gap_views(project, cfg.evaluate.test, results), chosen, r.runs)
+    stale = replace_outputs(report_dir, paths)
+    click.echo(to_markdown(tables["table"]))
+    click.echo(f"report: {len(paths)} files in {report_dir} ({', '.join(p.name for p in paths)})"
+               + (f"; removed {len(stale)} file(s) of the previous report it no longer makes" if stale else ""))
 
 
 @cli.command(cls=StageCommand, name="run")

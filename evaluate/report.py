@@ -17,7 +17,7 @@ from typing import Any
 
 from zoomshot.cache import atomic
 
-METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1")
+METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos")
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
 REQUIRED_FIELDS = ("dataset", "encoder", "method", "variant", "metrics")
 CLIP = "clip"
@@ -26,6 +26,11 @@ GROUP_PREFIX = "acc1_"
 
 def _is_clip(result: dict[str, Any]) -> bool:
     return result["method"] == CLIP
+
+
+def is_teacher(result: dict[str, Any]) -> bool:
+    """CLIP's own results (zero-shot and adapted): every run is read against them."""
+    return result.get("run") == CLIP or result["method"] == CLIP
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -118,7 +123,8 @@ def metric_names(results: list[dict[str, Any]]) -> list[str]:
 
 def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (encoder, method, variant, fraction, epochs, dataset): mean and sample std over seeds
-    of every metric (std NaN for a single seed), n_seeds; deterministically ordered."""
+    of every metric (std NaN for a single seed), n_seeds, the adapted `base_variant` and `adapter` (None
+    for zero-shot rows) and whether it is CLIP's own (`teacher`); deterministically ordered."""
     names = metric_names(results)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for result in results:
@@ -127,6 +133,10 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, members in groups.items():
         members = _one_per_seed(key, members)
         row: dict[str, Any] = dict(zip(GROUP_FIELDS, key))
+        # an adapter's result names the variant it adapts: the tables group it under that row
+        row["base_variant"] = members[0].get("base_variant", row["variant"])
+        row["adapter"] = row["method"] if "base_variant" in members[0] else None
+        row["teacher"] = is_teacher(members[0])
         row["n_seeds"] = len(members)
         for name in names:
             values = [_metric(r, name) for r in members]
@@ -137,68 +147,44 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=_sort_key)
 
 
-def _cell(row: dict[str, Any] | None, metric: str = "acc1") -> str:
-    if row is None or math.isnan(row.get(f"{metric}_mean", math.nan)):
-        return "–"
-    text = f"{100 * row[f'{metric}_mean']:.1f}"
-    return f"{text} ± {100 * row[f'{metric}_std']:.1f}" if row["n_seeds"] > 1 else text
-
-
-def _group_metrics(row: dict[str, Any]) -> list[str]:
-    """The class-group metrics (`acc1_<group>`) a summary row holds a number for."""
-    names = (k.removesuffix("_mean") for k, v in row.items() if k.endswith("_mean") and not math.isnan(v))
-    return [name for name in names if name.startswith(GROUP_PREFIX)]
-
-
-def _label(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def format_markdown(rows: list[dict[str, Any]]) -> str:
-    """A paper-style main table of top-1 (%): one line per encoder x variant (x fraction x epochs where
-    those vary), CLIP first as the ceiling, one column per dataset and one per class group of it."""
-    datasets = sorted({row["dataset"] for row in rows})
-    columns = []
-    for d in datasets:
-        groups = sorted({g for row in rows if row["dataset"] == d for g in _group_metrics(row)})
-        columns += [(d, "acc1"), *((d, g) for g in groups)]
-    students = [row for row in rows if row["method"] != CLIP]
-    extra = [f for f in ("fraction", "epochs") if len({row[f] for row in students}) > 1]
-    line_fields = ("encoder", "method", "variant", *extra)
-    lines: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for row in rows:  # rows arrive sorted, so lines keep that order
-        key = tuple(row[f] for f in line_fields)
-        lines.setdefault(key, {})[row["dataset"]] = row
-    titles = [d if g == "acc1" else f"{d} ({g[len(GROUP_PREFIX):]})" for d, g in columns]
-    header = ["Encoder", "Variant", *(f.capitalize() for f in extra), *titles]
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([" --- "] * (2 + len(extra)) + [" ---: "] * len(columns)) + "|",
-    ]
-    for by_dataset in lines.values():
-        first = next(iter(by_dataset.values()))
-        labels = [_label(first[f]) for f in ("encoder", "variant", *extra)]
-        out.append("| " + " | ".join(labels + [_cell(by_dataset.get(d), g) for d, g in columns]) + " |")
-    return "\n".join(out) + "\n"
-
-
 def _plain(value: Any) -> Any:
     """NaN as null so that results.json is strict JSON any tool reads."""
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_report(results: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
-    """Write results.csv, results.md and results.json into out_dir; return their paths by format."""
+def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Every summary row, flat, as results.csv and results.json (the data behind every table and figure)."""
     out_dir = Path(out_dir)
-    rows = summary_rows(results)
     plain_rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
-    paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md", "json": out_dir / "results.json"}
-    fields = [*GROUP_FIELDS, "n_seeds", *(f"{m}_{s}" for m in metric_names(results) for s in ("mean", "std"))]
+    paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json"}
+    names = [k.removesuffix("_mean") for k in (rows[0] if rows else {}) if k.endswith("_mean")]
+    fields = [*GROUP_FIELDS, "base_variant", "adapter", "teacher", "n_seeds",
+              *(f"{m}_{s}" for m in names for s in ("mean", "std"))]
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=fields)
     writer.writeheader()
     writer.writerows(plain_rows)
     atomic.write_text(paths["csv"], table.getvalue())
-    atomic.write_text(paths["md"], format_markdown(rows))
     atomic.write_text(paths["json"], json.dumps(plain_rows, indent=2) + "\n")
-    return paths
+    return list(paths.values())
+
+
+MANIFEST = "report_files.json"
+
+
+def replace_outputs(out_dir: Path, written: list[Path]) -> list[str]:
+    """Record the files this report wrote, and remove those the previous report listed and this one did
+    not write: a figure of a dataset filtered out now must not sit beside the new tables. Files the
+    report never wrote are left alone. Returns the names removed."""
+    out_dir = Path(out_dir)
+    manifest = out_dir / MANIFEST
+    names = sorted(p.name for p in written)
+    try:
+        previous = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = []
+    stale = [n for n in previous if isinstance(n, str) and n not in names and Path(n).name == n]
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+    atomic.write_json(manifest, {"files": names})
+    return stale

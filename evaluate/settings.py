@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from zoomshot.cache.settings import at_least, each, name_like, setting, split_ref
 
 from .adapters import ADAPTERS, GRIDS
+from .report import METRICS
+from .tables import MAIN_PIVOT, Pivot
 
 
 def adapter_name(v: str) -> str | None:
@@ -35,9 +37,27 @@ class EvaluateCfg:
     adapter_grid: str = setting("wide", grid_name)  # hyper-parameter grid of the search
 
 
+def pivot_text(v: str) -> str | None:
+    try:
+        Pivot.parse(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def metric_name(v: str) -> str | None:
+    return None if v in METRICS else f"must be one of {', '.join(METRICS)}, got {v!r}"
+
+
 @dataclass
 class ReportCfg:
     encoders: list[str] = setting(list, each(name_like))
     datasets: list[str] = setting(list, each(name_like))
     methods: list[str] = setting(list, each(name_like))
+    # the main table (evaluate/tables.py): its metric, ROWS:COLUMNS, and the slice of what is not pivoted
+    metric: str = setting("acc1", metric_name)
+    pivot: str = setting(MAIN_PIVOT, pivot_text)
+    fraction: float = setting(0.0, at_least(0))    # 0 = the largest fraction of the results
+    epochs: int = setting(0, at_least(0))          # 0 = the most epochs
+    runs: list[str] = setting(list, each(name_like))   # runs whose loss terms to draw ([] = the slice's first seeds)
 

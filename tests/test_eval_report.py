@@ -1,4 +1,5 @@
-"""Report: result files written by separate processes merge into one CSV / Markdown / JSON table."""
+"""Report: result files written by separate processes merge into one summary (CSV / JSON): mean and std
+over seeds per setting, the newest result per seed, unreadable files skipped with a warning."""
 import csv
 import json
 import math
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from zoomshot.evaluate.report import format_markdown, load_results, summary_rows, write_report
+from zoomshot.evaluate.report import load_results, replace_outputs, summary_rows, write_summary
 
 WRITER = """
 import json, pathlib, sys
@@ -103,64 +104,45 @@ def test_summary_rows_aggregate_seeds(results_dir):
     assert math.isnan(rows[1]["teacher_agreement_mean"]) and math.isnan(rows[3]["acc1_std"])
 
 
-def test_write_report(results_dir, tmp_path):
+def test_write_summary(results_dir, tmp_path):
     results, _ = load_quietly(results_dir)
-    paths = write_report(results, tmp_path / "report")
-    assert set(paths) == {"csv", "md", "json"} and all(p.exists() for p in paths.values())
+    paths = write_summary(summary_rows(results), tmp_path / "report")
+    assert [p.name for p in paths] == ["results.csv", "results.json"]
 
-    with paths["csv"].open(newline="") as handle:
+    with paths[0].open(newline="") as handle:
         csv_rows = list(csv.DictReader(handle))
     assert len(csv_rows) == 6
     assert csv_rows[0]["encoder"] == "clip" and csv_rows[0]["teacher_agreement_mean"] == ""
+    assert csv_rows[0]["teacher"] == "True" and csv_rows[4]["teacher"] == "False"
     assert float(csv_rows[4]["acc1_mean"]) == pytest.approx(0.61) and csv_rows[4]["n_seeds"] == "2"
 
     def no_nan(token):
         raise AssertionError(f"non-standard JSON constant {token}")
 
-    assert len(json.loads(paths["json"].read_text(), parse_constant=no_nan)) == 6
-
-    lines = paths["md"].read_text().splitlines()
-    assert lines[0] == "| Encoder | Variant | cifar | shapes |"
-    assert lines[2:] == [
-        "| clip | clip | 90.0 | 85.0 |",
-        "| resnet | linear-aligner | – | 50.0 |",
-        "| resnet | mse+cyc | 70.0 | 61.0 ± 1.4 |",
-        "| vit | mse | – | 55.0 |",
-    ]
+    assert len(json.loads(paths[1].read_text(), parse_constant=no_nan)) == 6
 
 
-def test_markdown_splits_rows_by_fraction_when_it_varies():
-    rows = summary_rows([
-        result("clip", "clip", "shapes", 0.85, method="clip"),
-        result("resnet", "mse", "shapes", 0.40, fraction=0.1),
-        result("resnet", "mse", "shapes", 0.60, fraction=1.0),
-    ])
-    assert format_markdown(rows).splitlines() == [
-        "| Encoder | Variant | Fraction | shapes |",
-        "| --- | --- | --- | ---: |",
-        "| clip | clip |  | 85.0 |",
-        "| resnet | mse | 0.1 | 40.0 |",
-        "| resnet | mse | 1.0 | 60.0 |",
-    ]
-
-
-def test_class_groups_get_columns_and_csv_fields(tmp_path):
+def test_class_groups_get_csv_fields(tmp_path):
     clip = result("clip", "clip", "shapes", 0.85, method="clip")
     clip["metrics"].update(acc1_held_out=0.70, acc1_seen=0.88)
-    seeds = [result("resnet", "mse", "shapes", a, seed=i) for i, a in enumerate((0.60, 0.62))]
-    for r, h in zip(seeds, (0.40, 0.44)):
-        r["metrics"]["acc1_held_out"] = h
-    rows = summary_rows([clip, *seeds, result("vit", "mse", "cifar", 0.5)])
-    assert format_markdown(rows).splitlines() == [
-        "| Encoder | Variant | cifar | shapes | shapes (held_out) | shapes (seen) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-        "| clip | clip | – | 85.0 | 70.0 | 88.0 |",
-        "| resnet | mse | – | 61.0 ± 1.4 | 42.0 ± 2.8 | – |",
-        "| vit | mse | 50.0 | – | – | – |",
-    ]
-    paths = write_report([clip, *seeds], tmp_path)
-    header = paths["csv"].read_text().splitlines()[0].split(",")
+    header = write_summary(summary_rows([clip]), tmp_path)[0].read_text().splitlines()[0].split(",")
     assert header[-4:] == ["acc1_held_out_mean", "acc1_held_out_std", "acc1_seen_mean", "acc1_seen_std"]
+
+
+def test_an_adapter_row_names_the_variant_it_adapts():
+    adapted = result("resnet", "mse+tip-x", "shapes", 0.7, method="tip-x")
+    adapted["base_variant"] = "mse"
+    rows = summary_rows([adapted, result("resnet", "mse", "shapes", 0.6)])
+    assert [(r["variant"], r["base_variant"], r["adapter"]) for r in rows] == \
+        [("mse", "mse", None), ("mse+tip-x", "mse", "tip-x")]
+
+
+def test_a_new_report_removes_only_the_files_the_previous_one_wrote(tmp_path):
+    for name in ("a.png", "b.png", "notes.md"):
+        (tmp_path / name).write_text(name)
+    assert replace_outputs(tmp_path, [tmp_path / "a.png", tmp_path / "b.png"]) == []
+    assert replace_outputs(tmp_path, [tmp_path / "a.png"]) == ["b.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "notes.md", "report_files.json"]
 
 
 def test_duplicate_seed_keeps_newest_and_warns():
