@@ -1,5 +1,5 @@
-"""Report figures: accuracy against fraction / epochs, loss curves and the modality-gap projection are
-written as valid PNG files, and only when the results support them."""
+"""Report figures, checked on the figure objects (panels, series, axis labels, legend outside the axes,
+the CLIP reference) and as files (PNG and PDF), each written only when the results support it."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,7 +10,9 @@ import torch  # noqa: E402
 
 from zoomshot.cache.runs import Maps, write_run  # noqa: E402
 
-from zoomshot.evaluate.plots import pca_2d, projection_plot, write_plots  # noqa: E402
+from zoomshot.evaluate.gap import GapView  # noqa: E402
+from zoomshot.evaluate.plots import (MAX_SERIES, Projection, accuracy_figure, gap_figure,  # noqa: E402
+                                     load_histories, loss_terms_figure, per_class_figure, sweeps, write_plots)
 from zoomshot.evaluate.report import summary_rows  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +50,7 @@ def write_runs(runs_dir, results):
         if r["method"] == "clip":
             continue
         n = r["epochs"] or 0
-        history = [{"epoch": i, "total": 1.0 / (i + 1), "mse": 1.0 / (i + 1)} for i in range(n)]
+        history = [{"epoch": i, "total": 1.0 / (i + 1), "mse": 1.0 / (i + 1), "kd": 0.5 / (i + 1)} for i in range(n)]
         record = {k: r[k] for k in ("encoder", "variant", "method", "fraction", "epochs", "seed")}
         record.update(name=r["run"], params={"epochs": r["epochs"]}, history=history, encoder_key="e", clip="clip",
                       clip_key="c", train=["syn:train"], inputs={"files": [], "checksums": {}})
@@ -56,8 +58,7 @@ def write_runs(runs_dir, results):
 
 
 def assert_png(path):
-    assert path.is_file() and path.stat().st_size > 0
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
     image = mpimg.imread(path)
     assert image.ndim == 3 and image.shape[2] in (3, 4)
     assert image.shape[0] > 100 and image.shape[1] > 100
@@ -72,96 +73,155 @@ def gap_groups(rng, n=60, d=16):
     return image, text
 
 
+def gap_view(rng):
+    image, text = gap_groups(rng)
+    view = GapView(image, text, [f"class {i}" for i in range(len(text))])
+    view.mapped["cnn mapped (mse)"] = image + 0.1 * rng.standard_normal(image.shape)
+    view.gaps.update({"CLIP image": 0.5, "cnn mapped (mse)": 0.25})
+    return view
+
+
+def series_labels(ax):
+    return [c.get_label() for c in ax.containers]
+
+
+def assert_legend_outside(fig):
+    fig.canvas.draw()
+    assert len(fig.legends) == 1
+    legend = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_window_extent()), "legend drawn over a panel"
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("plots")
     results = sweep_results()
     write_runs(root / "runs", results)
-    image, text = gap_groups(np.random.default_rng(0))
-    projection = {"CLIP image (test)": image, "CLIP text (class prompts)": text}
-    written = write_plots(results, root / "runs", root / "figures", projection=projection)
+    written = write_plots(results, root / "runs", root / "figures", {"shapes": gap_view(np.random.default_rng(0))})
     return root, results, written
 
 
-def test_every_expected_figure_is_written_as_a_png(sweep):
+def test_every_figure_is_written_as_png_and_pdf(sweep):
     root, _, written = sweep
-    names = sorted(p.name for p in written)
-    assert names == sorted(["acc_vs_fraction_shapes.png", "acc_vs_epochs_shapes.png", "loss_curves.png",
-                            "projection_shapes.png"])
-    assert sorted(p.name for p in (root / "figures").iterdir()) == names
+    stems = ["acc_vs_fraction_shapes", "acc_vs_epochs_shapes", "loss_terms_cnn", "loss_terms_vit",
+             "modality_gap_shapes"]
+    assert sorted(p.name for p in written) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(p.name for p in written)
     for path in written:
-        assert_png(path)
+        if path.suffix == ".png":
+            assert_png(path)
+        else:
+            assert path.read_bytes()[:5] == b"%PDF-"
 
 
-def test_one_panel_per_encoder_makes_figures_wider_than_tall(sweep):
-    _, _, written = sweep
-    for path in written:
-        if path.name.startswith(("acc_vs", "loss")):
-            height, width = mpimg.imread(path).shape[:2]
-            assert width > 1.5 * height  # two encoder panels side by side
-
-
-def test_summary_rows_feeding_the_plots_average_seeds(sweep):
+def test_accuracy_figure_has_a_panel_per_encoder_the_clip_line_and_error_bars(sweep):
     _, results, _ = sweep
-    rows = [r for r in summary_rows(results) if r["variant"] == "mse" and r["encoder"] == "cnn"]
-    assert all(r["n_seeds"] == len(SEEDS) for r in rows)
-    assert len(rows) == len(FRACTIONS) * len(EPOCHS)
+    (stem, sw), = sweeps(summary_rows(results), "shapes", "fraction", {})
+    assert stem == "acc_vs_fraction_shapes" and sw.title.endswith("(epochs 30)")   # the other axis at its largest
+    fig = accuracy_figure(sw)
+    assert [ax.get_title() for ax in fig.axes] == list(ENCODERS)
+    assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
+    assert fig.axes[0].get_ylabel() == "top-1 (%)" and fig.axes[1].get_xlabel() == "training fraction (%)"
+    for ax in fig.axes:
+        assert series_labels(ax) == ["lstsq", "mse", "mse+cyc"]      # baselines first, then loss sets
+        clip = [line for line in ax.get_lines() if line.get_label() == "CLIP zero-shot"]
+        assert len(clip) == 1 and list(clip[0].get_ydata()) == pytest.approx([90.0, 90.0])
+        mse = ax.containers[1]
+        # mean over the two seeds at fraction 1.0, epochs 30: 0.3 + 0.2 + 0.15 + 0.005
+        assert mse.lines[0].get_ydata()[-1] == pytest.approx(65.5)
+        assert mse.has_yerr
+    assert_legend_outside(fig)
+
+
+def test_many_series_are_split_and_adapters_get_their_own_figure():
+    clip = result("shapes", "clip", "clip", "clip", None, None, 0, 0.9)
+    adapted_clip = {**result("shapes", "clip", "clip+tip-x", "tip-x", None, None, 0, 0.95), "base_variant": "clip",
+                    "run": "clip"}
+    out = [clip, adapted_clip]
+    for k in range(MAX_SERIES + 2):
+        for f in FRACTIONS:
+            out.append(result("shapes", "cnn", f"loss{k}", "zoomshot", f, 10, 0, 0.5 + f / 10))
+            out.append({**result("shapes", "cnn", f"loss{k}+tip-x", "tip-x", f, 10, 0, 0.6),
+                        "base_variant": f"loss{k}"})
+    found = dict(sweeps(summary_rows(out), "shapes", "fraction", {}))
+    assert list(found) == ["acc_vs_fraction_shapes_part1", "acc_vs_fraction_shapes_part2",
+                           "acc_vs_fraction_shapes_tip-x_part1", "acc_vs_fraction_shapes_tip-x_part2"]
+    assert [len(found[s].series) for s in found] == [MAX_SERIES, 2, MAX_SERIES, 2]
+    adapted = found["acc_vs_fraction_shapes_tip-x_part1"]
+    assert adapted.references == {"CLIP zero-shot": 0.9, "CLIP + tip-x": 0.95}
+    assert all(label.endswith(" + tip-x") for label in adapted.series)
+    assert not any("tip-x" in label for label in found["acc_vs_fraction_shapes_part1"].series)
+
+
+def test_loss_terms_figure_has_a_panel_per_term_and_a_line_per_run(sweep):
+    root, results, _ = sweep
+    records = load_histories(results, root / "runs")
+    # per encoder and variant: the first seed at the largest fraction and epochs
+    assert sorted((r["encoder"], r["variant"], r["fraction"], r["epochs"], r["seed"]) for r in records) == \
+        [(e, v, 1.0, 30, 0) for e in ENCODERS for v in ("mse", "mse+cyc")]
+    fig = loss_terms_figure([r for r in records if r["encoder"] == "cnn"], "cnn")
+    assert [ax.get_title() for ax in fig.axes] == ["total", "L_mse", "PG-KD"]
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["mse", "mse+cyc"]
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch"
+    assert_legend_outside(fig)
+    named = load_histories(results, root / "runs", [records[0]["name"]])
+    assert [r["name"] for r in named] == [records[0]["name"]]
+
+
+def test_projection_is_fitted_on_clip_and_its_first_axis_is_the_gap():
+    rng = np.random.default_rng(1)
+    image, text = gap_groups(rng)
+    proj = Projection.fit(image, text)
+    assert abs(proj.components[0, 0]) > 0.99             # the gap direction is e1
+    assert (proj(image)[:, 0] > 0).all() and (proj(text)[:, 0] < 0).all()
+    np.testing.assert_allclose(proj(10 * image), proj(image), atol=1e-9)    # rows are L2-normalised first
+    with pytest.raises(ValueError, match="same width"):
+        Projection.fit(np.ones((3, 4)), np.ones((3, 5)))
+
+
+def test_gap_figure_draws_text_on_top_labels_a_few_classes_and_states_the_gaps():
+    view = gap_view(np.random.default_rng(2))
+    fig = gap_figure(view, "shapes: the modality gap")
+    ax = fig.axes[0]
+    *points, text = ax.collections
+    assert text.get_zorder() > max(c.get_zorder() for c in points)
+    assert len(text.get_offsets()) == len(view.clip_text)
+    assert [t.get_text() for t in ax.texts] == [view.classnames[i] for i in (0, 5, 11, 17, 23, 29)]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["CLIP image (gap 0.50)", "cnn mapped (mse) (gap 0.25)", "CLIP class text (30 classes)"]
+    assert_legend_outside(fig)
+
+
+def test_per_class_figure_lists_the_classes_lost_most(tmp_path):
+    names = ["a", "b", "c", "d"]
+    fig = per_class_figure({"cnn: mse": np.array([-0.1, -0.5, np.nan, 0.2])}, names, "lost", shown=2)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a"]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([-50.0, -10.0])
+    clip = {**result("shapes", "clip", "clip", "clip", None, None, 0, 0.5), "classnames": names}
+    clip["metrics"]["per_class_acc"] = [0.5, 1.0, 0.0, 0.5]
+    student = result("shapes", "cnn", "mse", "zoomshot", 1.0, 10, 0, 0.4)
+    student["metrics"]["per_class_acc"] = [0.5, 0.0, 0.5, 0.6]
+    written = write_plots([clip, student], tmp_path / "runs", tmp_path)
+    assert [p.name for p in written] == ["per_class_shapes.png", "per_class_shapes.pdf"]
 
 
 def test_single_fraction_and_single_epochs_draw_no_sweep_plots(tmp_path):
     results = sweep_results(fractions=(1.0,), epochs=(30,))
     write_runs(tmp_path / "runs", results)
     written = write_plots(results, tmp_path / "runs", tmp_path / "figures")
-    assert [p.name for p in written] == ["loss_curves.png"]
-    assert not (tmp_path / "figures" / "acc_vs_fraction_shapes.png").exists()
-    assert not (tmp_path / "figures" / "acc_vs_epochs_shapes.png").exists()
-    assert_png(written[0])
+    assert sorted(p.stem for p in written) == ["loss_terms_cnn"] * 2 + ["loss_terms_vit"] * 2
 
 
 def test_epochs_plot_ignores_baselines_without_epochs(tmp_path):
     """Only lstsq varies the fraction; zoomshot is at one epochs value: no epochs plot."""
-    results = [r for r in sweep_results(epochs=(30,))]
-    written = write_plots(results, tmp_path / "missing-runs", tmp_path / "figures")
-    assert [p.name for p in written] == ["acc_vs_fraction_shapes.png"]
-
-
-def test_runs_without_history_or_run_json_give_no_loss_plot(tmp_path):
-    results = [r for r in sweep_results() if r["method"] in ("lstsq", "clip")]
-    write_runs(tmp_path / "runs", results)   # closed-form runs: empty histories
-    written = write_plots(results, tmp_path / "runs", tmp_path / "figures")
-    assert "loss_curves.png" not in [p.name for p in written]
-    assert "acc_vs_fraction_shapes.png" in [p.name for p in written]
+    written = write_plots(sweep_results(epochs=(30,)), tmp_path / "missing-runs", tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["acc_vs_fraction_shapes.pdf", "acc_vs_fraction_shapes.png"]
 
 
 def test_one_figure_per_dataset(tmp_path):
     results = sweep_results("shapes") + sweep_results("cifar", epochs=(30,))
-    written = {p.name for p in write_plots(results, tmp_path / "runs", tmp_path / "figures")}
-    assert written == {"acc_vs_fraction_shapes.png", "acc_vs_epochs_shapes.png", "acc_vs_fraction_cifar.png"}
-
-
-def test_pca_first_component_separates_a_modality_gap():
-    rng = np.random.default_rng(1)
-    image, text = gap_groups(rng)
-    mapped = image + 0.1 * rng.standard_normal(image.shape)
-    coords = pca_2d([image, text, mapped])
-    assert [c.shape for c in coords] == [(len(image), 2), (len(text), 2), (len(mapped), 2)]
-    pc1_image, pc1_text, pc1_mapped = (c[:, 0] for c in coords)
-    assert np.sign(pc1_image).min() == np.sign(pc1_image).max() != 0
-    assert np.all(np.sign(pc1_text) == -np.sign(pc1_image[0]))
-    assert np.all(np.sign(pc1_mapped) == np.sign(pc1_image[0]))
-    # rows are L2-normalised first: scaling a group changes nothing
-    again = pca_2d([10 * image, text, mapped])
-    np.testing.assert_allclose(again[0], coords[0], atol=1e-9)
-
-
-def test_pca_rejects_groups_of_different_width():
-    with pytest.raises(ValueError, match="same width"):
-        pca_2d([np.ones((3, 4)), np.ones((3, 5))])
-
-
-def test_projection_plot_writes_a_png(tmp_path):
-    image, text = gap_groups(np.random.default_rng(2))
-    path = projection_plot({"CLIP image (test)": image, "CLIP text (class prompts)": text},
-                           tmp_path / "projection_shapes.png", "shapes: modality gap")
-    assert path == tmp_path / "projection_shapes.png"
-    assert_png(path)
+    written = {p.stem for p in write_plots(results, tmp_path / "runs", tmp_path / "figures")}
+    assert written == {"acc_vs_fraction_shapes", "acc_vs_epochs_shapes", "acc_vs_fraction_cifar"}
