@@ -144,8 +144,9 @@ def _expand(record: dict[str, Any], names: Sequence[str], values: dict[str, list
 
 
 def _ambiguity(a: dict[str, Any], b: dict[str, Any], pivot: Pivot) -> str:
-    differ = [f for f in FIELDS if f not in pivot.rows + pivot.columns and a[f] != b[f]] or ["(nothing)"]
-    what = ", ".join(f"{f} ({a[f]} and {b[f]})" for f in differ)
+    differ = [f for f in FIELDS if f not in pivot.rows + pivot.columns and a[f] != b[f]]
+    what = ", ".join(f"{f} ({_value_label(f, a[f], row=False)} and {_value_label(f, b[f], row=False)})"
+                     for f in differ)
     return (f"two results fall in one cell of the table: they differ in {what}; put "
             f"{' or '.join(differ)} into the pivot (--pivot), or keep one with the report's filters")
 

@@ -1,12 +1,17 @@
 """The shipped default: pipeline.toml on the generated world with the trained tiny models reaches the
 floors measured for it (a few points under, so a regression fails and noise does not)."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from zoomshot.extract.world import HELD_OUT_LABELS, ShapesWorld
 from helpers import pipeline, shipped_config, write_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURE = "acc_vs_fraction_shapes.png"       # the default run's figure README embeds
 
 # Measured with the shipped weights (see README "What the default run does"); floors a few points under.
 CLIP_FLOOR = 0.87          # measured 91.0 %
@@ -22,15 +27,13 @@ FEW_ROWS_FLOOR = 0.55      # measured 63.1 % (mse) and 63.7 % (lstsq) on 100 tra
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("default")
-    data = shipped_config()
-    data["fit"].update(variants=["mse", "lstsq"], fractions=[0.025, 1.0])
-    write_toml(folder, data)
+    write_toml(folder, shipped_config())       # the repository's pipeline.toml, unchanged
     pipeline(folder, "run", "--no-progress")
     results = [json.loads(p.read_text()) for p in (folder / "zoomshot-out/results").rglob("*.json")]
-    report = pipeline(folder, "report", "--no-plots").stdout
+    report = (folder / "zoomshot-out/report/table.md").read_text()
     full = {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results if r.get("fraction") in (None, 1.0)}
     few = {(r["encoder"], r["variant"]): r["metrics"]["acc1"] for r in results if r.get("fraction") == 0.025}
-    return full, results, report, few
+    return full, results, report, few, folder / "zoomshot-out/report"
 
 
 def test_tiny_clip_zero_shot_floor_and_tipx_gain(default_run):
@@ -40,7 +43,7 @@ def test_tiny_clip_zero_shot_floor_and_tipx_gain(default_run):
 
 
 def test_held_out_combinations_are_scored_and_reported_on_their_own(default_run):
-    acc1, results, report, _ = default_run
+    acc1, results, report, *_ = default_run
     clip = next(r["metrics"] for r in results if r["variant"] == "clip")
     assert clip["acc1_held_out"] >= CLIP_HELD_OUT_FLOOR
     # the two groups partition the test set: their sample-weighted mean is the overall top-1
@@ -49,8 +52,8 @@ def test_held_out_combinations_are_scored_and_reported_on_their_own(default_run)
     assert 0 < n_held < 1280
     mix = (n_held * clip["acc1_held_out"] + (1280 - n_held) * clip["acc1_seen"]) / 1280
     assert mix == pytest.approx(acc1[("clip", "clip")])
-    header = next(line for line in report.splitlines() if line.startswith("| Encoder"))
-    assert header.endswith("| shapes | shapes (held_out) | shapes (seen) |"), header
+    header = next(line for line in report.splitlines() if line.startswith("| Variant"))
+    assert header.startswith("| Variant | cnn / shapes | cnn / shapes (held_out) | cnn / shapes (seen) |"), header
 
 
 def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
@@ -60,11 +63,31 @@ def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
     assert default_run[("cnn", "mse")] >= SHARE_OF_CLIP * default_run[("clip", "clip")]
     assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.40     # measured 17.1 %
     plain = {k: v for k, v in default_run.items() if k[0] != "clip" and "tip" not in k[1]}
-    assert len(plain) == 6 and all(v < default_run[("clip", "clip")] for v in plain.values())
+    assert len(plain) == 3 * 8 and all(v < default_run[("clip", "clip")] for v in plain.values())
 
 
 def test_a_hundred_rows_still_transfer(default_run):
     """2.5 % of the training split: 100 rows for the CNN's 96 dimensions. The reconstruction's GCV ridge
     keeps the maps from fitting noise: measured mse 63.1 %, lstsq 63.7 % (unregularised: 17 %)."""
-    *_, few = default_run
+    few = default_run[3]
     assert few[("cnn", "mse")] >= FEW_ROWS_FLOOR and few[("cnn", "lstsq")] >= FEW_ROWS_FLOOR
+
+
+def numbers(line):
+    return [float(x) for x in re.findall(r"-?\d+\.\d+|\b\d+\b", line)]
+
+
+@pytest.mark.parametrize("name", ["table", "data_efficiency"])
+def test_readme_holds_the_tables_the_default_run_makes(default_run, name):
+    """README's tables are pasted from this run's report (scripts/readme_report.py). Labels and layout
+    must match exactly; numbers to 0.3 points, since another CPU's BLAS may round a borderline test image
+    the other way (each image is 0.08 points)."""
+    made = (default_run[4] / f"{name}.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(rf"<!-- report:{name} -->\n(.*?)<!-- /report:{name} -->", readme, re.S)
+    pasted = block.group(1).splitlines()
+    assert len(pasted) == len(made), "README's table is not what `pipeline report` makes: run scripts/readme_report.py"
+    for old, new in zip(pasted, made):
+        assert re.sub(r"[\d.]+", "#", old) == re.sub(r"[\d.]+", "#", new), (old, new)
+        assert numbers(old) == pytest.approx(numbers(new), abs=0.3), (old, new)
+    assert (ROOT / "docs" / FIGURE).is_file() and f"(docs/{FIGURE})" in readme
