@@ -21,7 +21,7 @@ from torch import Tensor
 
 
 class GapAccumulator:
-    """Sums over chunks, so a streamed test set gives exactly the one-shot numbers."""
+    """Sums over chunks: a streamed test set gives the one-shot numbers (up to float rounding)."""
 
     def __init__(self, class_emb: Tensor) -> None:
         self.text = F.normalize(class_emb.double(), dim=-1)

@@ -1,10 +1,12 @@
 """Scoring streams test features in chunks: the same numbers as in memory, with bounded reads."""
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from zoomshot.cache import catalog
 from zoomshot.cache.runs import Maps
+from zoomshot.evaluate.gap import GapAccumulator
 from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
 from zoomshot.evaluate.scoring import Classes, score
 
@@ -34,7 +36,9 @@ def test_streamed_scores_equal_in_memory_scores(tmp_path):
     class_emb = classes.emb
     streamed = score(src, clip, classes, maps, chunk_rows=100)
     whole = score(src, clip, classes, maps, chunk_rows=10**6)
-    assert streamed == whole
+    gaps = [{k: m.pop(k) for k in ("gap", "text_cos")} for m in (streamed, whole)]
+    assert streamed == whole                                      # counts: exactly
+    assert gaps[0] == pytest.approx(gaps[1], rel=1e-12)           # float sums, in another order
 
     acc = MetricAccumulator(class_emb.shape[0])     # in memory, straight from the float16 cache values
     s16 = torch.from_numpy(s.astype(np.float16).astype(np.float32))
@@ -42,6 +46,9 @@ def test_streamed_scores_equal_in_memory_scores(tmp_path):
     mapped = ((s16 * 0.5) @ (torch.eye(16, 24) * 2.0).T + 0.1) / 3.0
     acc.update(cosine_logits(mapped, class_emb), torch.from_numpy(labels), cosine_logits(t16, class_emb))
     expected = acc.compute()
+    gap = GapAccumulator(class_emb)
+    gap.update(mapped, torch.from_numpy(labels))
+    assert gaps[0] == pytest.approx(gap.compute(), rel=1e-6)
     assert streamed.keys() == expected.keys()
     for k in expected:
         assert np.isclose(streamed[k], expected[k], equal_nan=True), k
