@@ -196,11 +196,18 @@ def run_all(ctx: click.Context, progress: bool) -> None:
         sys.exit(1)
 
 
+from .benchmark_cmd import clip_benchmark, export_wds  # noqa: E402
 from .cache_cmd import cache  # noqa: E402
+from .export_cmd import export  # noqa: E402
 from .list_cmd import list_registries  # noqa: E402
+from .predict_cmd import predict  # noqa: E402
 
 cli.add_command(cache)
 cli.add_command(list_registries)
+cli.add_command(export)
+cli.add_command(predict)
+cli.add_command(export_wds)
+cli.add_command(clip_benchmark)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
