@@ -47,7 +47,7 @@ def _place_file(source: str | Path, target: str | Path) -> None:
 
 
 def _weights(cfg: ClipCfg | EncoderCfg, role: str, tmp: Path) -> dict:
-    """The manifest's weights entry of a model, placing local weights inside the export."""
+    """The manifest's weights entry of a model, placing local weights inside the export (`weights/<role>/`)."""
     if cfg.pretrained.startswith(shipped.PREFIX):
         return {"source": "asset", "ref": cfg.pretrained}
     location = cfg.weights
@@ -68,7 +68,7 @@ def _model_entry(cfg: ClipCfg | EncoderCfg, role: str, key: str, tmp: Path) -> d
         raise PipelineError(f"the run was fitted with {role} {cfg.name!r} of other weights or settings than the "
                             f"config's: export it with the config that made it")
     return {"name": cfg.name, "key": key, "identity": cfg.identity(), "config_pretrained": cfg.pretrained,
-            "weights": _weights(cfg, role, tmp)}
+            "weights": _weights(cfg, "clip" if isinstance(cfg, ClipCfg) else "encoder", tmp)}
 
 
 def _evaluated(results_dir: Path, name: str) -> list[dict]:
