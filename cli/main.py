@@ -36,6 +36,10 @@ def cli(config: str | None) -> None:
       pipeline run        all four in turn
       pipeline cache ...  ls | info | verify | rm | import
       pipeline list       dataset kinds, encoder families, fit variants, adapters, metrics
+      pipeline export     a run (or CLIP) as a folder that zoomshot.load_model reads
+      pipeline predict    top-k classes of new images through an export
+      pipeline export-wds a cached split in CLIP_benchmark's webdataset layout
+      pipeline clip-benchmark ...  CLIP_benchmark's CLI with the `zoomshot` model type
     """
 
 

@@ -94,7 +94,9 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
-        raise PipelineError(f"{folder} holds no {MANIFEST}: it is not an export of `pipeline export`") from None
+        hint = f"a run folder: export it first (`pipeline export {folder.name}`)" if (folder / "run.json").is_file() \
+            else "not an export of `pipeline export`"
+        raise PipelineError(f"{folder} holds no {MANIFEST}: it is {hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(folder, f"{MANIFEST} is damaged ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -94,8 +94,11 @@ def check_out(out: Path) -> None:
 def export_model(project: Project, name: str, out: Path, say: Callable[[str], None] = print) -> Path:
     """Export run `name` (a folder under runs_dir) or CLIP itself (`name` = the [clip] name) to `out`."""
     check_out(out)
-    clip_cfg = project.clip
-    run = None if name == clip_cfg.name else read_run(run_dirs(project.path("runs_dir"), [name])[0])
+    clip_cfg, runs_dir = project.clip, project.path("runs_dir")
+    if name != clip_cfg.name and name not in {p.name for p in run_dirs(runs_dir)}:
+        raise PipelineError(f"no run named {name} under {runs_dir}: give a run's name (its folder there, the `run` "
+                            f"of its results) or {clip_cfg.name!r} for CLIP itself")
+    run = None if name == clip_cfg.name else read_run(runs_dir / name)
     if run is not None:
         run.maps()   # checked against run.json before anything is written
     record = run.record if run else {}
