@@ -45,7 +45,8 @@ def image_paths(inputs: list[str]) -> list[Path]:
         else:
             raise PipelineError(f"no image file or folder at {path}")
     if not found:
-        raise PipelineError(f"no image files in {', '.join(inputs)} (looked for {', '.join(sorted(suffixes)[:6])}, ...)")
+        raise PipelineError(f"no image files in {', '.join(inputs)} (looked for "
+                            f"{', '.join(sorted(suffixes)[:6])}, ...)")
     return found
 
 

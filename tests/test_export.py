@@ -14,7 +14,7 @@ from zoomshot import load_model
 from zoomshot.cache.errors import PipelineError
 from zoomshot.extract.shipped import ASSETS, MODEL_CONFIGS
 from zoomshot.extract.world import CLASSNAMES, ShapesWorld
-from helpers import run_main
+from helpers import inproc, run_main
 
 TEMPLATES = json.loads((ASSETS / "world_templates.json").read_text())["shapes"]
 
