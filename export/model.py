@@ -110,7 +110,7 @@ def read_manifest(folder: str | Path) -> dict:
 
 def weights_location(folder: Path, weights: dict) -> str:
     """What `pretrained` the encoder factory gets for a manifest's weights entry."""
-    source, ref = weights.get("source"), weights.get("ref", "")
+    source, ref = weights["source"], weights["ref"]
     if source not in SOURCES:
         raise _bad(folder, f"unknown weights source {source!r}")
     if source == "file":
@@ -133,14 +133,13 @@ def model_spec(folder: Path, entry: dict, role: str) -> dict:
     identity against the content key the run was fitted with."""
     try:
         identity, location = entry["identity"], weights_location(folder, entry["weights"])
-        name, key = entry["name"], entry["key"]
-    except (KeyError, TypeError):
+        name, key, ref = entry["name"], entry["key"], entry["weights"]["ref"]
+    except (KeyError, TypeError, AttributeError):
         raise _bad(folder, f"the {role} entry of {MANIFEST} is incomplete") from None
     if shipped.missing_weights(location) is not None:
-        raise _bad(folder, f"the {role} weights {entry['weights']['ref']} are missing")
+        raise _bad(folder, f"the {role} weights {ref} are missing")
     if keys.weights_fingerprint(location) != identity.get("weights"):
-        raise _bad(folder, f"the {role} weights {entry['weights']['ref']} do not match their recorded checksum "
-                           f"(changed or damaged)")
+        raise _bad(folder, f"the {role} weights {ref} do not match their recorded checksum (changed or damaged)")
     if keys.digest(identity) != key:
         raise _bad(folder, f"the {role} identity does not match its content key {key}")
     return {"family": identity["family"], "name": name, "model": identity["model"], "pretrained": location,
@@ -155,26 +154,33 @@ class Assembled:
     towers: dict[str, Encoder]     # "clip" and, for a mapped export, "encoder": as the factory built them
 
 
+def read_maps(folder: Path, entry: dict) -> Maps:
+    """The export's maps, after checking the file against its recorded sha256."""
+    path = folder / entry.get("file", MAPS_FILE)
+    if not path.is_file():
+        raise _bad(folder, f"{path.name} is missing")
+    if file_sha256(path) != entry.get("sha256"):
+        raise _bad(folder, f"{path.name} does not match its recorded sha256 (changed or damaged)")
+    try:
+        return Maps.load(path)
+    except Exception as e:   # safetensors raises its own error types for a torn file
+        raise _bad(folder, f"cannot read {path.name} ({e})") from None
+
+
 def assemble(folder: Path, manifest: dict, device: str = "cpu") -> Assembled:
-    """Build the model an export describes (checking weights, identities and the maps' checksum)."""
-    clip = build_encoder(model_spec(folder, manifest["clip"], "CLIP"), device)
-    towers = {"clip": clip}
+    """Build the model an export describes, after checking its weights, identities and maps."""
+    specs = {"clip": model_spec(folder, manifest["clip"], "CLIP")}
+    if manifest["kind"] == "mapped":
+        specs["encoder"] = model_spec(folder, manifest["encoder"], "encoder")
+        maps = read_maps(folder, manifest["maps"])
+    towers = {role: build_encoder(spec, device) for role, spec in specs.items()}
+    clip = towers["clip"]
     if manifest["kind"] == "clip":
         return Assembled(ZoomshotCLIP(clip.model, info=manifest).eval(), clip.transform, clip.tokenizer, towers)
-    maps_path = folder / manifest["maps"].get("file", MAPS_FILE)
-    if not maps_path.is_file():
-        raise _bad(folder, f"{maps_path.name} is missing")
-    if file_sha256(maps_path) != manifest["maps"].get("sha256"):
-        raise _bad(folder, f"{maps_path.name} does not match its recorded sha256 (changed or damaged)")
-    try:
-        maps = Maps.load(maps_path)
-    except Exception as e:   # safetensors raises its own error types for a torn file
-        raise _bad(folder, f"cannot read {maps_path.name} ({e})") from None
-    encoder = build_encoder(model_spec(folder, manifest["encoder"], "encoder"), device)
+    encoder = towers["encoder"]
     if (encoder.dim, clip.dim) != (maps.source_dim, maps.clip_dim):
         raise _bad(folder, f"the maps take {maps.source_dim} -> {maps.clip_dim} features, the models give "
                            f"{encoder.dim} and {clip.dim}")
-    towers["encoder"] = encoder
     model = ZoomshotCLIP(clip.model, encoder.model, maps.to(device), manifest).eval()
     return Assembled(model, encoder.transform, clip.tokenizer, towers)
 
