@@ -31,7 +31,7 @@ from zoomshot.cache import layout  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.datasets import open_split  # noqa: E402
 from zoomshot.extract.encoders import build_encoder  # noqa: E402
-from zoomshot.extract.runner import SplitJob, _autocast, _collate, _Decoded, extract_split  # noqa: E402
+from zoomshot.extract.runner import Decoded, SplitJob, _autocast, collate, extract_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extract_speed.jsonl"
 TINY = {"clip": {"model": "zoomshot-tiny-clip"},
@@ -80,8 +80,8 @@ def main() -> None:
         transforms = [encoders[n].transform for n in names]
 
         def loader(tfs):
-            return DataLoader(_Decoded(data, indices, tfs), batch_size=args.batch, num_workers=args.workers,
-                              collate_fn=_collate)
+            return DataLoader(Decoded(data, indices, tfs), batch_size=args.batch, num_workers=args.workers,
+                              collate_fn=collate)
 
         batches = [views for _, _, _, views, _ in loader(transforms)]
 

@@ -4,6 +4,7 @@ cache without building a model or opening a dataset (README: cache layout).
     <cache_dir>/features/<dataset>_<split>_<encoder>_<key>.h5   one per (dataset, split, encoder, subset)
     <cache_dir>/text/<dataset>-classes_<clip>_<key>.h5          class-prompt embeddings
     <cache_dir>/text/classfree_<clip>_<key>.h5                  the class-free prompt set of the losses
+    <cache_dir>/text/<dataset>-<split>-captions_<clip>_<key>.h5 captions of a split's cached images
 
 A key is a content hash (`keys.py`); `encoder_key` / `clip_key` name other weights than the
 configured ones, which is how a run is evaluated on features of the very weights it was fitted on.
@@ -78,6 +79,17 @@ def classfree_text_path(project: Project, prompts: list[str] | None = None, clip
     prompts = classfree_prompts(project) if prompts is None else prompts
     key = keys.digest({"clip": clip_key or project.clip.key(), "prompts": prompts})
     return project.path("cache_dir") / "text" / keys.text_name("classfree", project.clip.name, key)
+
+
+def caption_text_path(project: Project, ref: str, clip_key: str | None = None) -> Path:
+    """Caption embeddings of the images of split `ref`: keyed like its CLIP feature file (the CLIP, the
+    split's content, the subset), since they caption exactly that file's rows. `class_of_prompt` holds
+    the dataset index of each caption's image."""
+    name, split = parse_ref(ref)
+    spec = {"clip": clip_key or project.clip.key(), "dataset": project.dataset(name).key(split),
+            "fraction": project.subsets.fraction_of(ref), "seed": project.subsets.subset_seed}
+    return project.path("cache_dir") / "text" / keys.text_name(f"{name}-{split}-captions", project.clip.name,
+                                                                keys.digest(spec))
 
 
 def shard_path(target: Path, i: int, k: int) -> Path:

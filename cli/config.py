@@ -80,6 +80,7 @@ def _check_names(cfg: Config, data: dict) -> None:
             raise PipelineError(f"{what} names must be unique, got {names}")
     given = {(table, key) for table, keys in data.items() if isinstance(keys, dict) for key in keys}
     refs = [("extract.splits", r) for r in cfg.extract.splits] + \
+        [("extract.captions", r) for r in cfg.extract.captions] + \
         [("fit.train", part) for r in cfg.fit.train for part in r.split("+")] + \
         [("evaluate.test", r) for r in cfg.evaluate.test] + \
         ([("evaluate.support", cfg.evaluate.support)] if cfg.evaluate.support else [])

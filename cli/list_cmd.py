@@ -17,6 +17,7 @@ def registries() -> dict[str, list[tuple[str, str]]]:
     """Each registry as (name, what it takes) rows."""
     from zoomshot.evaluate.adapters import ADAPTERS
     from zoomshot.evaluate.report import METRICS
+    from zoomshot.evaluate.retrieval import METRICS as RETRIEVAL
     from zoomshot.extract.encoders import FAMILIES
     from zoomshot.extract.settings import DATASET_KINDS
     from zoomshot.fit.methods import METHODS, SUPPLIED
@@ -30,7 +31,7 @@ def registries() -> dict[str, list[tuple[str, str]]]:
                      for name, spec in BUILTIN_VARIANTS.items()],
         "methods": [(name, f"settings: {_options(m.settings, SUPPLIED)}") for name, m in METHODS.items()],
         "adapters": [(name, f"searches {', '.join(a.searched)}") for name, a in ADAPTERS.items()],
-        "metrics": [(name, "") for name in METRICS],
+        "metrics": [(name, "[evaluate] retrieval = true" if name in RETRIEVAL else "") for name in METRICS],
     }
 
 

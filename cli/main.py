@@ -36,6 +36,10 @@ def cli(config: str | None) -> None:
       pipeline run        all four in turn
       pipeline cache ...  ls | info | verify | rm | import
       pipeline list       dataset kinds, encoder families, fit variants, adapters, metrics
+      pipeline export     a run (or CLIP) as a folder that zoomshot.load_model reads
+      pipeline predict    top-k classes of new images through an export
+      pipeline export-wds a cached split in CLIP_benchmark's webdataset layout
+      pipeline clip-benchmark ...  CLIP_benchmark's CLI with the `zoomshot` model type
     """
 
 
@@ -207,11 +211,18 @@ def run_all(ctx: click.Context, progress: bool) -> None:
         sys.exit(1)
 
 
+from .benchmark_cmd import clip_benchmark, export_wds  # noqa: E402
 from .cache_cmd import cache  # noqa: E402
+from .export_cmd import export  # noqa: E402
 from .list_cmd import list_registries  # noqa: E402
+from .predict_cmd import predict  # noqa: E402
 
 cli.add_command(cache)
 cli.add_command(list_registries)
+cli.add_command(export)
+cli.add_command(predict)
+cli.add_command(export_wds)
+cli.add_command(clip_benchmark)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

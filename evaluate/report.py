@@ -17,7 +17,10 @@ from typing import Any
 
 from zoomshot.cache import atomic
 
-METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos")
+from .retrieval import METRICS as RETRIEVAL
+
+METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos",
+           *RETRIEVAL)
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
 REQUIRED_FIELDS = ("dataset", "encoder", "method", "variant", "metrics")
 CLIP = "clip"

@@ -28,6 +28,7 @@ from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
 from .gap import GapAccumulator, GapView
 from .metrics import MetricAccumulator, class_embeddings, cosine_logits
+from .retrieval import Retrieval
 from .settings import EvaluateCfg
 
 TASK = "zeroshot_classification"
@@ -219,12 +220,14 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
     for ref in ev.test:
         dataset, split = parse_ref(ref)
         inputs = Inputs(project, ref)
+        retrieval = Retrieval(project, ref, ev.retrieval, ev.chunk_rows, say)
         base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             clip = inputs.clip()
             if ev.per_class:   # the names that per_class_acc's entries belong to, for the per-class figure
                 base["classnames"] = clip.classes.names
             clip_metrics = score(clip.test_file, clip.clip_file, clip.classes, None, ev.chunk_rows, ev.per_class)
+            clip_metrics.update(retrieval.metrics(clip.test_file, None, project.clip.key()))
         except PipelineError as e:
             say(f"skip {ref} (CLIP and every run): {e}")
             skipped += 1 + len(runs)
@@ -239,6 +242,7 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             try:
                 got = inputs.of_run(run)
                 metrics = score(got.test_file, got.clip_file, got.classes, maps, ev.chunk_rows, ev.per_class)
+                metrics.update(retrieval.metrics(got.test_file, maps, run.record["clip_key"]))
             except PipelineError as e:
                 skips.add(run, str(e))
                 continue

@@ -35,6 +35,7 @@ class EvaluateCfg:
     val_per_class: int = setting(0, at_least(0))   # rows per class held out of the support for the search (0 = half)
     support_seed: int = 0            # seed of the support / validation split and of the k-shot draw
     adapter_grid: str = setting("wide", grid_name)  # hyper-parameter grid of the search
+    retrieval: bool = False          # also text<->image Recall@1/5/10 against the test split's cached captions
 
 
 def pivot_text(v: str) -> str | None:

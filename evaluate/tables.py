@@ -23,17 +23,21 @@ from zoomshot.cache import atomic
 from zoomshot.cache.errors import PipelineError
 
 from .report import GROUP_PREFIX
+from .retrieval import METRICS as RETRIEVAL
 
 FIELDS = ("encoder", "dataset", "variant", "fraction", "epochs", "metric")
 SLICED = ("fraction", "epochs")
 WILDCARD = None        # a record's value on a field it does not depend on
 TEACHER, BASELINE, ZOOMSHOT = range(3)      # row order of the three kinds of variant
 #: metrics that are a share of samples: shown in %, best marked, compared with CLIP's
-PERCENT = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "zero_shot_acc1")
+PERCENT = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "zero_shot_acc1", *RETRIEVAL)
 ADAPTED = "↳ + "       # an adapter row's label prefix: it sits under the variant it adapts
 TITLES = {"acc1": "top-1", "acc5": "top-5", "mean_per_class_recall": "mean per-class recall",
           "teacher_agreement": "agreement with CLIP's top-1", "gap": "modality gap (centroid distance)",
-          "text_cos": "mean cosine to the class text"}
+          "text_cos": "mean cosine to the class text", **{m: "retrieval Recall@k" for m in RETRIEVAL}}
+#: column labels of the retrieval metrics: CLIP_benchmark's image retrieval is text -> image
+SHORT = {f"{side}_retrieval_recall@{k}": f"{arrow} R@{k}" for side, arrow in (("image", "t→i"), ("text", "i→t"))
+         for k in (1, 5, 10)}
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ def _value_label(name: str, value: Any, row: bool = True) -> str:
     if name == "epochs":
         return f"{value} ep"
     if name == "metric":
-        return "all" if value == "acc1" else value.removeprefix(GROUP_PREFIX)
+        return "all" if value == "acc1" else SHORT.get(value, value.removeprefix(GROUP_PREFIX))
     return str(value)
 
 
@@ -374,16 +378,19 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1", pivot: Pi
                  chosen: dict[str, Any] | None = None) -> dict[str, Table]:
     """The report's tables by file stem: `table` (the paper's main table, `pivot` at the slice `chosen`),
     `data_efficiency` (the metric against fraction x epochs per encoder and variant, when those vary) and
-    `modality_gap` (gap and text cosine per variant, when the results hold them)."""
+    `modality_gap` (gap and text cosine per variant) and `retrieval` (Recall@1/5/10 both ways), when the
+    results hold them."""
     pivot = pivot or Pivot.parse(MAIN_PIVOT)
     tables = {"table": pivot_table(rows, pivot, metric_family(metric, rows), chosen)}
     several = ("dataset",) if len({r["dataset"] for r in rows}) > 1 else ()
     if len({(r["fraction"], r["epochs"]) for r in rows if not r["teacher"] and r["adapter"] is None}) > 1:
         tables["data_efficiency"] = pivot_table(rows, Pivot(("encoder", "variant"), (*several, "fraction", "epochs")),
                                                 [metric], adapters=False)
-    if any(not math.isnan(r.get("gap_mean", math.nan)) for r in rows):
-        tables["modality_gap"] = pivot_table(rows, Pivot(("variant",), ("encoder", *several, "metric")),
-                                             ["gap", "text_cos"], chosen, adapters=False)
+    by_direction = sorted(RETRIEVAL, key=lambda m: not m.startswith("image"))    # t->i R@1/5/10, then i->t
+    for stem, metrics in (("modality_gap", ["gap", "text_cos"]), ("retrieval", by_direction)):
+        if any(not math.isnan(r.get(f"{metrics[0]}_mean", math.nan)) for r in rows):
+            tables[stem] = pivot_table(rows, Pivot(("variant",), ("encoder", *several, "metric")), metrics, chosen,
+                                       adapters=False)
     return tables
 
 

@@ -29,6 +29,8 @@ class Split:
     classnames: list[str]
     #: named sets of class indices scored on their own as well (e.g. held-out combinations)
     class_groups: dict[str, list[int]] = field(default_factory=dict)
+    #: the captions of item i, for datasets that have them (retrieval); None when it has none
+    captions: Callable[[int], list[str]] | None = None
 
 
 def _opts(spec: dict) -> dict:
@@ -45,8 +47,8 @@ def _shapes(spec: dict, split: str) -> Split:
                             f"(with options.{split}_size > 0)")
     held_out = list(HELD_OUT_LABELS)
     seen = [c for c in range(len(CLASSNAMES)) if c not in held_out]
-    return Split(ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"]),
-                 list(CLASSNAMES), {"held_out": held_out, "seen": seen})
+    world = ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"])
+    return Split(world, list(CLASSNAMES), {"held_out": held_out, "seen": seen}, lambda i: [world.caption(i)])
 
 
 def _shapes_support(spec: dict, split: str) -> Split:

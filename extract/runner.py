@@ -48,7 +48,7 @@ def versions() -> dict:
             "project": version("zoomshot-pipeline")}
 
 
-class _Decoded(Dataset):
+class Decoded(Dataset):
     """Decodes item `indices[i]` once and applies each distinct transform; a bad image becomes None."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list):
@@ -67,7 +67,9 @@ class _Decoded(Dataset):
             return idx, -1, repr(e)
 
 
-def _collate(items):
+def collate(items):
+    """A batch of `Decoded` items: (items, index, labels, one stacked tensor per transform, and
+    (index, error) of each unreadable image)."""
     good = [it for it in items if not isinstance(it[2], str)]
     bad = [(it[0], it[2]) for it in items if isinstance(it[2], str)]
     index = np.array([it[0] for it in good], dtype=np.int64)
@@ -141,8 +143,8 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
         for n in todo:
             writers[n] = _writer(project, settings, job, n, models[n], data, len(subset), device, say)
         start = min(w.items_done for w in writers.values())
-        loader = DataLoader(_Decoded(data.dataset, subset[start:], transforms), batch_size=settings.batch_size,
-                            num_workers=settings.num_workers, collate_fn=_collate)
+        loader = DataLoader(Decoded(data.dataset, subset[start:], transforms), batch_size=settings.batch_size,
+                            num_workers=settings.num_workers, collate_fn=collate)
         bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
                    desc=f"extract {job.ref} [{', '.join(todo)}]")
         pos = start
@@ -187,11 +189,34 @@ def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Calla
     if not path.exists():
         prompts = layout.classfree_prompts(project)
         jobs.append((path, lambda: (prompts, -np.ones(len(prompts), np.int64), [], {"prompt_set": "classfree"})))
+    for ref in settings.captions:
+        path = layout.caption_text_path(project, ref)
+        if not path.exists():
+            jobs.append((path, lambda ref=ref: _captions(project, ref)))
     return jobs
 
 
+def _captions(project: Project, ref: str) -> tuple:
+    """The captions of every image of the split's CLIP cache file, in its row order; `class_of_prompt`
+    holds each caption's image (its dataset index)."""
+    name, split = parse_ref(ref)
+    data = open_split(project.dataset(name).spec(), split)
+    if data.captions is None:
+        raise PipelineError(f"dataset {name!r} ({project.dataset(name).kind}) has no captions: remove {ref} from "
+                            f"[extract] captions")
+    rows = layout.feature_path(project, project.clip.name, ref)
+    if not rows.exists():
+        raise PipelineError(f"[extract] captions names {ref}, whose images are not extracted: add it to [extract] splits")
+    with store.open_complete(rows) as f:
+        index = f["index"][:]
+    per_image = [data.captions(int(i)) for i in index]
+    image_of = np.repeat(index, [len(c) for c in per_image]).astype(np.int64)
+    return [c for caps in per_image for c in caps], image_of, [], {"dataset": name, "split": split,
+                                                                  "captions_of": rows.name}
+
+
 def extract_text(project: Project, jobs: list, models: Models, device: str, progress: bool, say: Say) -> list[Path]:
-    """Per-prompt text embeddings of each dataset's class prompts and of the class-free set."""
+    """Per-prompt text embeddings of each dataset's class prompts, of the class-free set and of captions."""
     written = []
     batch = project.clip.batch_size
     for path, make in jobs:

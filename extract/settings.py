@@ -21,6 +21,7 @@ class ExtractCfg(Subsets):
     on_bad_image: typing.Literal["skip", "fail"] = "skip"
     scheduler: str = ""              # dask.distributed address: shard the splits over its workers
     shards: int = setting(0, at_least(0))          # shards per split on a scheduler (0 = one per worker)
+    captions: list[str] = setting(list, each(split_ref))   # splits whose captions CLIP embeds (for retrieval)
 
 
 def existing_file(v: str) -> str | None:

@@ -8,6 +8,29 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def default_world(tmp_path_factory):
+    """The repository's pipeline.toml end to end, unchanged (README's tables are its report), run once
+    for every module that reads the default world."""
+    from helpers import pipeline, shipped_config, write_toml
+
+    folder = tmp_path_factory.mktemp("default")
+    write_toml(folder, shipped_config())
+    pipeline(folder, "run", "--no-progress")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def default_exports(default_world):
+    """CLIP and the default world's cnn lstsq run (all rows) exported to exports/clip and exports/cnn."""
+    from helpers import inproc, run_named
+
+    run = run_named(default_world, "cnn", "lstsq")
+    inproc(default_world, "export", run, "--out", "exports/cnn")
+    inproc(default_world, "export", "clip", "--out", "exports/clip")
+    return default_world, run
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny matmuls gain nothing from threads, and on a shared 2-core machine oversubscription slows them 100x."""

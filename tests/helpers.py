@@ -1,6 +1,7 @@
 """Test helpers: run the real `pipeline` CLI in a subprocess, write small configs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,6 +95,15 @@ def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_named(folder: Path, encoder: str, variant: str, fraction: float = 1.0) -> str:
+    """The name of the run of `encoder` and `variant` on `fraction` under folder/zoomshot-out/runs."""
+    for path in (folder / "zoomshot-out/runs").glob("*/run.json"):
+        r = json.loads(path.read_text())
+        if (r["encoder"], r["variant"], r["fraction"]) == (encoder, variant, fraction):
+            return r["name"]
+    raise AssertionError(f"no run {encoder} {variant} {fraction} under {folder}")
 
 
 # ---- synthetic features with a known answer, brought in through `pipeline cache import` ----

@@ -71,6 +71,9 @@ CASES = [
     ("encoders.1.pretrained", "nowhere/vit.safetensors", "'encoders[1].pretrained': weights not found"),
     ("encoders.0.micro_batch", True, "'encoders[0].micro_batch' must be int"),
     ("paths", "out", "config key 'paths' must be a table"),
+    ("extract.captions", ["shapes"], "'extract.captions' item 0: must be DATASET:SPLIT"),
+    ("extract.captions", ["nope:test"], "config key 'extract.captions': unknown dataset 'nope'"),
+    ("evaluate.retrieval", "yes", "'evaluate.retrieval' must be bool"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Layers point one way: cli -> stages (extract, fit, evaluate) -> cache. Each stage is imported with
-the CLI and the other stages made unimportable; `cache` with every stage made unimportable."""
+"""Layers point one way: cli -> export -> stages (extract, fit, evaluate) -> cache. Each stage is imported
+with the CLI and the other stages made unimportable; `export` (which builds models with `extract`) with
+the CLI, `fit` and `evaluate` made unimportable; `cache` with every stage made unimportable."""
 import pkgutil
 import subprocess
 import sys
@@ -8,10 +9,12 @@ import pytest
 
 import zoomshot.cache
 import zoomshot.evaluate
+import zoomshot.export
 import zoomshot.extract
 import zoomshot.fit
 
-PACKAGES = {"cache": zoomshot.cache, "extract": zoomshot.extract, "fit": zoomshot.fit, "evaluate": zoomshot.evaluate}
+PACKAGES = {"cache": zoomshot.cache, "extract": zoomshot.extract, "fit": zoomshot.fit, "evaluate": zoomshot.evaluate,
+            "export": zoomshot.export}
 
 
 def _modules(name: str) -> list[str]:
@@ -27,15 +30,21 @@ def _imports_without(modules: list[str], blocked: list[str]) -> subprocess.Compl
 
 @pytest.mark.parametrize("stage", ["extract", "fit", "evaluate"])
 def test_a_stage_imports_neither_the_cli_nor_another_stage(stage):
-    others = [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate") if s != stage]
+    others = [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate", "export") if s != stage]
     modules = _modules(stage)
     assert len(modules) >= 5, modules
     proc = _imports_without(modules, others)
     assert proc.returncode == 0, proc.stderr
 
 
+def test_export_imports_neither_the_cli_nor_fit_nor_evaluate():
+    modules = _modules("export") + ["zoomshot"]
+    proc = _imports_without(modules, ["zoomshot.cli", "zoomshot.fit", "zoomshot.evaluate"])
+    assert len(modules) >= 6 and proc.returncode == 0, proc.stderr
+
+
 def test_the_cache_imports_no_stage():
-    proc = _imports_without(_modules("cache"), [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate")])
+    proc = _imports_without(_modules("cache"), [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate", "export")])
     assert proc.returncode == 0, proc.stderr
 
 
