@@ -221,9 +221,9 @@ def _mark(table: Table, source: dict[tuple[tuple, tuple], dict]) -> None:
         record = source.get(key)
         return record is not None and record["variant"][1] is None and (record["kind"] == TEACHER) == (kind == TEACHER)
 
-    for col in table.columns:
-        found = [(table.cells[r, col].mean, r) for r in table.rows if zero_shot((r, col), ZOOMSHOT)]
-        top = max((m for m, _ in found), default=None)
+    for col in table.columns:   # compared as printed: two cells that read the same are both best
+        found = [(_number(table, table.cells[r, col].mean), r) for r in table.rows if zero_shot((r, col), ZOOMSHOT)]
+        top = max((m for m, _ in found), default=None, key=float)
         table.best |= {(r, col) for m, r in found if m == top}
     if "variant" not in table.pivot.rows:
         return

@@ -157,3 +157,10 @@ def test_report_command_refuses_bad_table_options_in_one_line(tmp_path):
     written = sorted(p.name for p in (tmp_path / "zoomshot-out/report").iterdir())
     assert written == sorted(["results.csv", "results.json", "report_files.json", "data_efficiency.md",
                               "data_efficiency.csv", "data_efficiency.tex", "table.md", "table.csv", "table.tex"])
+
+
+def test_cells_that_read_the_same_are_both_best():
+    rows = summary_rows([result("clip", "clip", 0.8, method="clip"), result("cnn", "mse", 0.6304),
+                         result("cnn", "lstsq", 0.6296, method="lstsq"), result("cnn", "mse+cyc", 0.61)])
+    assert body(to_markdown(build_tables(rows)["table"]))[3:] == [
+        "| lstsq | **63.0** | 79 |", "| mse | **63.0** | 79 |", "| mse+cyc | 61.0 | 76 |"]
