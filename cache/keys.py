@@ -57,8 +57,25 @@ def weights_fingerprint(location: str) -> str:
 
 
 def _tree_state(folder: Path) -> tuple:
-    """Every directory of a tree with its mtime: files added or removed change some directory's mtime."""
-    return tuple((d, os.stat(d).st_mtime_ns) for d, _, _ in sorted(os.walk(folder)))
+    """Every directory of a tree with its mtime: files added or removed change some directory's mtime;
+    and every tar shard's size and mtime, since a shard is often rewritten in place."""
+    def shards(d: str, files: list[str]) -> tuple:
+        return tuple((f, st.st_size, st.st_mtime_ns) for f in sorted(files) if f.endswith(".tar")
+                     for st in [os.stat(os.path.join(d, f))])
+    return tuple((d, os.stat(d).st_mtime_ns, shards(d, fs)) for d, _, fs in sorted(os.walk(folder)))
+
+
+@lru_cache(maxsize=4096)
+def _tar_headers(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a tar file's member headers (name, size, mtime): a re-packed shard keeps its size
+    (512-byte blocks) more often than its members' sizes and times. Reads headers, skips the data."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:") as tf:
+            return digest([(m.name, m.size, m.mtime) for m in tf], 64)
+    except tarfile.TarError:
+        return "unreadable"    # the dataset reader says what is wrong with it
 
 
 @lru_cache(maxsize=64)
@@ -67,13 +84,16 @@ def _tree_listing(folder: str, state: tuple) -> str:
     for d, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             path = os.path.join(d, name)
-            entries.append((os.path.relpath(path, folder), os.stat(path).st_size))
+            st = os.stat(path)
+            entry = (os.path.relpath(path, folder), st.st_size)
+            entries.append((*entry, _tar_headers(path, st.st_size, st.st_mtime_ns)) if name.endswith(".tar") else entry)
     return "tree-sha256:" + digest(entries, 64)
 
 
 def tree_fingerprint(folder: Path) -> str:
     """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
-    renaming an image changes it, hashing every image of ImageNet on each command would not pay."""
+    renaming an image changes it, hashing every image of ImageNet on each command would not pay. A tar
+    shard (webdataset) also counts by its member headers."""
     return _tree_listing(str(folder), _tree_state(Path(folder)))
 
 
@@ -108,10 +128,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
-def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int) -> str:
-    """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype."""
+def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int, pixels: dict | None = None) -> str:
+    """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype,
+    and the decode settings that change pixels (absent for the plain full-size decode)."""
     return digest({"encoder": encoder_key, "dataset": dataset_key, "fraction": fraction, "seed": seed,
-                   "dtype": FEATURE_DTYPE})
+                   "dtype": FEATURE_DTYPE, **({"pixels": pixels} if pixels else {})})
 
 
 def feature_name(dataset: str, split: str, encoder: str, key: str) -> str:
