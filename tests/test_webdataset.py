@@ -272,3 +272,28 @@ def test_a_corrupt_image_in_a_shard_is_skipped_or_fatal(tmp_path):
     files = read(tmp_path, "wds")
     for f in files.values():
         assert 10 not in f["index"] and len(f["index"]) == 20 and json.loads(f["attrs"]["bad_items"]) == [10]
+
+
+def test_the_readme_cluster_example_runs(tmp_path):
+    """README "Scaling out": its LocalCluster block, run as written, with DataLoader workers inside the
+    dask workers (daemon off)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import textwrap
+
+    from helpers import ENV, REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme[readme.index("## Scaling out"):], re.S).group(1)
+    make_data(tmp_path, per_shard=5)
+    config(tmp_path, splits=("wds:train",), workers=1)
+    env = {**ENV, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{ENV.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(block)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    files = read(tmp_path, "wds")
+    assert set(files) == {"clip", "cnn"}
+    for enc, f in files.items():
+        assert f["index"].tolist() == list(range(21)) and len(json.loads(f["attrs"]["shards"])) == 2
