@@ -91,8 +91,8 @@ def _collate(items):
 
 def loader_workers(asked: int) -> int:
     """DataLoader workers: `asked`, or with -1 one per core this process may use, less one for the
-    main process (it runs the encoders and writes). None inside a daemonic process (a dask worker),
-    which may not have children."""
+    main process (it runs the encoders and writes). No workers inside a daemonic process (a dask
+    worker, unless dask's `distributed.worker.daemon` is off), which may not have children."""
     import multiprocessing
     import os
 

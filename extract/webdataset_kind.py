@@ -19,7 +19,6 @@ import io
 import re
 import tarfile
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.keys import tar_members
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -44,34 +44,31 @@ def _meta(name: str) -> bool:
     return bool(re.match(r"__[^/]*__($|/)", name))
 
 
-@lru_cache(maxsize=4096)
-def _index(path: str, size: int, mtime_ns: int) -> ShardIndex:
+def _index(path: Path) -> ShardIndex:
     from webdataset.tariterators import base_plus_ext
 
     offsets, members, suffixes, key = [], [], [], None
     try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isreg() or _meta(m.name):
-                    continue
-                prefix, suffix = base_plus_ext(m.name)
-                if prefix is None:
-                    continue
-                if prefix != key:
-                    _check_sample(path, key, suffixes)
-                    key, suffixes = prefix, []
-                    offsets.append(m.offset)
-                    members.append(0)
-                members[-1] += 1
-                suffixes.append(suffix.lower())
+        listing = tar_members(path)
     except tarfile.ReadError as e:
-        raise PipelineError(f"{Path(path).name} is not a readable uncompressed tar shard ({e}): write the "
+        raise PipelineError(f"{path.name} is not a readable uncompressed tar shard ({e}): write the "
                             f"shards as plain .tar files") from None
+    for name, offset, _, _ in listing:
+        prefix, suffix = base_plus_ext(name)
+        if _meta(name) or prefix is None:
+            continue
+        if prefix != key:
+            _check_sample(path, key, suffixes)
+            key, suffixes = prefix, []
+            offsets.append(offset)
+            members.append(0)
+        members[-1] += 1
+        suffixes.append(suffix.lower())
     _check_sample(path, key, suffixes)
     return ShardIndex(tuple(offsets), tuple(members))
 
 
-def _check_sample(path: str, key: str | None, suffixes: list[str]) -> None:
+def _check_sample(path: Path, key: str | None, suffixes: list[str]) -> None:
     if key is None:
         return
     if "cls" not in suffixes:
@@ -79,12 +76,6 @@ def _check_sample(path: str, key: str | None, suffixes: list[str]) -> None:
                             f"needs <key>.cls next to its image")
     if not any(s in IMAGE_EXTENSIONS for s in suffixes):
         raise PipelineError(f"{Path(path).name}: sample {key!r} has no image (.{', .'.join(IMAGE_EXTENSIONS)})")
-
-
-def shard_index(path: Path) -> ShardIndex:
-    """The sample offsets of a tar shard, listed once per process and content state."""
-    st = path.stat()
-    return _index(str(path), st.st_size, st.st_mtime_ns)
 
 
 def _natural(path: Path) -> tuple:
@@ -128,7 +119,7 @@ class TarShards(Dataset):
 
     def __init__(self, shards: list[Path]):
         self.shards = [str(p) for p in shards]
-        self.index = [shard_index(p) for p in shards]
+        self.index = [_index(Path(p)) for p in shards]
         self.starts = np.cumsum([0] + [len(ix.offsets) for ix in self.index])
         self._file: tuple[int, object] | None = None    # (shard, open file) of this process
 
