@@ -55,10 +55,11 @@ class _Decoded(Dataset):
     distinct transform, or with `pixels` returns the uint8 decodes (a JPEG's bytes, with `encoded`) for
     `DevicePixels` to finish on the GPU; a bad image becomes a string saying why."""
 
-    def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list, sizes: list,
+    def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list, sizes: list | None = None,
                  pixels: bool = False, encoded: bool = False):
         self.dataset, self.indices, self.transforms = dataset, indices, transforms
-        self.sizes, self.pixels, self.encoded = sizes, pixels, encoded
+        self.sizes = sizes or [None] * len(transforms)     # None: every view from the full-size decode
+        self.pixels, self.encoded = pixels, encoded
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -159,14 +160,17 @@ def _writer(project: Project, settings: ExtractCfg, job: SplitJob, name: str, en
     return store.FeatureWriter(job.targets[name], enc.dim, attrs, resume, subset_len, say)
 
 
-def _pixel_path(settings: ExtractCfg, transforms: list, device: str) -> DevicePixels | None:
-    """The GPU resize/decode path where the settings ask for it; it needs CUDA."""
-    if not (settings.gpu_preprocess or settings.gpu_decode):
-        return None
-    if not device.startswith("cuda"):
+def _gpu_pixels(settings: ExtractCfg, device: str) -> bool:
+    """Whether the settings ask for the GPU resize/decode path; it needs CUDA."""
+    if (settings.gpu_preprocess or settings.gpu_decode) and not device.startswith("cuda"):
         raise PipelineError(f"[extract] gpu_preprocess / gpu_decode need a CUDA device, extraction runs on "
                             f"{device!r}: set them to false (or device = 'cuda')")
-    return DevicePixels(transforms, device)
+    return settings.gpu_preprocess or settings.gpu_decode
+
+
+def _pixel_path(settings: ExtractCfg, transforms: list, device: str) -> DevicePixels | None:
+    """What finishes a batch on the GPU, or None where the CPU transforms do it all."""
+    return DevicePixels(transforms, device) if _gpu_pixels(settings, device) else None
 
 
 def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models: Models, device: str,
@@ -295,6 +299,8 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
     """
     device = resolve_device(settings.device, "extract.device")
+    if not settings.scheduler:     # a cluster's workers resolve their own device
+        _gpu_pixels(settings, device)
     _prepare(project, settings, say)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []

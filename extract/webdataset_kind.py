@@ -1,7 +1,7 @@
 """The `webdataset` dataset kind: local tar shards in the layout CLIP_benchmark and clip-retrieval use,
 
     <root>/<split>/0.tar, 1.tar, ...   samples <key>.jpg|jpeg|png|webp + <key>.cls (the label, an integer)
-    <root>/<split>/nshards.txt         optional: the number of shards (a missing one is an error)
+    <root>/<split>/nshards.txt         optional: the number of shards (one it counts that is missing: an error)
     <root>/classnames.txt              one class name a line, in label order
 
 or any brace pattern under `root` (`options.shards = "{split}-{000..099}.tar"`).
@@ -16,6 +16,7 @@ shards never cross a tar file (a worker reads whole tar shards).
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ class TarShards(Dataset):
         self.shards = [str(p) for p in shards]
         self.index = [_index(Path(p)) for p in shards]
         self.starts = np.cumsum([0] + [len(ix.offsets) for ix in self.index])
-        self._file: tuple[int, object] | None = None    # (shard, open file) of this process
+        self._file: tuple[int, int, object] | None = None    # (process, shard, open file)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -130,11 +131,13 @@ class TarShards(Dataset):
         return {**self.__dict__, "_file": None}    # open files stay in the process that opened them
 
     def _stream(self, shard: int):
-        if self._file is None or self._file[0] != shard:
-            if self._file is not None:
-                self._file[1].close()
-            self._file = (shard, open(self.shards[shard], "rb"))
-        return self._file[1]
+        """The shard's file, opened by this process: a forked DataLoader worker must not share the
+        parent's file position."""
+        if self._file is None or self._file[:2] != (os.getpid(), shard):
+            if self._file is not None and self._file[0] == os.getpid():
+                self._file[2].close()
+            self._file = (os.getpid(), shard, open(self.shards[shard], "rb"))
+        return self._file[2]
 
     def sample(self, i: int) -> dict:
         """Sample i as webdataset groups it: `__key__` and one bytes entry per member suffix."""

@@ -108,6 +108,11 @@ def test_samples_are_webdatasets_own(tmp_path):
     for i in (0, 4, 5, 13, 20, 7, 2):     # out of order too: each read seeks
         s = split.dataset.sample(i)
         assert (s["__key__"], s["jpg"], s["cls"]) == (streamed[i]["__key__"], streamed[i]["jpg"], streamed[i]["cls"])
+    # forked DataLoader workers, after this process has a shard open: each reads through its own file
+    from torch.utils.data import DataLoader
+    loader = DataLoader(range(len(streamed)), batch_size=3, num_workers=2,
+                        collate_fn=lambda items: [split.dataset.sample(i)["jpg"] for i in items])
+    assert [b for batch in loader for b in batch] == [s["jpg"] for s in streamed]
 
 
 def test_a_kill_at_a_known_batch_resumes_bit_identical(tmp_path):
