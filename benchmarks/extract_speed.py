@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from zoomshot.cache import layout  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.datasets import open_split  # noqa: E402
+from zoomshot.extract.decode import first_resize  # noqa: E402
 from zoomshot.extract.encoders import build_encoder  # noqa: E402
 from zoomshot.extract.runner import Decoded, SplitJob, _autocast, collate, extract_split  # noqa: E402
 
@@ -80,8 +81,8 @@ def main() -> None:
         transforms = [encoders[n].transform for n in names]
 
         def loader(tfs):
-            return DataLoader(Decoded(data, indices, tfs), batch_size=args.batch, num_workers=args.workers,
-                              collate_fn=collate)
+            return DataLoader(Decoded(data, indices, tfs, [first_resize(t) for t in tfs]), batch_size=args.batch,
+                              num_workers=args.workers, collate_fn=collate)
 
         batches = [views for _, _, _, views, _ in loader(transforms)]
 

@@ -57,8 +57,88 @@ def weights_fingerprint(location: str) -> str:
 
 
 def _tree_state(folder: Path) -> tuple:
-    """Every directory of a tree with its mtime: files added or removed change some directory's mtime."""
-    return tuple((d, os.stat(d).st_mtime_ns) for d, _, _ in sorted(os.walk(folder)))
+    """Every directory of a tree with its mtime: files added or removed change some directory's mtime;
+    and every tar shard's size and mtime, since a shard is often rewritten in place."""
+    def shards(d: str, files: list[str]) -> tuple:
+        return tuple((f, st.st_size, st.st_mtime_ns) for f in sorted(files) if f.endswith(".tar")
+                     for st in [os.stat(os.path.join(d, f))])
+    return tuple((d, os.stat(d).st_mtime_ns, shards(d, fs)) for d, _, fs in sorted(os.walk(folder)))
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:                       # GNU base-256 (sizes of 8 GiB and more)
+        return int.from_bytes(field[1:], "big")
+    return int(field.rstrip(b"\0 ").strip() or b"0", 8)
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The `<length> <key>=<value>\\n` records of a pax extended header."""
+    records = {}
+    while data.strip(b"\0"):
+        length = int(data.split(b" ", 1)[0])
+        key, _, value = data[len(str(length)) + 1:length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        data = data[length:]
+    return records
+
+
+@lru_cache(maxsize=4096)
+def _tar_scan(path: str, size: int, mtime_ns: int) -> tuple[tuple[tuple[str, int, int, int], ...], str]:
+    """The members of a tar and the sha256 of all its headers (pax records included), in one pass."""
+    import tarfile
+
+    members, offset, start, extended, headers = [], 0, None, {}, hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            header = os.pread(fd, 512, offset)
+            if len(header) < 512 or header == bytes(512):       # the end-of-archive blocks
+                break
+            if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+                raise tarfile.ReadError(f"invalid tar header at byte {offset}")
+            kind, length = header[156:157], _octal(header[124:136])
+            headers.update(header)
+            start = offset if start is None else start          # a member starts at its first header
+            if kind in (b"x", b"L"):     # pax extended header (webdataset writes one per member), GNU long name
+                data = os.pread(fd, length, offset + 512)
+                headers.update(data)
+                if kind == b"L":
+                    extended = {"path": data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
+                else:    # the header's own fields hold the rest (mtime to the second)
+                    extended = _pax_records(data) if b" path=" in data or b" size=" in data else {}
+            elif kind not in (b"g", b"K"):
+                name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                if header[257:262] == b"ustar" and header[345:500].strip(b"\0"):
+                    name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
+                length = int(extended.get("size", length))
+                if kind in (b"0", b"\0", b"7"):
+                    members.append((extended.get("path", name), start, length,
+                                    int(float(extended.get("mtime", _octal(header[136:148]))))))
+                start, extended = None, {}
+            offset += 512 + -(-length // 512) * 512
+    finally:
+        os.close(fd)
+    return tuple(members), headers.hexdigest()
+
+
+def tar_members(path: str | Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, offset of its first header, size, mtime) of each file in an uncompressed tar, from the
+    headers alone (the data is skipped, not read; several times faster than `tarfile`), memoised on
+    (path, size, mtime). Raises `tarfile.ReadError` for what is not an uncompressed tar."""
+    st = os.stat(path)
+    return _tar_scan(str(path), st.st_size, st.st_mtime_ns)[0]
+
+
+def _tar_headers(path: str) -> str:
+    """sha256 of a tar file's headers (names, sizes, times to the microsecond in webdataset's pax
+    records): a re-packed shard keeps its size (512-byte blocks) more often than its headers."""
+    import tarfile
+
+    st = os.stat(path)
+    try:
+        return _tar_scan(path, st.st_size, st.st_mtime_ns)[1]
+    except tarfile.TarError:
+        return "unreadable"    # the dataset reader says what is wrong with it
 
 
 @lru_cache(maxsize=64)
@@ -67,13 +147,16 @@ def _tree_listing(folder: str, state: tuple) -> str:
     for d, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             path = os.path.join(d, name)
-            entries.append((os.path.relpath(path, folder), os.stat(path).st_size))
+            st = os.stat(path)
+            entry = (os.path.relpath(path, folder), st.st_size)
+            entries.append((*entry, _tar_headers(path)) if name.endswith(".tar") else entry)
     return "tree-sha256:" + digest(entries, 64)
 
 
 def tree_fingerprint(folder: Path) -> str:
     """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
-    renaming an image changes it, hashing every image of ImageNet on each command would not pay."""
+    renaming an image changes it, hashing every image of ImageNet on each command would not pay. A tar
+    shard (webdataset) also counts by its member headers."""
     return _tree_listing(str(folder), _tree_state(Path(folder)))
 
 
@@ -108,10 +191,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
-def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int) -> str:
-    """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype."""
+def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int, pixels: dict | None = None) -> str:
+    """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype,
+    and the decode settings that change pixels (absent for the plain full-size decode)."""
     return digest({"encoder": encoder_key, "dataset": dataset_key, "fraction": fraction, "seed": seed,
-                   "dtype": FEATURE_DTYPE})
+                   "dtype": FEATURE_DTYPE, **({"pixels": pixels} if pixels else {})})
 
 
 def feature_name(dataset: str, split: str, encoder: str, key: str) -> str:

@@ -46,7 +46,8 @@ def feature_path(project: Project, encoder: str, ref: str, encoder_key: str | No
         encoder_key, imported = project.encoder(encoder).key(), project.encoder(encoder).model == IMPORTED
     whole = imported or project.dataset(name).kind == IMPORTED
     fraction, seed = (1.0, 0) if whole else (project.subsets.fraction_of(ref), project.subsets.subset_seed)
-    key = keys.feature_key(encoder_key, project.dataset(name).key(split), fraction, seed)
+    pixels = {} if whole else project.subsets.pixels()
+    key = keys.feature_key(encoder_key, project.dataset(name).key(split), fraction, seed, pixels)
     return project.path("cache_dir") / "features" / keys.feature_name(name, split, encoder, key)
 
 

@@ -228,19 +228,31 @@ class DatasetCfg:
         return keys.digest(self.identity(split))
 
     def class_identity(self) -> dict:
-        """What changes the class names: kind, options, and the class folders of an image tree."""
-        return {"kind": self.kind, "options": self._options(), "folders": keys.folder_names(self.root)}
+        """What changes the class names: kind, options, the class folders of an image tree, and a
+        `classnames.txt` at the root (a webdataset's names)."""
+        names = Path(self.root) / "classnames.txt" if self.root else None
+        return {"kind": self.kind, "options": self._options(), "folders": keys.folder_names(self.root),
+                **({"classnames_txt": "sha256:" + keys.file_checksum(names)} if names and names.is_file() else {})}
 
 
 @dataclass
 class Subsets:
-    """Which nested subset of each split is extracted (DESIGN.md section 3); the `[extract]` table."""
+    """What of the `[extract]` table names a feature file: which nested subset of each split is
+    extracted (DESIGN.md section 3), and the decode settings that change pixels (`extract/decode.py`)."""
     fraction: float = setting(1.0, unit_fraction)
     split_fractions: dict = setting(dict, values(number_fraction))   # per split, e.g. {"imagenet:train" = 0.2}
     subset_seed: int = 0
+    jpeg_draft: bool = True          # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
+    gpu_preprocess: bool = False     # CUDA: resize, crop and normalize on the GPU after a uint8 upload
+    gpu_decode: bool = False         # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess
 
     def fraction_of(self, ref: str) -> float:
         return float(self.split_fractions.get(ref, self.fraction))
+
+    def pixels(self) -> dict:
+        """The decode settings in a feature file's key. Empty for the full-size CPU decode every file
+        before these settings was made with, so such files keep their keys."""
+        return {k: True for k in ("jpeg_draft", "gpu_preprocess", "gpu_decode") if getattr(self, k)}
 
 
 def parse_ref(ref: str) -> tuple[str, str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +316,25 @@ def read_features(path: Path, rows: np.ndarray | None = None) -> FeatureFile:
         feats, index, labels = read_rows(path, f, slice(None) if rows is None else np.asarray(rows))
         attrs = _attrs_dict(f.attrs)
     return FeatureFile(Path(path), feats, index, labels, attrs)
+
+
+@lru_cache(maxsize=4)
+def _whole_file(path: str, size: int, mtime_ns: int) -> FeatureFile:
+    return read_features(Path(path))
+
+
+_whole_guard = threading.Lock()
+
+
+def read_features_kept(path: Path, rows: np.ndarray) -> FeatureFile:
+    """`read_features(path, rows)` sliced from the whole file, read once per process and kept (the last
+    four files): the runs of a sweep on one worker share one read instead of one read each. Keyed by the
+    file's size and mtime, so a replaced file is read again."""
+    st = os.stat(path)
+    with _whole_guard:     # the sweep's threads wait for the one read instead of each making it
+        whole = _whole_file(str(path), st.st_size, st.st_mtime_ns)
+    rows = np.asarray(rows)
+    return FeatureFile(whole.path, whole.features[rows], whole.index[rows], whole.labels[rows], whole.attrs)
 
 
 @dataclass

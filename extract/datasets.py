@@ -4,7 +4,8 @@
 Kinds: the generated `shapes` world; torchvision datasets from a local `root` (`cifar10`, `cifar100`,
 `flowers102`, `pets`, `cars`; `options.download = true` fetches them where there is network);
 ImageFolder trees `<root>/<split>/<class>/<image>` (`imagefolder`, `imagenet` (and ImageNet-100 through
-`options.class_list`), `cub200`, `herbarium19`). `options.classnames_file` overrides class names: a text
+`options.class_list`), `cub200`, `herbarium19`); local tar shards in CLIP_benchmark's layout
+(`webdataset`, `extract/webdataset_kind.py`). `options.classnames_file` overrides class names: a text
 file (one name a line, in class-index order) or a CLIP_benchmark-style JSON (`options.classnames_key`).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from zoomshot.cache.errors import PipelineError
@@ -31,6 +33,9 @@ class Split:
     class_groups: dict[str, list[int]] = field(default_factory=dict)
     #: the captions of item i, for datasets that have them (retrieval); None when it has none
     captions: Callable[[int], list[str]] | None = None
+    #: first item of each group that a batch or a dask shard never crosses (the tar shards of a
+    #: webdataset); None: no such groups
+    groups: list[int] | None = None
 
 
 def _opts(spec: dict) -> dict:
@@ -66,8 +71,8 @@ def _shapes_support(spec: dict, split: str) -> Split:
     return Split(ds, list(CLASSNAMES))
 
 
-def user_classnames(spec: dict, count: int) -> list[str] | None:
-    """Class names from `options.classnames_file`, checked against the dataset's class count."""
+def user_classnames(spec: dict, count: int | None) -> list[str] | None:
+    """Class names from `options.classnames_file`, checked against the dataset's class count (if known)."""
     path = _opts(spec).get("classnames_file")
     if not path:
         return None
@@ -86,7 +91,7 @@ def user_classnames(spec: dict, count: int) -> list[str] | None:
         names = table[key]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) != count:
+    if count is not None and len(names) != count:
         raise PipelineError(f"{path} lists {len(names)} class names, dataset {spec['name']!r} has {count} classes")
     return names
 
@@ -153,6 +158,11 @@ def _torchvision(spec: dict, split: str) -> Split:
     return _named(spec, ds, names(ds))
 
 
+def _lazy_image(path: str) -> Image.Image:
+    """An image opened, not yet decoded: extraction decodes JPEGs at a reduced size (`decode.py`)."""
+    return Image.open(path)
+
+
 def _folder_tree(spec: dict, split: str, keep: set[str] | None = None):
     from torchvision.datasets import ImageFolder
 
@@ -169,7 +179,7 @@ def _folder_tree(spec: dict, split: str, keep: set[str] | None = None):
             return classes, {c: i for i, c in enumerate(classes)}
 
     try:
-        ds = _Subset(str(root))
+        ds = _Subset(str(root), loader=_lazy_image)
     except FileNotFoundError as e:
         raise PipelineError(f"dataset {spec['name']!r}: {e}") from None
     return ds
@@ -202,6 +212,22 @@ def _imagenet(spec: dict, split: str) -> Split:
     return Split(ds, names)
 
 
+def _webdataset(spec: dict, split: str) -> Split:
+    """Tar shards with `<key>.jpg|png|webp` + `<key>.cls`; names from `<root>/classnames.txt` or the file
+    `options.classnames_file` gives."""
+    from .webdataset_kind import TarShards, find_shards
+
+    ds = TarShards(find_shards(spec["name"], spec.get("root", ""), split, _opts(spec)["shards"]))
+    if not _opts(spec).get("classnames_file"):
+        path = Path(spec["root"]) / "classnames.txt"
+        if not path.is_file():
+            raise PipelineError(f"dataset {spec['name']!r}: no {path} (one class name a line, in label order); "
+                                f"write it or set options.classnames_file")
+        spec = {**spec, "options": {**_opts(spec), "classnames_file": str(path)}}
+    # the labels are in the .cls members, so the class count comes from the names
+    return Split(ds, user_classnames(spec, None), groups=[int(s) for s in ds.starts[:-1]])
+
+
 def _imported(spec: dict, split: str) -> Split:
     raise PipelineError(f"dataset {spec['name']!r} is imported (kind = 'imported'): it has no images to "
                         f"extract; bring its features in with `pipeline cache import` and leave it out of "
@@ -217,6 +243,7 @@ DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "imagenet": _imagenet,
     "cub200": _imagefolder,
     "herbarium19": _imagefolder,
+    "webdataset": _webdataset,
     "imported": _imported,
 }
 assert DATASETS.keys() == DATASET_KINDS.keys(), "every dataset kind needs its options and its builder"

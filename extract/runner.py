@@ -22,9 +22,11 @@ from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 from zoomshot.cache.subsets import subset_indices
 
 from .datasets import open_split
+from .decode import DevicePixels, decode_views, encoded_jpeg, first_resize, uint8_chw
 from .encoders import Encoder, build_encoder
 from .prompts import class_prompts, load_templates
 from .settings import ExtractCfg
+from .shards import batch_plan
 
 Say = Callable[[str], None]
 
@@ -49,10 +51,15 @@ def versions() -> dict:
 
 
 class Decoded(Dataset):
-    """Decodes item `indices[i]` once and applies each distinct transform; a bad image becomes None."""
+    """Decodes item `indices[i]` once (JPEGs at the scale each view's `sizes` allows) and applies each
+    distinct transform, or with `pixels` returns the uint8 decodes (a JPEG's bytes, with `encoded`) for
+    `DevicePixels` to finish on the GPU; a bad image becomes a string saying why."""
 
-    def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list):
+    def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list, sizes: list | None = None,
+                 pixels: bool = False, encoded: bool = False):
         self.dataset, self.indices, self.transforms = dataset, indices, transforms
+        self.sizes = sizes or [None] * len(transforms)     # None: every view from the full-size decode
+        self.pixels, self.encoded = pixels, encoded
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -61,21 +68,47 @@ class Decoded(Dataset):
         idx = int(self.indices[i])
         try:
             image, label = self.dataset[idx]
-            image = image.convert("RGB")
-            return idx, int(label), [t(image) for t in self.transforms]
+            if self.encoded and (data := encoded_jpeg(image)) is not None:
+                return idx, int(label), ([torch.frombuffer(bytearray(data), dtype=torch.uint8)], [0] * len(self.sizes))
+            decoded, which = decode_views(image, self.sizes)
+            if self.pixels:
+                return idx, int(label), ([uint8_chw(d) for d in decoded], which)
+            return idx, int(label), [t(decoded[k]) for t, k in zip(self.transforms, which)]
         except (OSError, ValueError, SyntaxError) as e:   # what PIL raises on corrupt files
             return idx, -1, repr(e)
 
 
 def collate(items):
-    """A batch of `Decoded` items: (items, index, labels, one stacked tensor per transform, and
-    (index, error) of each unreadable image)."""
+    """(items, index, labels, views: one stacked batch per transform or the items' uint8 decodes, bad)."""
     good = [it for it in items if not isinstance(it[2], str)]
     bad = [(it[0], it[2]) for it in items if isinstance(it[2], str)]
     index = np.array([it[0] for it in good], dtype=np.int64)
     labels = np.array([it[1] for it in good], dtype=np.int64)
+    if good and isinstance(good[0][2], tuple):     # (uint8 decodes, which) for DevicePixels
+        return len(items), index, labels, [it[2] for it in good], bad
     views = [torch.stack(v) for v in zip(*[it[2] for it in good])] if good else []
     return len(items), index, labels, views, bad
+
+
+def loader_workers(asked: int) -> int:
+    """DataLoader workers: `asked`, or with -1 one per core this process may use, less one for the
+    main process (it runs the encoders and writes). No workers inside a daemonic process (a dask
+    worker, unless dask's `distributed.worker.daemon` is off), which may not have children."""
+    import multiprocessing
+    import os
+
+    if multiprocessing.current_process().daemon:
+        return 0
+    return max(0, len(os.sched_getaffinity(0)) - 1) if asked < 0 else asked
+
+
+def _loader(decoded: Decoded, batches: list, settings: ExtractCfg, device: str) -> DataLoader:
+    """Workers decode ahead (`prefetch` batches each) while the main process runs the encoders; on CUDA
+    batches come in pinned memory, so the copies to the GPU do not block."""
+    workers = loader_workers(settings.num_workers)
+    return DataLoader(decoded, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
+                      prefetch_factor=settings.prefetch if workers else None)
 
 
 class Models:
@@ -113,16 +146,31 @@ def _writer(project: Project, settings: ExtractCfg, job: SplitJob, name: str, en
             device: str, say: Say) -> store.FeatureWriter:
     dataset, split = parse_ref(job.ref)
     cfg = project.encoder(name)
+    preprocess = {**enc.preprocess, "pixels": settings.pixels(),
+                  "jpeg_draft_size": first_resize(enc.transform) if settings.jpeg_draft else None}
     attrs = {"encoder": name, "model": cfg.model, "pretrained": cfg.pretrained, "identity": cfg.identity(),
              "encoder_key": cfg.key(), "dataset": dataset, "split": split,
              "dataset_identity": project.dataset(dataset).identity(split),
              "fraction": project.subsets.fraction_of(job.ref), "seed": project.subsets.subset_seed,
-             "split_size": len(data.dataset), "classnames": data.classnames, "preprocess": enc.preprocess,
+             "split_size": len(data.dataset), "classnames": data.classnames, "preprocess": preprocess,
              "versions": versions(), "device": device, "precision": precision(device),
              **({"shard_items": list(job.items)} if job.items else {})}
-    resume = {"batch_size": settings.batch_size, "precision": precision(device), "preprocess": enc.preprocess,
+    resume = {"batch_size": settings.batch_size, "precision": precision(device), "preprocess": preprocess,
               "encoder_key": cfg.key()}
     return store.FeatureWriter(job.targets[name], enc.dim, attrs, resume, subset_len, say)
+
+
+def _gpu_pixels(settings: ExtractCfg, device: str) -> bool:
+    """Whether the settings ask for the GPU resize/decode path; it needs CUDA."""
+    if (settings.gpu_preprocess or settings.gpu_decode) and not device.startswith("cuda"):
+        raise PipelineError(f"[extract] gpu_preprocess / gpu_decode need a CUDA device, extraction runs on "
+                            f"{device!r}: set them to false (or device = 'cuda')")
+    return settings.gpu_preprocess or settings.gpu_decode
+
+
+def _pixel_path(settings: ExtractCfg, transforms: list, device: str) -> DevicePixels | None:
+    """What finishes a batch on the GPU, or None where the CPU transforms do it all."""
+    return DevicePixels(transforms, device) if _gpu_pixels(settings, device) else None
 
 
 def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models: Models, device: str,
@@ -132,23 +180,42 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
     name, split = parse_ref(job.ref)
     data = open_split(project.dataset(name).spec(), split)
     subset = subset_indices(len(data.dataset), project.subsets.fraction_of(job.ref), project.subsets.subset_seed)
+    plan = batch_plan(subset, settings.batch_size, data.groups)
     if job.items is not None:
+        plan = [(a - job.items[0], b - job.items[0]) for a, b in plan if job.items[0] <= a < job.items[1]]
         subset = subset[job.items[0]:job.items[1]]
     todo = job.targets
     views = list(dict.fromkeys(repr(models[n].transform) for n in todo))
     view_of = {n: views.index(repr(models[n].transform)) for n in todo}
     transforms = [next(models[n].transform for n in todo if view_of[n] == i) for i in range(len(views))]
+    on_device = _pixel_path(settings, transforms, device)
+    sizes = [first_resize(t) if settings.jpeg_draft else None for t in transforms]
     writers = {}
-    try:
+
+    def open_writers() -> None:
         for n in todo:
             writers[n] = _writer(project, settings, job, n, models[n], data, len(subset), device, say)
+    try:
+        open_writers()
         start = min(w.items_done for w in writers.values())
-        loader = DataLoader(Decoded(data.dataset, subset[start:], transforms), batch_size=settings.batch_size,
-                            num_workers=settings.num_workers, collate_fn=collate)
+        if start not in [a for a, _ in plan] + [len(subset)]:
+            raise PipelineError(f"{job.ref}: a partial file stopped at item {start}, inside a batch; remove it "
+                                f"(`pipeline cache rm`) and extract again")
+        decoded = Decoded(data.dataset, subset[start:], transforms, sizes, on_device is not None, settings.gpu_decode)
+        loader = _loader(decoded, [range(a - start, b - start) for a, b in plan if a >= start], settings, device)
+        if loader.num_workers:
+            # Workers are forked processes: had they inherited the open files, they would hold HDF5's lock
+            # on them after a kill -9 of this process, and a quick re-run could not resume them.
+            for w in writers.values():
+                w.close()
+            loader = iter(loader)
+            open_writers()
         bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
                    desc=f"extract {job.ref} [{', '.join(todo)}]")
         pos = start
         for n_items, index, labels, batch_views, bad in loader:
+            if on_device is not None:
+                batch_views, index, labels, bad = on_device(batch_views, index, labels, bad)
             if bad and settings.on_bad_image == "fail":
                 raise PipelineError(f"unreadable image {bad[0][0]} in {job.ref}: {bad[0][1]} "
                                     f"(set on_bad_image = 'skip' to skip it for every encoder)")
@@ -255,6 +322,8 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
     """
     device = resolve_device(settings.device, "extract.device")
+    if not settings.scheduler:     # a cluster's workers resolve their own device
+        _gpu_pixels(settings, device)
     _prepare(project, settings, say)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []

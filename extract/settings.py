@@ -16,7 +16,8 @@ from zoomshot.cache.settings import Subsets, at_least, device_name, each, settin
 class ExtractCfg(Subsets):
     splits: list[str] = setting(lambda: ["shapes:train", "shapes:test"], each(split_ref))
     batch_size: int = setting(64, at_least(1))     # images per batch: every encoder sees the same batch
-    num_workers: int = setting(0, at_least(0))     # DataLoader workers decoding images
+    num_workers: int = setting(-1, at_least(-1))   # DataLoader workers decoding (-1: one per available core, less one)
+    prefetch: int = setting(4, at_least(1))        # batches each worker decodes ahead
     device: str = setting("auto", device_name)
     on_bad_image: typing.Literal["skip", "fail"] = "skip"
     scheduler: str = ""              # dask.distributed address: shard the splits over its workers
@@ -66,6 +67,13 @@ class TorchvisionOptions(FolderOptions):
 
 
 @dataclass
+class WebDatasetOptions(FolderOptions):
+    """Local tar shards (CLIP_benchmark / clip-retrieval layout); names from `<root>/classnames.txt`
+    unless `classnames_file` is given."""
+    shards: str = ""     # brace pattern under root ("{split}" filled in); "" = <root>/<split>/*.tar
+
+
+@dataclass
 class NoOptions:
     """Features brought in by `pipeline cache import`: nothing to set."""
 
@@ -83,5 +91,6 @@ DATASET_KINDS: dict[str, type] = {
     "imagenet": ImageNetOptions,
     "cub200": FolderOptions,
     "herbarium19": FolderOptions,
+    "webdataset": WebDatasetOptions,
     "imported": NoOptions,
 }

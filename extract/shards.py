@@ -1,32 +1,52 @@
 """Extraction beyond one process: the subset of a split is cut into shards, one dask task each (one
-per GPU worker), each writing its own resumable shard file; the shards are then joined into the
+per GPU worker; whole tar shards of a webdataset), each writing its own resumable shard file; the shards are then joined into the
 cache file with an HDF5 virtual dataset, without copying. A failed shard is re-run alone: finished
 shard files are skipped. Readers check that every shard is there and complete (`store.open_complete`).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from zoomshot.cache import layout, locks, store
 from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.atomic import replacing
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.settings import Project, parse_ref
-from zoomshot.cache.subsets import subset_size
+from zoomshot.cache.subsets import subset_indices
 
 from .settings import ExtractCfg
 
 
-def shard_ranges(n_items: int, n_shards: int, batch: int) -> list[tuple[int, int]]:
-    """Contiguous ranges whose boundaries fall on whole batches, so every shard replays the batches
-    of a single-process run (identical numbers)."""
-    n_batches = -(-n_items // batch)
-    cuts = [round(i * n_batches / n_shards) * batch for i in range(n_shards + 1)]
-    cuts = [min(c, n_items) for c in cuts]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+def group_starts(subset: np.ndarray, groups: list[int] | None) -> list[int]:
+    """Positions in the (sorted) subset where a group of the split starts (a webdataset's tar shard);
+    [0] where the split has no groups."""
+    if not groups:
+        return [0]
+    return sorted({0, *np.searchsorted(subset, groups).tolist()} - {len(subset)})
+
+
+def batch_plan(subset: np.ndarray, batch: int, groups: list[int] | None = None) -> list[tuple[int, int]]:
+    """(start, end) positions of the subset's batches: runs of `batch` items that never cross a group
+    start, so a worker given whole groups replays exactly the batches of a single-process run."""
+    starts = group_starts(subset, groups)
+    return [(a, min(a + batch, end)) for s, end in zip(starts, starts[1:] + [len(subset)]) for a in range(s, end, batch)]
+
+
+def shard_ranges(plan: list[tuple[int, int]], n_shards: int, cuts: list[int]) -> list[tuple[int, int]]:
+    """Contiguous ranges of about equal size, cut only at `cuts` (batch starts, or group starts to hand
+    whole tar shards to each worker), so every shard replays the batches of a single-process run
+    (identical numbers)."""
+    n = plan[-1][1]
+    cuts_ = np.array(cuts)
+    wanted = np.arange(1, n_shards) * n / n_shards
+    picked = sorted({0, n, *cuts_[np.abs(cuts_[None, :] - wanted[:, None]).argmin(1)].tolist()}) if n_shards > 1 \
+        else [0, n]
+    return [(a, b) for a, b in zip(picked, picked[1:]) if b > a]
 
 
 def extract_shard(project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str],
@@ -73,6 +93,15 @@ def join(target: Path, shards: list[Path]) -> Path:
     return target
 
 
+def anchored(project: Project) -> Project:
+    """The project with dataset roots and option files made absolute: a dask worker runs in another
+    folder. Keys do not change (they hold content, not paths)."""
+    def absolute(v):
+        return str(Path(v).absolute()) if isinstance(v, str) and v and Path(v).exists() else v
+    return replace(project, datasets=[replace(d, root=absolute(d.root), options={k: absolute(v) for k, v in d.options.items()})
+                                      for d in project.datasets])
+
+
 def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -> list[Path]:
     """Extract every job's split on the dask cluster at `settings.scheduler`, then join the shards
     (the caller holds the targets' locks)."""
@@ -87,15 +116,18 @@ def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -
         plan, parts = [], {}
         for job in jobs:
             name, split = parse_ref(job.ref)
-            n_items = subset_size(len(open_split(project.dataset(name).spec(), split).dataset),
-                                  project.subsets.fraction_of(job.ref))
-            ranges = shard_ranges(n_items, k, settings.batch_size)
+            data = open_split(project.dataset(name).spec(), split)
+            subset = subset_indices(len(data.dataset), project.subsets.fraction_of(job.ref),
+                                    project.subsets.subset_seed)
+            batches = batch_plan(subset, settings.batch_size, data.groups)
+            cuts = group_starts(subset, data.groups) if data.groups else [a for a, _ in batches]
+            ranges = shard_ranges(batches, k, cuts)
             for t in job.targets.values():
                 parts[t] = [layout.shard_path(t, i, len(ranges)) for i in range(len(ranges))]
             for i, items in enumerate(ranges):
                 targets = {n: str(parts[t][i]) for n, t in job.targets.items()}
                 plan.append((job, targets, items))
-        futures = {c.submit(extract_shard, project, settings, job.ref, targets, items, pure=False): job
+        futures = {c.submit(extract_shard, anchored(project), settings, job.ref, targets, items, pure=False): job
                    for job, targets, items in plan}
         failed = []
         for fut in as_completed(futures):

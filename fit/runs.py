@@ -35,7 +35,7 @@ def load_pairs(pairs: list[dict], fraction: float) -> tuple[np.ndarray, np.ndarr
                                 f"of {src_path.name}: extract a larger fraction or fit a smaller one")
         with store.open_complete(src_path) as f:
             rows = rows_of_subset(f["index"][:], int(src_attrs["split_size"]), fraction, int(src_attrs["seed"]))
-        src, clip = store.read_features(src_path, rows), store.read_features(clip_path, rows)
+        src, clip = store.read_features_kept(src_path, rows), store.read_features_kept(clip_path, rows)
         if not np.array_equal(src.index, clip.index):
             raise PipelineError(f"rows of {src_path.name} and {clip_path.name} do not align (different "
                                 f"subsets or skipped images): extract them together again")

@@ -37,7 +37,7 @@ def _one_line_error(code: int, err: str, *needles: str) -> str:
 CASES = [
     ("extract.batch_size", 0, "'extract.batch_size' must be >= 1"),
     ("extract.batch_size", -4, "'extract.batch_size' must be >= 1"),
-    ("extract.num_workers", -1, "'extract.num_workers' must be >= 0"),
+    ("extract.num_workers", -2, "'extract.num_workers' must be >= -1"),
     ("extract.device", "tpu9", "'extract.device' must be auto, cpu"),
     ("extract.fraction", 0, "'extract.fraction' must be a fraction"),
     ("extract.split_fractions", {"shapes:train": 2}, "'extract.split_fractions' entry 'shapes:train'"),

@@ -56,6 +56,23 @@ def test_interrupted_write_resumes_bit_identical(tmp_path):
         assert a.attrs["features_sha256"] == b.attrs["features_sha256"]
 
 
+def test_a_sweep_worker_reads_a_file_once_and_a_replaced_file_again(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(300, 16)).astype(np.float32)
+    path = _write(tmp_path / "a.h5", feats, 64)
+    before = store._whole_file.cache_info()
+    for rows in (np.arange(0, 300, 3), np.arange(10, 20), np.arange(300)):
+        part = store.read_features_kept(path, rows)
+        np.testing.assert_array_equal(part.features, store.read_features(path, rows).features)
+        np.testing.assert_array_equal(part.index, rows)
+    after = store._whole_file.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)
+    path.unlink()
+    path = _write(tmp_path / "a.h5", feats[:, ::-1].copy(), 64)        # re-made: read again
+    np.testing.assert_array_equal(store.read_features_kept(path, np.arange(3)).features,
+                                  store.read_features(path, np.arange(3)).features)
+
+
 def test_verify_catches_changed_rows(tmp_path):
     path = _write(tmp_path / "a.h5", np.ones((40, 8), np.float32), 8)
     with h5py.File(path, "r+") as f:
@@ -122,6 +139,8 @@ def test_any_setting_that_changes_numbers_changes_the_file(tmp_path, change):
     assert _path(tmp_path, ref="shapes:test") != base
     assert _path(tmp_path, subsets={"fraction": 0.5}) != base
     assert _path(tmp_path, subsets={"subset_seed": 1}) != base
+    assert _path(tmp_path, subsets={"jpeg_draft": False}) != base
+    assert _path(tmp_path, subsets={"gpu_decode": True}) != base
     assert _path(tmp_path) == base
 
 

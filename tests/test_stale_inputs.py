@@ -223,6 +223,10 @@ device = "cpu"
 
 def test_a_full_disk_mid_extraction_is_one_line_and_the_rerun_recovers(tmp_path):
     full, whole = _world(tmp_path / "full", train=512, batch=64), _world(tmp_path / "whole", train=512, batch=64)
+    # the file-size limit below holds for the whole process tree: decoding workers would hit it first,
+    # in their shared-memory batches, where a real full disk does not reach
+    config = full / "pipeline.toml"
+    config.write_text(config.read_text().replace('device = "cpu"', 'device = "cpu"\nnum_workers = 0', 1))
     prelude = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
                "resource.setrlimit(resource.RLIMIT_FSIZE, (90_000, 90_000))")     # files stop growing at 90 kB
     proc = pipeline(full, "extract", "--no-progress", prelude=prelude, check=False)

@@ -1,0 +1,160 @@
+"""The `webdataset` dataset kind: local tar shards in the layout CLIP_benchmark and clip-retrieval use,
+
+    <root>/<split>/0.tar, 1.tar, ...   samples <key>.jpg|jpeg|png|webp + <key>.cls (the label, an integer)
+    <root>/<split>/nshards.txt         optional: the number of shards (one it counts that is missing: an error)
+    <root>/classnames.txt              one class name a line, in label order
+
+or any brace pattern under `root` (`options.shards = "{split}-{000..099}.tar"`).
+
+Extraction needs random access in index order (nested subsets, batches that resume, shards of a split
+on several workers), so each shard's tar headers are listed once (the data is skipped over, not read)
+and sample i is read by seeking to its first header and handing the stream to webdataset's own tar
+iterator and key grouping: the same samples, keys and bytes as `webdataset.WebDataset` streams. Item i
+is the i-th sample in shard order; `Split.groups` holds where each shard starts, so batches and dask
+shards never cross a tar file (a worker reads whole tar shards).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.keys import tar_members
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Where each sample of one tar file starts and how many members it has."""
+    offsets: tuple[int, ...]
+    members: tuple[int, ...]
+
+
+def _meta(name: str) -> bool:
+    """webdataset skips `__x__` members (its metadata)."""
+    return bool(re.match(r"__[^/]*__($|/)", name))
+
+
+def _index(path: Path) -> ShardIndex:
+    from webdataset.tariterators import base_plus_ext
+
+    offsets, members, suffixes, key = [], [], [], None
+    try:
+        listing = tar_members(path)
+    except tarfile.ReadError as e:
+        raise PipelineError(f"{path.name} is not a readable uncompressed tar shard ({e}): write the "
+                            f"shards as plain .tar files") from None
+    for name, offset, _, _ in listing:
+        prefix, suffix = base_plus_ext(name)
+        if _meta(name) or prefix is None:
+            continue
+        if prefix != key:
+            _check_sample(path, key, suffixes)
+            key, suffixes = prefix, []
+            offsets.append(offset)
+            members.append(0)
+        members[-1] += 1
+        suffixes.append(suffix.lower())
+    _check_sample(path, key, suffixes)
+    return ShardIndex(tuple(offsets), tuple(members))
+
+
+def _check_sample(path: Path, key: str | None, suffixes: list[str]) -> None:
+    if key is None:
+        return
+    if "cls" not in suffixes:
+        raise PipelineError(f"{Path(path).name}: sample {key!r} has no .cls member (the label): every sample "
+                            f"needs <key>.cls next to its image")
+    if not any(s in IMAGE_EXTENSIONS for s in suffixes):
+        raise PipelineError(f"{Path(path).name}: sample {key!r} has no image (.{', .'.join(IMAGE_EXTENSIONS)})")
+
+
+def _natural(path: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+
+
+def find_shards(name: str, root: str, split: str, pattern: str) -> list[Path]:
+    """The split's tar shards: `pattern` (braces expanded by webdataset, `{split}` filled in) under
+    `root`, or every `.tar` of `<root>/<split>` in numeric order, checked against its `nshards.txt`."""
+    from webdataset.shardlists import expand_urls
+
+    if not root:
+        raise PipelineError(f"dataset {name!r} (webdataset) needs `root`: the folder that holds <split>/*.tar "
+                            f"and classnames.txt")
+    if pattern:
+        paths = [Path(root) / p for p in expand_urls(pattern.replace("{split}", split))]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise PipelineError(f"dataset {name!r}: {len(missing)} of the {len(paths)} shards of options.shards "
+                                f"= {pattern!r} are missing (first: {missing[0]}); fix the pattern or the files")
+        return paths
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise PipelineError(f"dataset {name!r}: no folder {folder} of tar shards (<root>/<split>/*.tar); fix "
+                            f"`root`, or set options.shards to a brace pattern")
+    paths = sorted(folder.glob("*.tar"), key=_natural)
+    if not paths:
+        raise PipelineError(f"dataset {name!r}: no .tar shards in {folder}")
+    counted = folder / "nshards.txt"
+    if counted.is_file():
+        expected = [folder / f"{i}.tar" for i in range(int(counted.read_text().split()[0]))]
+        if lost := [p.name for p in expected if not p.is_file()]:
+            raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {len(lost)} missing "
+                                f"(first: {lost[0]})")
+        paths = expected
+    return paths
+
+
+class TarShards(Dataset):
+    """Samples of local tar shards as (lazily decoded PIL image, label); item i is the i-th sample."""
+
+    def __init__(self, shards: list[Path]):
+        self.shards = [str(p) for p in shards]
+        self.index = [_index(Path(p)) for p in shards]
+        self.starts = np.cumsum([0] + [len(ix.offsets) for ix in self.index])
+        self._file: tuple[int, int, object] | None = None    # (process, shard, open file)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}    # open files stay in the process that opened them
+
+    def _stream(self, shard: int):
+        """The shard's file, opened by this process: a forked DataLoader worker must not share the
+        parent's file position."""
+        if self._file is None or self._file[:2] != (os.getpid(), shard):
+            if self._file is not None and self._file[0] == os.getpid():
+                self._file[2].close()
+            self._file = (os.getpid(), shard, open(self.shards[shard], "rb"))
+        return self._file[2]
+
+    def sample(self, i: int) -> dict:
+        """Sample i as webdataset groups it: `__key__` and one bytes entry per member suffix."""
+        from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        j = i - int(self.starts[shard])
+        f = self._stream(shard)
+        f.seek(self.index[shard].offsets[j])
+        files = ({**m, "__url__": self.shards[shard]} for m in islice(tar_file_iterator(f), self.index[shard].members[j]))
+        return next(group_by_keys(files))
+
+    def __getitem__(self, i: int):
+        s = self.sample(i)
+        image = next(s[e] for e in IMAGE_EXTENSIONS if e in s)
+        try:
+            label = int(s["cls"].decode().strip())
+        except ValueError:
+            raise ValueError(f"sample {s['__key__']!r} has a .cls that is not an integer: {s['cls'][:20]!r}") from None
+        return Image.open(io.BytesIO(image)), label
