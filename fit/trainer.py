@@ -257,6 +257,13 @@ def train_maps(
     affine pseudo-inverse of the trained h instead. Deterministic for a given seed on the CPU.
     """
     device = torch.device(cfg.device)
+    macs = batch_for(s.shape[0], cfg) * s.shape[1] * t.shape[1]
+    with step_threads(macs, device):      # the whole fit, so that every reduction runs as often on one thread
+        return _train(s, t, u, cfg, device, progress, on_epoch)
+
+
+def _train(s: torch.Tensor, t: torch.Tensor, u: torch.Tensor | None, cfg: TrainConfig, device: torch.device,
+           progress: bool, on_epoch: Callable[[dict], None] | None) -> tuple[Maps, list[dict]]:
     s, t, u, c_s, c_t = scaled_features(s, t, u, cfg.target_variance, device)
     n = s.shape[0]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -284,29 +291,28 @@ def train_maps(
     if cfg.compile:
         loss_fn = torch.compile(loss_fn)
     history = []
-    with step_threads(batch * s.shape[1] * t.shape[1], device):
-        for epoch in (bar := tqdm(range(cfg.epochs), desc="fit", unit="epoch", disable=not progress)):
-            sums: dict[str, torch.Tensor] = {}
-            for idx in shuffled_batches(n, batch, generator, device):
-                h_s = h.linear(s_white.index_select(0, idx))
-                total, parts = loss_fn(s.index_select(0, idx), t.index_select(0, idx), u, h, h_inv, h_s=h_s)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if ridge_scale:    # the ridge's gradient, added directly: cheaper than a term in the graph
-                    with torch.no_grad():
-                        h.linear.weight.grad.addcmul_(h.linear.weight, h.penalty_scale, value=2 * ridge_scale)
-                optimizer.step()
-                scheduler.step()
-                for name, value in {"total": total.detach(), **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + value * len(idx)
-            record = {"epoch": epoch, **{name: float(value) / n for name, value in sums.items()}}
-            if ridge_scale:
-                record["ridge"] = float(ridge_scale * h.penalty())
-                record["total"] += record["ridge"]
-            history.append(record)
-            bar.set_postfix(loss=f"{record['total']:.4g}")
-            if on_epoch is not None:
-                on_epoch(record)
+    for epoch in (bar := tqdm(range(cfg.epochs), desc="fit", unit="epoch", disable=not progress)):
+        sums: dict[str, torch.Tensor] = {}
+        for idx in shuffled_batches(n, batch, generator, device):
+            h_s = h.linear(s_white.index_select(0, idx))
+            total, parts = loss_fn(s.index_select(0, idx), t.index_select(0, idx), u, h, h_inv, h_s=h_s)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if ridge_scale:    # the ridge's gradient, added directly: cheaper than a term in the graph
+                with torch.no_grad():
+                    h.linear.weight.grad.addcmul_(h.linear.weight, h.penalty_scale, value=2 * ridge_scale)
+            optimizer.step()
+            scheduler.step()
+            for name, value in {"total": total.detach(), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value * len(idx)
+        record = {"epoch": epoch, **{name: float(value) / n for name, value in sums.items()}}
+        if ridge_scale:
+            record["ridge"] = float(ridge_scale * h.penalty())
+            record["total"] += record["ridge"]
+        history.append(record)
+        bar.set_postfix(loss=f"{record['total']:.4g}")
+        if on_epoch is not None:
+            on_epoch(record)
     h_weight, h_bias = h.affine()
     hinv_weight, hinv_bias = h_inv.affine() if trains_inverse else affine_pinv(h_weight, h_bias)
     fit = {"batch_size": batch, "steps": cfg.epochs * math.ceil(n / batch), "ridge": ridge,
