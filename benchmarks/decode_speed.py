@@ -22,8 +22,6 @@ default: the world's tiny models at 64 px. The last two lines are for scripts:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import tempfile
 import time
@@ -43,10 +41,10 @@ from zoomshot.extract.encoders import build_encoder  # noqa: E402
 from zoomshot.extract.runner import (SplitJob, _autocast, Decoded, _loader, _pixel_path, extract_split,  # noqa: E402
                                      loader_workers)
 from zoomshot.extract.shards import batch_plan  # noqa: E402
+from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
 
 from extract_speed import REAL, TINY, sync, timed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "decode_speed.jsonl"
 
 
 def natural_image(rng: np.random.Generator, width: int = 500, height: int = 375) -> Image.Image:
@@ -162,8 +160,7 @@ def main() -> None:
         t_stage = timed(lambda: extract_split(project, settings, job, encoders, args.device, progress=False,
                                               say=lambda line: None))
     n = args.images
-    rec = {"benchmark": "decode_speed", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "device": args.device, "real_size": args.real_size, "images": n, "per_core_images": k,
+    rec = {"device": args.device, "real_size": args.real_size, "images": n, "per_core_images": k,
            "batch": args.batch, "workers": loader_workers(args.workers), "cores": len(os.sched_getaffinity(0)),
            "gpu_preprocess": args.gpu_preprocess, "gpu_decode": args.gpu_decode, "encoders": names,
            "input_sizes": sizes, "plain_pil_img_s_core": per_second(k, t_plain),
@@ -180,9 +177,7 @@ def main() -> None:
     print(f"with {rec['workers']} worker(s), batch {args.batch}, {args.device}: decode only {rec['decode_img_s']:.0f} "
           f"img/s, bare forward of {len(names)} encoders {rec['forward_img_s']:.0f} img/s, extraction stage "
           f"{rec['stage_img_s']:.0f} img/s")
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_result("decode_speed", rec)
     print(f"decode speed-up vs plain PIL: {rec['speedup_vs_plain']:.2f}x")
     print(f"stage / min(decode, forward): {rec['stage_vs_min']:.2f}")
 

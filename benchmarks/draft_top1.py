@@ -10,8 +10,6 @@ error of top-1 (the noise of a test set of this size).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,8 +22,8 @@ from zoomshot.cache import layout, store  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.runner import run_extract  # noqa: E402
 from zoomshot.extract.world import CLASSNAMES, ShapesWorld  # noqa: E402
+from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "draft_top1.jsonl"
 SHIPPED = Path(__file__).resolve().parents[1] / "pipeline.toml"
 
 
@@ -75,16 +73,13 @@ def main() -> None:
     acc = {k: float(v[0].mean()) for k, v in out.items()}
     changed = float((out[True][1] != out[False][1]).mean())
     se = float(np.sqrt(acc[False] * (1 - acc[False]) / n))
-    rec = {"benchmark": "draft_top1", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "images": n, "render_size": args.size, "input_size": 64, "top1_draft": acc[True],
+    rec = {"images": n, "render_size": args.size, "input_size": 64, "top1_draft": acc[True],
            "top1_full": acc[False], "predictions_changed": changed, "binomial_se": se}
     print(f"{n} world test images rendered at {args.size} px as JPEG q90, tiny CLIP at 64 px: top-1 "
           f"{100 * acc[True]:.2f} % with draft decoding, {100 * acc[False]:.2f} % without "
           f"(difference {100 * (acc[True] - acc[False]):+.2f} points; binomial standard error "
           f"{100 * se:.2f}); {100 * changed:.2f} % of predictions change")
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_result("draft_top1", rec)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
 import math
@@ -36,10 +35,10 @@ import torch  # noqa: E402
 from zoomshot.cache import store  # noqa: E402
 from zoomshot.cli.main import main as pipeline_main  # noqa: E402
 from zoomshot.fit.trainer import TrainConfig, batch_for  # noqa: E402
+from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
 
 from fit_speed import matmul_epoch_seconds, ours_epoch_seconds  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fit_scale.jsonl"
 LOSS_SETS = {"mse": dict(w_cyc=0, w_cyc_text=0, w_kd=0), "mse+cyc": dict(w_kd=0), "mse+cyc+kd-lm": {}}
 
 
@@ -108,8 +107,7 @@ def main() -> None:
     if args.paper:
         args.rows, args.test_rows = 256_000, 50_000
     m, d, device = 768, 512, torch.device(args.device)
-    rec = {"benchmark": "fit_scale", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "device": args.device, "threads": torch.get_num_threads(), "rows": args.rows, "test_rows": args.test_rows,
+    rec = {"device": args.device, "threads": torch.get_num_threads(), "rows": args.rows, "test_rows": args.test_rows,
            "width": f"{m}->{d}", "classes": args.classes, "templates": args.templates, "prompts": args.prompts,
            "epochs": args.epochs, "workers": args.workers}
     old_cwd = os.getcwd()
@@ -176,9 +174,7 @@ def main() -> None:
             print(f"evaluate {len(walls)} runs on {args.test_rows:,} test rows x {args.classes} classes: {t_eval:.1f} s")
         finally:
             os.chdir(old_cwd)
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_result("fit_scale", rec)
 
 
 if __name__ == "__main__":
