@@ -23,7 +23,7 @@ from zoomshot.cache import atomic
 from zoomshot.cache.errors import PipelineError
 
 from .report import GROUP_PREFIX
-from .retrieval import METRICS as RETRIEVAL
+from .retrieval import METRICS as RETRIEVAL, RECALL_K
 
 FIELDS = ("encoder", "dataset", "variant", "fraction", "epochs", "metric")
 SLICED = ("fraction", "epochs")
@@ -37,7 +37,7 @@ TITLES = {"acc1": "top-1", "acc5": "top-5", "mean_per_class_recall": "mean per-c
           "text_cos": "mean cosine to the class text", **{m: "retrieval Recall@k" for m in RETRIEVAL}}
 #: column labels of the retrieval metrics: CLIP_benchmark's image retrieval is text -> image
 SHORT = {f"{side}_retrieval_recall@{k}": f"{arrow} R@{k}" for side, arrow in (("image", "t→i"), ("text", "i→t"))
-         for k in (1, 5, 10)}
+         for k in RECALL_K}
 
 
 @dataclass(frozen=True)
