@@ -55,6 +55,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1280)
     ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
+    world = ShapesWorld(split="test", size=args.images, seed=0)
+    missing = len(CLASSNAMES) - len({world.spec(i)["label"] for i in range(args.images)})
+    if missing:    # an ImageFolder tree has a folder per class it holds; the prompts name every class
+        ap.error(f"--images {args.images} leaves {missing} of the {len(CLASSNAMES)} classes without an image; "
+                 "use more images (the default 1,280 covers every class)")
     shipped = tomllib.loads(SHIPPED.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "world-jpegs"
