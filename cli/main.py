@@ -106,12 +106,16 @@ def do_fit(cfg: Config, dry_run: bool = False) -> int:
 
 
 def _print_run(specs: list[dict]):
+    """A line per run as it ends, counted against the grid (the sweep's progress)."""
     by_name = {s["name"]: s["record"] for s in specs}
+    ended = iter(range(1, len(specs) + 1))
+    width = len(str(len(specs)))
 
     def show(r: dict) -> None:
         s = by_name[r["name"]]
         extra = f" ({r['wall_time_s']} s)" if "wall_time_s" in r else f": {r['error']}" if "error" in r else ""
-        click.echo(f"  {r['status']:<8} {r['name']} {s['encoder']} {s['variant']} fraction={s['fraction']}{extra}")
+        click.echo(f"  [{next(ended):>{width}}/{len(specs)}] {r['status']:<8} {r['name']} {s['encoder']} "
+                   f"{s['variant']} fraction={s['fraction']}{extra}")
     return show
 
 
