@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from zoomshot.cache import faults, layout, locks, store
-from zoomshot.cache.compute import cores, resolve_device, torch_threads
+from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 from zoomshot.cache.subsets import subset_indices
@@ -95,10 +95,11 @@ def loader_workers(asked: int) -> int:
     main process (it runs the encoders and writes). No workers inside a daemonic process (a dask
     worker, unless dask's `distributed.worker.daemon` is off), which may not have children."""
     import multiprocessing
+    import os
 
     if multiprocessing.current_process().daemon:
         return 0
-    return max(0, cores() - 1) if asked < 0 else asked
+    return max(0, len(os.sched_getaffinity(0)) - 1) if asked < 0 else asked
 
 
 def _loader(decoded: Decoded, batches: list, settings: ExtractCfg, device: str) -> DataLoader:
@@ -202,8 +203,7 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
                                 f"(`pipeline cache rm`) and extract again")
         decoded = Decoded(data.dataset, subset[start:], transforms, sizes, on_device is not None, settings.gpu_decode)
         loader = _loader(decoded, [range(a - start, b - start) for a, b in plan if a >= start], settings, device)
-        workers = loader.num_workers
-        if workers:
+        if loader.num_workers:
             # Workers are forked processes: had they inherited the open files, they would hold HDF5's lock
             # on them after a kill -9 of this process, and a quick re-run could not resume them.
             for w in writers.values():
@@ -213,23 +213,21 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
         bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
                    desc=f"extract {job.ref} [{', '.join(todo)}]")
         pos = start
-        # on the CPU the encoders get the cores the decoding workers leave (2 cores, 1 worker: 1 thread)
-        with torch_threads(cores() - workers if device == "cpu" else cores()):
-            for n_items, index, labels, batch_views, bad in loader:
-                if on_device is not None:
-                    batch_views, index, labels, bad = on_device(batch_views, index, labels, bad)
-                if bad and settings.on_bad_image == "fail":
-                    raise PipelineError(f"unreadable image {bad[0][0]} in {job.ref}: {bad[0][1]} "
-                                        f"(set on_bad_image = 'skip' to skip it for every encoder)")
-                for n, w in writers.items():
-                    if w.items_done > pos:      # this encoder got past here before an interruption
-                        continue
-                    feats = _encode(models[n], batch_views[view_of[n]] if len(index) else None,
-                                    project.encoder(n).micro_batch, device)
-                    w.append(feats, index, labels, n_items, [b[0] for b in bad])
-                pos += n_items
-                bar.update(n_items)
-                faults.point("extract.batch")
+        for n_items, index, labels, batch_views, bad in loader:
+            if on_device is not None:
+                batch_views, index, labels, bad = on_device(batch_views, index, labels, bad)
+            if bad and settings.on_bad_image == "fail":
+                raise PipelineError(f"unreadable image {bad[0][0]} in {job.ref}: {bad[0][1]} "
+                                    f"(set on_bad_image = 'skip' to skip it for every encoder)")
+            for n, w in writers.items():
+                if w.items_done > pos:      # this encoder got past here before an interruption
+                    continue
+                feats = _encode(models[n], batch_views[view_of[n]] if len(index) else None,
+                                project.encoder(n).micro_batch, device)
+                w.append(feats, index, labels, n_items, [b[0] for b in bad])
+            pos += n_items
+            bar.update(n_items)
+            faults.point("extract.batch")
         bar.close()
         if any(w.rows_done == 0 for w in writers.values()):
             raise PipelineError(f"no readable image in {job.ref}; nothing was written")

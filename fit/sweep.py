@@ -7,12 +7,14 @@ runs on the threaded scheduler and on a `dask.distributed` cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from zoomshot.cache import layout
-from zoomshot.cache.compute import cores, resolve_device, torch_threads
+from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import run_name
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
@@ -145,6 +147,20 @@ def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
             if on_result and isinstance(result, dict) and "status" in result:
                 on_result(result)
 
-    # torch's threads shared out among the concurrent fits: on 2 cores, 2 workers get one thread each
-    with _Report(), torch_threads(cores() // max(1, workers)):
+    with _Report(), sweep_threads(workers):
         return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+
+
+@contextlib.contextmanager
+def sweep_threads(workers: int) -> Iterator[None]:
+    """torch's intra-op threads shared out among the sweep's concurrent fits (its setting is global to
+    the process): on 2 cores, 2 workers get one thread each rather than 4 threads fighting for 2 cores,
+    and the thread count, which moves the last bits of a reduction, is the same for every run."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, len(os.sched_getaffinity(0)) // max(1, workers))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

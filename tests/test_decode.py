@@ -140,29 +140,3 @@ def test_draft_on_and_off_are_different_files_with_their_provenance(tmp_path):
     write_config(tmp_path, FOLDER, draft="true", gpu="true", templates="openai-imagenet")
     code, _, err = run_main(tmp_path, "extract", "--no-progress")
     assert code == 2 and "gpu_preprocess / gpu_decode need a CUDA device" in err and "Traceback" not in err
-
-
-def test_cpu_encoders_get_the_cores_the_decoding_workers_leave(tmp_path, monkeypatch):
-    """Decoding workers beside the encoders' torch threads oversubscribe the cores: on 2 cores with 1
-    worker and 2 torch threads the stage ran at 0.63 of min(decode, forward), with 1 thread at 0.94
-    (benchmarks/decode_speed.py). The default num_workers = -1 leaves one core, so one thread."""
-    from zoomshot.cache.compute import cores
-    from zoomshot.extract import runner
-
-    if cores() < 2:
-        pytest.skip("one core: no worker runs beside the encoders")
-    for i in range(8):
-        path = tmp_path / "imgs/train" / f"class{i % 2}" / f"{i}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(jpeg(96, 96, seed=i))
-    write_config(tmp_path, FOLDER, draft="true", gpu="false", templates="openai-imagenet")
-    seen, encode = [], runner._encode
-    monkeypatch.setattr(runner, "_encode", lambda *a: (seen.append(torch.get_num_threads()), encode(*a))[1])
-    before = torch.get_num_threads()
-    torch.set_num_threads(cores())
-    try:
-        inproc(tmp_path, "extract", "--no-progress")
-        assert len(seen) == 2 * 2 and set(seen) == {1}        # 2 batches x (CLIP, cnn), each on one thread
-        assert torch.get_num_threads() == cores()             # and the process's setting is back
-    finally:
-        torch.set_num_threads(before)
