@@ -176,7 +176,7 @@ def folder_names(root: str) -> list[str]:
     folder added or renamed changes the class names."""
     if not root or not Path(root).is_dir():
         return []
-    top = sorted(e for e in os.scandir(root) if e.is_dir())
+    top = sorted((e for e in os.scandir(root) if e.is_dir()), key=lambda e: e.name)
     return [e.name for e in top] + sorted(f"{e.name}/{c.name}" for e in top for c in os.scandir(e.path) if c.is_dir())
 
 

@@ -185,7 +185,8 @@ class ClipCfg(_Model):
     pretrained: str = ""             # "" random weights; a tag, a local file, `local-dir:PATH` or `assets:FILE`
     templates: str = "shapes"        # a key of the templates file, or "openai-imagenet"
     templates_file: str = ""         # CLIP_benchmark-style JSON; "" = the shipped world templates
-    classfree_prompts: str = ""      # one prompt a line; "" = the shipped default set
+    classfree_prompts: str = ""      # one prompt a line, or assets:FILE; "" = the world's set for world-only
+                                     # configs, else the shipped generic set (extract/shipped.py)
     batch_size: int = setting(256, at_least(1))   # prompts per text-encoder batch
     micro_batch: int = setting(0, at_least(0))    # images per forward pass (0 = the whole extraction batch)
     location: str = field(default="", init=False, repr=False)

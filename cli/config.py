@@ -50,8 +50,9 @@ def _resolve_files(cfg: Config) -> None:
             raise PipelineError(f"config key '{where}.pretrained': weights not found at {missing} (a tag, an "
                                 f"existing file, local-dir:FOLDER or assets:NAME; \"\" = random weights)")
     clip = cfg.clip
-    clip.templates_file = clip.templates_file or str(shipped.TEMPLATES)
-    clip.classfree_prompts = clip.classfree_prompts or str(shipped.CLASSFREE_PROMPTS)
+    clip.templates_file = shipped.resolve(clip.templates_file) or str(shipped.TEMPLATES)
+    clip.classfree_prompts = shipped.resolve(clip.classfree_prompts) or \
+        str(shipped.default_classfree_prompts([d.kind for d in cfg.datasets]))
     files = [("classfree_prompts", clip.classfree_prompts)]
     if clip.templates != OPENAI_TEMPLATES:
         files.append(("templates_file", clip.templates_file))
@@ -106,8 +107,8 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
-def load(path: Path | None) -> Config:
-    """Read a TOML file (default ./pipeline.toml); a missing or broken file is one line."""
+def read_toml(path: Path | None) -> dict:
+    """A TOML file as a dict (default ./pipeline.toml); a missing or broken file is one line."""
     if path is None:
         path = Path(DEFAULT_FILE)
         if not path.exists():
@@ -126,7 +127,12 @@ def load(path: Path | None) -> Config:
     if "clip" not in data:
         raise PipelineError(f"{path} has no [clip] table: name the CLIP model and its weights there (e.g. "
                             f"model = \"ViT-B-16\", pretrained = \"openai\"; see README)")
-    return from_dict(data)
+    return data
+
+
+def load(path: Path | None) -> Config:
+    """Read and check a config file (default ./pipeline.toml)."""
+    return from_dict(read_toml(path))
 
 
 def with_overrides(section: Any, values: dict, table: str) -> Any:

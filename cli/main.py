@@ -40,6 +40,7 @@ def cli(config: str | None) -> None:
       pipeline predict    top-k classes of new images through an export
       pipeline export-wds a cached split in CLIP_benchmark's webdataset layout
       pipeline clip-benchmark ...  CLIP_benchmark's CLI with the `zoomshot` model type
+      pipeline rehearse   the config's grid at real shapes (random weights, generated images)
     """
 
 
@@ -61,10 +62,10 @@ def extract(ctx: click.Context, progress: bool, **values) -> None:
     do_extract(apply(ctx, "extract", values), progress)
 
 
-def do_extract(cfg: Config, progress: bool = True) -> None:
+def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) -> None:
     from zoomshot.extract.runner import run_extract
     writable(cfg.project.path("cache_dir"), "cache_dir")
-    written = run_extract(cfg.project, cfg.extract, progress=progress, say=say)
+    written = run_extract(cfg.project, cfg.extract, progress=progress, say=say, timings=timings)
     n = sum(len(v) for v in written.values())
     click.echo(f"extract: {n} cache file(s) written" + ("" if n else " (everything was cached already)"))
 
@@ -220,6 +221,7 @@ from .cache_cmd import cache  # noqa: E402
 from .export_cmd import export  # noqa: E402
 from .list_cmd import list_registries  # noqa: E402
 from .predict_cmd import predict  # noqa: E402
+from .rehearse_cmd import rehearse  # noqa: E402
 
 cli.add_command(cache)
 cli.add_command(list_registries)
@@ -227,6 +229,7 @@ cli.add_command(export)
 cli.add_command(predict)
 cli.add_command(export_wds)
 cli.add_command(clip_benchmark)
+cli.add_command(rehearse)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -6,6 +6,7 @@ second one waits for them, says so, and then finds them done.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,11 +317,14 @@ def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
 
 
 def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
-                say: Say = print) -> dict[str, list[Path]]:
+                say: Say = print, timings: dict | None = None) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
 
     With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
+    `timings` receives the seconds spent on images and on text (for `pipeline rehearse`).
     """
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
     device = resolve_device(settings.device, "extract.device")
     if not settings.scheduler:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
@@ -343,7 +347,10 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
             jobs = []
         for job in jobs:
             written["features"] += extract_split(project, settings, job, models, device, progress, say)
+    timings["features_s"] = time.perf_counter() - start
     text_jobs = _text_jobs(project, settings) if project.clip.model != IMPORTED else []
+    start = time.perf_counter()
     if text_jobs:
         written["text"] = extract_text(project, text_jobs, models, device, progress, say)
+    timings["text_s"] = time.perf_counter() - start
     return written

@@ -19,7 +19,15 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 PREFIX = "assets:"
 MODEL_CONFIGS = ASSETS / "model_configs"
 TEMPLATES = ASSETS / "world_templates.json"        # CLIP_benchmark JSON format, key "shapes"
-CLASSFREE_PROMPTS = ASSETS / "classfree_prompts.txt"
+CLASSFREE_PROMPTS = ASSETS / "classfree_prompts.txt"   # the world's vocabulary ("something red")
+GENERIC_PROMPTS = ASSETS / "generic_prompts.txt"       # real data: scripts/make_generic_prompts.py
+WORLD_KINDS = ("shapes", "shapes-support")
+
+
+def default_classfree_prompts(kinds: list[str]) -> Path:
+    """The class-free set a config gets when it names none: the world's own prompts only when every
+    dataset is the generated world (they describe its colours and shapes), the generic set otherwise."""
+    return CLASSFREE_PROMPTS if kinds and all(k in WORLD_KINDS for k in kinds) else GENERIC_PROMPTS
 
 
 def resolve(value: str) -> str:
