@@ -105,6 +105,15 @@ def test_subsets_are_nested_and_seeded():
     np.testing.assert_array_equal(big[rows], small)
 
 
+
+def test_subset_sizes_are_exact_for_decimal_fractions():
+    """ceil(0.07 * 100) on floats is 8 (0.07 * 100 = 7.000000000000001); the fraction as written gives 7."""
+    assert [len(subset_indices(100, f, 0)) for f in (0.07, 0.14, 0.29, 0.57, 1.0)] == [7, 14, 29, 57, 100]
+    assert len(subset_indices(3, 1 / 3, 0)) == 1
+    small, big = subset_indices(100, 0.07, 5), subset_indices(100, 0.29, 5)
+    assert set(small) <= set(big)
+    np.testing.assert_array_equal(big[rows_of_subset(big, 100, 0.07, 5)], small)
+
 def test_text_round_trip(tmp_path):
     emb = store.TextEmbeddings(np.eye(3, dtype=np.float32), ["a x", "b x", "c y"], np.array([0, 0, 1]),
                                ["x", "y"], {"clip": "clip"})
