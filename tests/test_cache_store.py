@@ -82,7 +82,7 @@ def test_verify_catches_changed_rows(tmp_path):
 
 def test_nan_features_refused(tmp_path):
     w = store.FeatureWriter(tmp_path / "n.h5", 4, {}, {"batch_size": 2})
-    with pytest.raises(PipelineError, match="non-finite"):
+    with pytest.raises(PipelineError, match=r"n.h5 has 1 row\(s\) with NaN or Inf"):
         w.append(np.array([[np.nan, 0, 0, 0]], np.float32), np.array([0]), np.array([0]), 1)
     w.close()
 
