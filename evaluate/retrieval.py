@@ -63,10 +63,10 @@ def streamed_recall_at_k(image_chunks: Callable[[int], Iterable[Tensor]], texts:
     k_texts = txt.shape[0]
 
     def scored() -> Iterator[tuple[Tensor, Tensor]]:    # (dataset rows of the chunk, their scores (rows, K))
-        first = 0
+        start = 0
         for chunk in image_chunks(_chunk(k_texts, chunk_rows)):
-            yield torch.arange(first, first + chunk.shape[0]), F.normalize(chunk.float(), dim=-1) @ txt.T
-            first += chunk.shape[0]
+            yield torch.arange(start, start + chunk.shape[0]), F.normalize(chunk.float(), dim=-1) @ txt.T
+            start += chunk.shape[0]
 
     own_score, best = torch.empty(k_texts), []
     for rows, scores in scored():

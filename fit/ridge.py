@@ -72,7 +72,8 @@ def gcv_ridge(xx: torch.Tensor, yx: torch.Tensor, yy: float, n: int, grid: tuple
     unexplained = max(yy - float(explained.sum()), 0.0)
     scores = []
     for ridge in grid:
-        shrunk = absolute(ridge, xx) / (eigenvalues + absolute(ridge, xx))    # 1 - each direction's kept share
+        lam = absolute(ridge, xx)
+        shrunk = lam / (eigenvalues + lam)             # 1 - the share of each direction the fit keeps
         rss = unexplained + float((shrunk ** 2 * explained).sum())
         df = 1 + float((1 - shrunk).sum())
         scores.append(rss / n / (1 - df / n) ** 2 if df < n else float("inf"))
