@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from zoomshot.cache import layout, store  # noqa: E402
 from zoomshot.cache.runs import Maps  # noqa: E402
+from zoomshot.cache.subsets import subset_indices  # noqa: E402
 from zoomshot.cli.config import Config, load  # noqa: E402
 from zoomshot.evaluate.scoring import load_classes  # noqa: E402
 from zoomshot.fit.methods import fit_method  # noqa: E402
@@ -77,7 +77,7 @@ class World:
         for ref in refs:
             source, clip = self.features(encoder, ref), self.features(self.project.clip.name, ref)
             n = len(source.features)
-            rows = np.sort(np.random.default_rng(seed).permutation(n)[:max(1, math.ceil(fraction * n))])
+            rows = subset_indices(n, fraction, seed)
             s_parts.append(source.features[rows])
             t_parts.append(clip.features[rows])
         return torch.from_numpy(np.concatenate(s_parts)), torch.from_numpy(np.concatenate(t_parts))

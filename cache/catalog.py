@@ -11,8 +11,6 @@ import numpy as np
 from . import store
 from .errors import PipelineError
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-
 
 def cache_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in Path(cache_dir).glob("*/*") if p.suffix in (".h5", ".partial"))
@@ -113,13 +111,7 @@ def check_features(features: np.ndarray, what: str) -> np.ndarray:
         raise PipelineError(f"{what} must be a non-empty 2-D array (N, D), got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.floating):
         raise PipelineError(f"{what} must hold floating-point numbers, got dtype {features.dtype}")
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        raise PipelineError(f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first: row "
-                            f"{int(np.argmax(bad))}): fix or drop them before importing")
-    if np.abs(features).max() > FLOAT16_MAX:
-        raise PipelineError(f"{what} holds values beyond {FLOAT16_MAX:g}, which the float16 cache cannot keep: "
-                            f"scale them down before importing")
+    store.check_storable(features, what, "fix, drop or scale down those values before importing")
     return features.astype(np.float32)
 
 

@@ -73,6 +73,20 @@ def check_schema(path: Path, attrs: h5py.AttributeManager) -> None:
 _abandoned: list = []
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def check_storable(features: np.ndarray, what: str, fix: str) -> None:
+    """One line, ending in `fix`, unless every value is finite and within float16's range (the cache's
+    dtype): beyond it a value would be stored as inf and found only when read."""
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise PipelineError(f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first: row "
+                            f"{int(np.argmax(bad))}): {fix}")
+    if features.size and np.abs(features).max() > FLOAT16_MAX:
+        raise PipelineError(f"{what} holds values beyond {FLOAT16_MAX:g}, which the float16 cache cannot keep: {fix}")
+
+
 def writes_failed() -> bool:
     return bool(_abandoned)
 
@@ -181,9 +195,8 @@ class FeatureWriter:
     def append(self, features: np.ndarray, index: np.ndarray, labels: np.ndarray, items: int,
                bad: list[int] | None = None) -> None:
         """Write one batch: `items` subset items were consumed, `len(features)` of them kept."""
-        if not np.isfinite(features).all():
-            raise PipelineError(f"non-finite features produced for {self.target.name}: "
-                                f"check the encoder weights and the input normalisation")
+        check_storable(features, self._describe(),
+                       "check the encoder's weights and input normalisation; nothing of this batch was written")
         n0, n = self.rows_done, len(features)
         f = self.file
         try:
@@ -200,6 +213,13 @@ class FeatureWriter:
             self._abandon()
             raise PipelineError(f"cannot write {self.partial.name} ({str(e).splitlines()[0]}; is the disk "
                                 f"full?): free space and run the same command again to resume") from None
+
+    def _describe(self) -> str:
+        """Whose rows these are, for an error line: the encoder and split where the file records them."""
+        a = self.file.attrs
+        if all(k in a for k in ("encoder", "dataset", "split")):
+            return f"encoder {a['encoder']!r} on {a['dataset']}:{a['split']}"
+        return self.target.name
 
     def finish(self, extra_attrs: dict | None = None) -> Path:
         """Checksum the rows, mark the file complete, rename it into place."""

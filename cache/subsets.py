@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
 
 def subset_size(split_size: int, fraction: float) -> int:
+    """ceil(f*N) of the fraction as written (0.07 x 100 = 7), not of its binary float (which gives 8)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return min(split_size, max(1, math.ceil(fraction * split_size)))
+    return min(split_size, max(1, math.ceil(Fraction(str(fraction)) * split_size)))
 
 
 def subset_indices(split_size: int, fraction: float, seed: int) -> np.ndarray:

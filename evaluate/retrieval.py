@@ -10,12 +10,12 @@ run was fitted to.
 Ties: a candidate ranks ahead of the true one when its score is higher, or equal with a lower index,
 the rule of the classification metrics (`metrics.py`). CLIP_benchmark's `torch.topk` orders exact ties
 arbitrarily; they occur here when two images share a caption string (the world's captions repeat), so
-`text_retrieval` can differ from CLIP_benchmark's on such ties. Scores are computed in chunks of rows
-so memory stays bounded by `chunk_rows` x the other side's size.
+`text_retrieval` can differ from CLIP_benchmark's on such ties. The test images are read, mapped and
+scored in chunks of rows, so memory stays bounded by `chunk_rows` x the number of captions.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,21 +47,41 @@ def _chunk(n_other: int, chunk_rows: int) -> int:
 def recall_at_k(images: Tensor, texts: Tensor, image_of_text: Tensor, ks: tuple[int, ...] = RECALL_K,
                 chunk_rows: int = 65536) -> dict[str, float]:
     """Retrieval recalls: `images` (N, d), `texts` (K, d), `image_of_text` (K,) the image row of each text."""
-    img, txt = F.normalize(images.float(), dim=-1), F.normalize(texts.float(), dim=-1)
-    n, k_texts = img.shape[0], txt.shape[0]
-    step = _chunk(n, chunk_rows)
-    t2i = torch.cat([_ranks(txt[i:i + step] @ img.T, image_of_text[i:i + step]) for i in range(0, k_texts, step)])
-    # an image's best caption: the highest-scoring of its own, the lowest index among equal ones
-    best = []
-    step = _chunk(k_texts, chunk_rows)
-    for i in range(0, n, step):
-        scores = img[i:i + step] @ txt.T
-        own = image_of_text[None, :] == torch.arange(i, min(i + step, n))[:, None]
+    return streamed_recall_at_k(images.split, texts, image_of_text, ks, chunk_rows)
+
+
+def streamed_recall_at_k(image_chunks: Callable[[int], Iterable[Tensor]], texts: Tensor, image_of_text: Tensor,
+                         ks: tuple[int, ...] = RECALL_K, chunk_rows: int = 65536) -> dict[str, float]:
+    """`recall_at_k` of images that arrive in consecutive chunks: `image_chunks(rows)` yields them, `rows` at
+    a time, and is called twice. Only one chunk's scores against every text are held at once.
+
+    Pass one takes each text's score with its own image and ranks each image's best caption; pass two
+    counts, for each text, the images ahead of its own. Both passes compute the same chunks' scores the
+    same way, so a text's own image never counts as ahead of itself.
+    """
+    txt = F.normalize(texts.float(), dim=-1)
+    k_texts = txt.shape[0]
+
+    def scored() -> Iterator[tuple[Tensor, Tensor]]:    # (dataset rows of the chunk, their scores (rows, K))
+        start = 0
+        for chunk in image_chunks(_chunk(k_texts, chunk_rows)):
+            yield torch.arange(start, start + chunk.shape[0]), F.normalize(chunk.float(), dim=-1) @ txt.T
+            start += chunk.shape[0]
+
+    own_score, best = torch.empty(k_texts), []
+    for rows, scores in scored():
+        own = image_of_text[None, :] == rows[:, None]
+        mine = own.any(dim=0).nonzero().squeeze(1)
+        own_score[mine] = scores[image_of_text[mine] - rows[0], mine]
+        # an image's best caption: the highest-scoring of its own, the lowest index among equal ones
         masked = torch.where(own, scores, torch.tensor(-torch.inf))
         top = masked.max(dim=1, keepdim=True).values
         first = torch.where(own & (masked == top), torch.arange(k_texts)[None, :], k_texts).min(dim=1).values
         best.append(_ranks(scores, first))
     i2t = torch.cat(best)
+    t2i = torch.zeros(k_texts, dtype=torch.long)
+    for rows, scores in scored():
+        t2i += ((scores > own_score) | ((scores == own_score) & (rows[:, None] < image_of_text[None, :]))).sum(dim=0)
     metrics = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = float((t2i < k).float().mean())
@@ -98,12 +118,17 @@ class Retrieval:
         if captions is None:
             return {}
         texts, image_index = captions
-        rows = store.read_features(test_file)
-        row_of = {int(i): r for r, i in enumerate(rows.index)}
-        if set(row_of) != set(image_index.tolist()):
-            raise PipelineError(f"the captions of {self.ref} are not those of the images of {test_file.name}: "
-                                f"remove the caption file and extract again")
-        images = torch.from_numpy(rows.features)
-        images = maps.to_clip(images) if maps is not None else images
-        image_of_text = torch.tensor([row_of[int(i)] for i in image_index], dtype=torch.long)
-        return recall_at_k(images, texts, image_of_text, RECALL_K, self.chunk_rows)
+        with store.open_complete(test_file) as f:
+            row_of = {int(i): r for r, i in enumerate(f["index"][:])}
+            if set(row_of) != set(image_index.tolist()):
+                raise PipelineError(f"the captions of {self.ref} are not those of the images of {test_file.name}: "
+                                    f"remove the caption file and extract again")
+            image_of_text = torch.tensor([row_of[int(i)] for i in image_index], dtype=torch.long)
+
+            def image_chunks(rows: int) -> Iterator[Tensor]:
+                """The test images, read and mapped `rows` at a time."""
+                for i in range(0, len(row_of), rows):
+                    images = torch.from_numpy(store.read_rows(test_file, f, slice(i, i + rows))[0])
+                    yield maps.to_clip(images) if maps is not None else images
+
+            return streamed_recall_at_k(image_chunks, texts, image_of_text, RECALL_K, self.chunk_rows)

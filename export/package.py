@@ -2,7 +2,7 @@
 
     <out>/zoomshot_model.json     how to put it together, with provenance (below)
     <out>/maps.safetensors        h and h_inv (a mapped run only), checked by sha256
-    <out>/weights/<role>/...      local weights files or folders, copied (hard-linked where possible)
+    <out>/weights/<role>/...      local weights files or folders, copied
 
 Shipped `assets:` weights and hub tags stay references; every file is recorded by its sha256 (the
 checksum the run was fitted with). The manifest also holds the run's resolved settings and input
@@ -13,7 +13,6 @@ beside its target and renamed into place; an existing folder is never overwritte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -31,18 +30,12 @@ from .model import FORMAT, MANIFEST, MAPS_FILE, assemble, file_sha256
 
 
 def _place(source: Path, target: Path) -> None:
-    """A hard link where the file system allows one, else a copy (a folder: file by file)."""
+    """A copy (a folder: file by file), never a hard link: a link would follow later saves over the original,
+    and the export would stop matching its recorded checksums."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
-        shutil.copytree(source, target, copy_function=_place_file)
+        shutil.copytree(source, target)
     else:
-        _place_file(source, target)
-
-
-def _place_file(source: str | Path, target: str | Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
         shutil.copy2(source, target)
 
 

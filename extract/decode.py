@@ -121,25 +121,28 @@ class DevicePixels:
         self.views = [TensorTransform(t, device) for t in transforms]
 
     def _jpegs(self, data: list[torch.Tensor]) -> list[torch.Tensor | str]:
+        """Decodes on the device from bytes on the CPU (where decode_jpeg wants them, whatever `device`)."""
         import torchvision.io as tio
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)   # torchvision 0.29 flags its codecs deprecated
             try:
-                return tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=self.device)
-            except RuntimeError:     # one bad file fails the batch: decode one by one to find it
+                decoded = tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=self.device)
+                return [x.to(self.device) for x in decoded]    # only CUDA decodes on the device itself
+            except (RuntimeError, ValueError):  # one bad file fails the batch: decode one by one to find it
                 out = []
                 for x in data:
                     try:
-                        out.append(tio.decode_jpeg(x, mode=tio.ImageReadMode.RGB, device=self.device))
-                    except RuntimeError as e:
+                        out.append(tio.decode_jpeg(x, mode=tio.ImageReadMode.RGB, device=self.device).to(self.device))
+                    except (RuntimeError, ValueError) as e:
                         out.append(f"cannot decode JPEG on {self.device}: {str(e).splitlines()[0]}")
                 return out
 
     def __call__(self, items: list, index: np.ndarray, labels: np.ndarray, bad: list):
         """(views on the device, index, labels, bad) of the images that decoded."""
-        images = [[x.to(self.device, non_blocking=True) for x in decodes] for decodes, _ in items]
         encoded = [i for i, (decodes, _) in enumerate(items) if decodes[0].dim() == 1]
+        images = [decodes if decodes[0].dim() == 1 else [x.to(self.device, non_blocking=True) for x in decodes]
+                  for decodes, _ in items]      # JPEG bytes stay on the CPU, where decode_jpeg reads them
         for i, x in zip(encoded, self._jpegs([images[i][0] for i in encoded]) if encoded else []):
             images[i] = [x]
         ok = [i for i, x in enumerate(images) if not isinstance(x[0], str)]

@@ -58,18 +58,25 @@ def gcv_ridge(xx: torch.Tensor, yx: torch.Tensor, yy: float, n: int, grid: tuple
               spectrum: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """The relative strength (from `grid`) whose ridge fit of Y on X has the least GCV score
     RSS(lam)/n / (1 - df(lam)/n)^2, from centered sums xx = X^T X, yx = Y^T X and yy = ||Y||^2
-    (`spectrum`: xx's `torch.linalg.eigh`, when the caller has it)."""
+    (`spectrum`: xx's `torch.linalg.eigh`, when the caller has it).
+
+    df counts the intercept (centering costs a degree of freedom): without it, fewer rows than dimensions
+    let the near-interpolating fits score best and the smallest strength always won. Directions below the
+    rank (centered X has rank <= n - 1) are left out, so round-off there does not enter RSS.
+    """
     eigenvalues, vectors = spectrum if spectrum is not None else torch.linalg.eigh(xx)
-    eigenvalues = eigenvalues.clamp(min=0)
-    projected = (vectors.T @ yx.T).pow(2).sum(dim=1)           # ||(X^T Y) along each eigenvector||^2
-    explained = torch.where(eigenvalues > 0, projected / eigenvalues.clamp(min=1e-300), torch.zeros_like(projected))
+    rank = int((eigenvalues > eigenvalues.max() * xx.shape[0] * torch.finfo(xx.dtype).eps).sum())
+    top = torch.argsort(eigenvalues, descending=True)[:min(rank, n - 1)]
+    eigenvalues, vectors = eigenvalues[top], vectors[:, top]
+    explained = (vectors.T @ yx.T).pow(2).sum(dim=1) / eigenvalues   # ||Y along each principal direction||^2
+    unexplained = max(yy - float(explained.sum()), 0.0)
     scores = []
     for ridge in grid:
         lam = absolute(ridge, xx)
-        kept = eigenvalues / (eigenvalues + lam)
-        rss = yy - explained.sum() + ((1 - kept) ** 2 * explained).sum()
-        df = float(kept.sum())
-        scores.append(float(rss / n) / (1 - df / n) ** 2 if df < n else float("inf"))
+        shrunk = lam / (eigenvalues + lam)             # 1 - the share of each direction the fit keeps
+        rss = unexplained + float((shrunk ** 2 * explained).sum())
+        df = 1 + float((1 - shrunk).sum())
+        scores.append(rss / n / (1 - df / n) ** 2 if df < n else float("inf"))
     return grid[min(range(len(grid)), key=scores.__getitem__)]
 
 

@@ -82,7 +82,7 @@ def test_verify_catches_changed_rows(tmp_path):
 
 def test_nan_features_refused(tmp_path):
     w = store.FeatureWriter(tmp_path / "n.h5", 4, {}, {"batch_size": 2})
-    with pytest.raises(PipelineError, match="non-finite"):
+    with pytest.raises(PipelineError, match=r"n.h5 has 1 row\(s\) with NaN or Inf"):
         w.append(np.array([[np.nan, 0, 0, 0]], np.float32), np.array([0]), np.array([0]), 1)
     w.close()
 
@@ -104,6 +104,15 @@ def test_subsets_are_nested_and_seeded():
     rows = rows_of_subset(big, n, 0.01, 3)          # the 1 % rows read from a 20 % file
     np.testing.assert_array_equal(big[rows], small)
 
+
+
+def test_subset_sizes_are_exact_for_decimal_fractions():
+    """ceil(0.07 * 100) on floats is 8 (0.07 * 100 = 7.000000000000001); the fraction as written gives 7."""
+    assert [len(subset_indices(100, f, 0)) for f in (0.07, 0.14, 0.29, 0.57, 1.0)] == [7, 14, 29, 57, 100]
+    assert len(subset_indices(3, 1 / 3, 0)) == 1
+    small, big = subset_indices(100, 0.07, 5), subset_indices(100, 0.29, 5)
+    assert set(small) <= set(big)
+    np.testing.assert_array_equal(big[rows_of_subset(big, 100, 0.07, 5)], small)
 
 def test_text_round_trip(tmp_path):
     emb = store.TextEmbeddings(np.eye(3, dtype=np.float32), ["a x", "b x", "c y"], np.array([0, 0, 1]),

@@ -56,3 +56,31 @@ def test_cli_option_overrides_file_and_is_validated(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and all("epochs=7" in ln and "cnn" in ln for ln in lines)   # 2 fractions
     _one_line_error(pipeline(tmp_path, "fit", "--dry-run", "--variants", "nope", check=False), "unknown fit variant")
+
+
+def test_features_beyond_float16_stop_extraction_with_nothing_corrupt(tmp_path):
+    """A timm model whose last block is scaled up 1e6 (real weights through its real loader): its
+    features exceed float16's range, which became inf on disk. Now one line names the encoder and the
+    split, and the resumable partial holds only the rows before the batch (none here)."""
+    import h5py
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from zoomshot.extract.encoders import build_encoder
+
+    cnn = build_encoder({"family": "timm", "name": "cnn", "model": "test_resnet", "pretrained": "",
+                         "options": {"pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}}}, "cpu")
+    last = ("layer4.0.bn2.weight", "layer4.0.bn2.bias", "layer4.0.downsample.2.weight", "layer4.0.downsample.2.bias")
+    weights = {k: v * 1e6 if k in last else v + 0.01 if v.is_floating_point() else v     # + 0.01: not the
+               for k, v in cnn.model.state_dict().items()}                             # seeded init
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "huge.safetensors"))
+    cfg = write_config(tmp_path, train=32, test=16, batch=16)
+    cfg.write_text(cfg.read_text().replace('model = "test_resnet"', 'model = "test_resnet"\npretrained = "huge.safetensors"'))
+    _one_line_error(pipeline(tmp_path, "extract", "--no-progress", check=False),
+                    "encoder 'cnn' on shapes:", "beyond 65504, which the float16 cache cannot keep", "check the encoder")
+    features = tmp_path / "out/cache/features"
+    assert not list(features.glob("*_cnn_*.h5"))
+    for partial in features.glob("*_cnn_*.partial"):
+        with h5py.File(partial) as f:
+            assert np.isfinite(f["features"][:f.attrs["rows_done"]]).all()

@@ -81,6 +81,18 @@ def test_device_pixels_decode_jpegs_and_keep_bad_ones_apart():
     assert torch.equal(views[1][0], views[1][1])              # bytes decoded here == decoded in a worker
 
 
+
+def test_device_pixels_leave_jpeg_bytes_on_the_cpu_for_another_device():
+    """gpu_decode on a stand-in device ('meta', as 'cuda' without one): decode_jpeg reads the bytes from
+    the CPU and decodes for `device`; the bytes moved there first raised a ValueError nothing caught."""
+    good, broken = jpeg(500, 375), jpeg(500, 375, seed=1)[:300]
+    items = [([torch.frombuffer(bytearray(d), dtype=torch.uint8)], [0, 0]) for d in (good, broken)]
+    items.append(([uint8_chw(opened(good).convert("RGB"))], [0, 0]))
+    views, index, labels, bad = DevicePixels([TIMM, OPEN_CLIP], "meta")(items, np.array([5, 6, 7]),
+                                                                        np.array([0, 1, 2]), [])
+    assert index.tolist() == [5, 7] and [b[0] for b in bad] == [6] and "cannot decode JPEG on meta" in bad[0][1]
+    assert [(v.shape, v.device.type) for v in views] == [((2, 3, 224, 224), "meta")] * 2
+
 def test_unknown_transforms_are_refused_by_the_tensor_path():
     from torchvision import transforms as T
     from zoomshot.cache.errors import PipelineError

@@ -8,7 +8,7 @@ import h5py
 import open_clip
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 from zoomshot import load_model
 from zoomshot.cache.errors import PipelineError
@@ -94,21 +94,27 @@ def test_open_clip_code_runs_unchanged(default_exports):
     assert scale == pytest.approx(reference.logit_scale.exp().item())
 
 
-def test_local_weights_are_copied_and_the_export_moves(default_exports, tmp_path):
-    """Weights given as local files travel inside the export: it loads after being moved, with the
-    originals gone; a copied file changed afterwards is refused by its checksum."""
-    folder, run = default_exports
-    work = tmp_path / "work"
+def _export_with_local_weights(folder: Path, run: str, work: Path) -> Path:
+    """Export `run` from a config that names its weights as local files in `work/weights`."""
     (work / "weights").mkdir(parents=True)
     for asset in ("tiny_clip", "tiny_cnn", "tiny_vit"):
         shutil.copy(ASSETS / "weights" / f"{asset}.safetensors", work / "weights")
     config = (folder / "pipeline.toml").read_text().replace('"assets:weights/tiny_', '"weights/tiny_')
     (work / "pipeline.toml").write_text(config.replace('"zoomshot-out/', f'"{folder}/zoomshot-out/'))
     inproc(work, "export", run, "--out", "exported")
-    manifest = json.loads((work / "exported/zoomshot_model.json").read_text())
+    return work / "exported"
+
+
+def test_local_weights_are_copied_and_the_export_moves(default_exports, tmp_path):
+    """Weights given as local files travel inside the export: it loads after being moved, with the
+    originals gone; a copied file changed afterwards is refused by its checksum."""
+    folder, run = default_exports
+    work = tmp_path / "work"
+    exported = _export_with_local_weights(folder, run, work)
+    manifest = json.loads((exported / "zoomshot_model.json").read_text())
     assert manifest["encoder"]["weights"] == {"source": "file", "ref": "weights/encoder/tiny_cnn.safetensors"}
     moved = tmp_path / "moved"
-    shutil.move(work / "exported", moved)
+    shutil.move(exported, moved)
     shutil.rmtree(work / "weights")
     model, _, _ = load_model(moved)
     reference, _, _ = load_model(folder / "exports/cnn")
@@ -119,6 +125,21 @@ def test_local_weights_are_copied_and_the_export_moves(default_exports, tmp_path
         f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
     with pytest.raises(PipelineError, match="encoder weights .* do not match their recorded checksum"):
         load_model(moved)
+
+
+def test_saving_over_the_original_weights_leaves_the_export_intact(default_exports, tmp_path):
+    """The export holds copies, not hard links: a later save over the user's file (in place, as torch.save
+    and safetensors do) changes neither what the export loads nor its checksums."""
+    folder, run = default_exports
+    exported = _export_with_local_weights(folder, run, tmp_path / "work")
+    original = tmp_path / "work/weights/tiny_cnn.safetensors"
+    retrained = {k: v + 1 for k, v in load_file(original).items()}
+    with open(original, "wb") as f:                          # the same file, rewritten
+        f.write(save(retrained))
+    model, _, _ = load_model(exported)
+    reference, _, _ = load_model(folder / "exports/cnn")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.encode_image(x), reference.encode_image(x))
 
 
 def _damaged_copy(src: Path, dst: Path, damage) -> Path:

@@ -2,6 +2,7 @@
 the caption embeddings `pipeline extract` caches for it."""
 import json
 import shutil
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -63,6 +64,38 @@ def test_exact_ties_rank_the_lower_index_first():
     assert got["image_retrieval_recall@2"] == 1.0
     assert got["text_retrieval_recall@1"] == pytest.approx(2 / 3)
 
+
+
+def test_the_test_file_is_read_in_chunks_with_the_same_recalls(tmp_path):
+    """`Retrieval.metrics` streams the cached test images `chunk_rows` at a time: the file's rows are never
+    all in memory at once (numpy's allocations, traced), and the recalls equal those of one whole chunk."""
+    from zoomshot.cache import layout
+    from zoomshot.cache.settings import ClipCfg, DatasetCfg, PathsCfg, Project, Subsets
+    from zoomshot.evaluate.retrieval import Retrieval
+
+    images, texts, image_of_text = _data(n_images=1000, per_image=1, d=2048, noise=14.0)
+    project = Project(PathsCfg(cache_dir=str(tmp_path)), ClipCfg(), [], [DatasetCfg(name="shapes", kind="shapes")],
+                      Subsets())
+    index = np.arange(1000, dtype=np.int64) * 3                  # dataset indices, not rows
+    store.write_text(layout.caption_text_path(project, "shapes:test", "clip-key"), store.TextEmbeddings(
+        texts.numpy(), [f"caption {i}" for i in index], index[image_of_text.numpy()], [], {}))
+    writer = store.FeatureWriter(tmp_path / "test.h5", 2048, {"encoder": "clip"}, {"batch_size": 1000}, 1000)
+    writer.append(images.numpy(), index, np.zeros(1000, dtype=np.int64), 1000)
+    test_file = writer.finish()
+
+    def metrics(chunk_rows):
+        retrieval = Retrieval(project, "shapes:test", True, chunk_rows, print)
+        retrieval.captions("clip-key")                            # read before the trace: captions are whole
+        tracemalloc.start()
+        try:
+            return retrieval.metrics(test_file, None, "clip-key"), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    chunked, peak = metrics(chunk_rows=100)
+    whole, whole_peak = metrics(chunk_rows=65536)
+    assert chunked == whole and 0.05 < whole["image_retrieval_recall@1"] < whole["image_retrieval_recall@10"] < 1
+    assert whole_peak > images.numel() * 4 and 4 * peak < whole_peak, (peak, whole_peak)   # measured 2.2 vs 12.4 MB
 
 def test_the_test_splits_captions_are_cached_in_row_order(default_world):
     path = next((default_world / "zoomshot-out/cache/text").glob("shapes-test-captions_clip_*.h5"))
