@@ -176,8 +176,8 @@ def folder_names(root: str) -> list[str]:
     folder added or renamed changes the class names."""
     if not root or not Path(root).is_dir():
         return []
-    top = sorted(e for e in os.scandir(root) if e.is_dir())
-    return [e.name for e in top] + sorted(f"{e.name}/{c.name}" for e in top for c in os.scandir(e.path) if c.is_dir())
+    top = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    return top + sorted(f"{t}/{c.name}" for t in top for c in os.scandir(os.path.join(root, t)) if c.is_dir())
 
 
 def content_of_options(options: dict) -> dict:
