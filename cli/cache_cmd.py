@@ -196,7 +196,7 @@ def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: 
             catalog.load_array(Path(index)) if index else None, {
                 "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
                 "encoder_key": spec.key(), "dataset": dataset, "split": split,
-                "dataset_identity": project.dataset(dataset).identity(split), "classnames": names,
+                "dataset_identity": project.split_identity(dataset, split), "classnames": names,
                 "imported_from": Path(source).name, "preprocess": {}, "versions": {}},
             num_classes=n_classes)
 
