@@ -106,6 +106,7 @@ def test_a_copied_output_folder_works_without_the_images(box, tmp_path):
     (run,) = [p.name for p in (laptop / "out/runs").iterdir() if not p.name.startswith(".")]
     inproc(laptop, "export", run, "--out", "exports/cnn")
     assert (laptop / "exports/cnn").is_dir()
+    assert "everything was cached already" in inproc(laptop, "extract", "--no-progress").stdout
 
     # the images arrive later, copied without their times: measured again once, recorded again
     shutil.copytree(box / "images", laptop / "images")
