@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, keys, locks
-from .errors import PipelineError
 
 RECORD_DIR = "data"
 SCHEMA = 1
@@ -88,16 +87,11 @@ class DataRecord:
         self.path, self.dataset, self.root = Path(path), dataset, root
 
     def split_data(self, split: str, fresh: bool = False) -> str:
-        """The fingerprint of a split's files ("" for a dataset without files). Extraction (`fresh`) of a
-        root that is not here gets "missing" and lets the dataset reader say what is wrong."""
+        """The fingerprint of a split's files: "" for a dataset without files, "missing" for a root that
+        is absent here and was never recorded."""
         if not self.root:
             return ""
-        value = self._value(("splits", split), _split_tree(split), fresh)
-        if value is None and not fresh:
-            raise PipelineError(f"dataset {self.dataset!r}: its root {self.root} is not here and the cache holds no "
-                                f"record of its {split!r} files ({self.path}): run `pipeline extract` once where the "
-                                f"images are (it records them), then copy the cache; or fix `root`")
-        return value or "missing"
+        return self._value(("splits", split), _split_tree(split), fresh) or "missing"
 
     def classes(self, fresh: bool = False) -> dict:
         """What of the files names the classes: the folders one and two levels under the root (an

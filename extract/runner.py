@@ -320,8 +320,7 @@ def _record_data(project: Project, settings: ExtractCfg) -> None:
     commands find their files from the record, also where the images are not (`cache/records.py`)."""
     for ref in settings.splits:
         name, split = parse_ref(ref)
-        if project.data_record(name).split_data(split, fresh=True) == "missing":   # a root not here, never recorded
-            open_split(project.dataset(name).spec(), split)                         # says what is wrong with it
+        project.data_record(name).split_data(split, fresh=True)
     for name in dict.fromkeys(parse_ref(r)[0] for r in settings.splits):
         project.data_record(name).classes(fresh=True)
 

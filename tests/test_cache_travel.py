@@ -118,14 +118,6 @@ def test_a_copied_output_folder_works_without_the_images(box, tmp_path):
     assert json.loads(record.read_text())["splits"]["train"]["taken_ns"] > before
 
 
-def test_a_cache_without_a_record_and_without_the_images_is_one_line(box, tmp_path):
-    shutil.copytree(box / "out", tmp_path / "out", ignore=shutil.ignore_patterns("data"))
-    shutil.copy(box / "pipeline.toml", tmp_path)
-    fit = inproc(tmp_path, "fit", check=False)
-    assert fit.returncode == 2 and "its root images is not here and the cache holds no record" in fit.stderr, \
-        fit.stderr
-
-
 def test_fit_and_evaluate_do_not_walk_the_image_tree(box, monkeypatch):
     images = str(box / "images")
 
