@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import store
+from . import locks, store
 from .errors import PipelineError
 
 
@@ -16,9 +16,24 @@ def cache_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in Path(cache_dir).glob("*/*") if p.suffix in (".h5", ".partial"))
 
 
+def in_use(path: Path) -> str | None:
+    """"being written" when an extraction holds the file's write lock, "busy" when another process
+    merely has it open (HDF5's lock); None when it is free to read."""
+    with locks.trying(path.with_suffix("") if path.suffix == ".partial" else path) as free:
+        if not free:
+            return "being written"
+    try:
+        h5py.File(path, "r").close()
+    except OSError as e:
+        return "busy" if store.locked(e) else None
+    return None
+
+
 def describe(path: Path) -> dict:
     """One line's worth of facts about a cache file."""
     row = {"file": path.name, "kind": path.parent.name, "bytes": path.stat().st_size}
+    if state := in_use(path):
+        return {**row, "state": state}
     try:
         attrs = store.read_attrs(path)
         with h5py.File(path, "r") as f:

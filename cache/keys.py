@@ -56,7 +56,7 @@ def weights_fingerprint(location: str) -> str:
     return location
 
 
-def _tree_state(folder: Path) -> tuple:
+def tree_state(folder: Path) -> tuple:
     """Every directory of a tree with its mtime: files added or removed change some directory's mtime;
     and every tar shard's size and mtime, since a shard is often rewritten in place."""
     def shards(d: str, files: list[str]) -> tuple:
@@ -153,22 +153,18 @@ def _tree_listing(folder: str, state: tuple) -> str:
     return "tree-sha256:" + digest(entries, 64)
 
 
-def tree_fingerprint(folder: Path) -> str:
+def tree_fingerprint(folder: Path, state: tuple | None = None) -> str:
     """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
     renaming an image changes it, hashing every image of ImageNet on each command would not pay. A tar
-    shard (webdataset) also counts by its member headers."""
-    return _tree_listing(str(folder), _tree_state(Path(folder)))
+    shard (webdataset) also counts by its member headers. `state`: the tree's `tree_state`, if taken."""
+    return _tree_listing(str(folder), state or tree_state(Path(folder)))
 
 
-def data_fingerprint(root: str, split: str) -> str:
-    """What can change on disk under a dataset's `root`: the split's image tree (`<root>/<split>`), or
-    the whole root for datasets stored in other layouts (torchvision's files)."""
-    if not root:
-        return ""
+def data_folder(root: str, split: str) -> Path:
+    """What can change on disk under a dataset's `root` (an existing folder): the split's image tree
+    (`<root>/<split>`), or the whole root for datasets stored in other layouts (torchvision's files)."""
     folder = Path(root) / split
-    if folder.is_dir():
-        return tree_fingerprint(folder)
-    return tree_fingerprint(Path(root)) if Path(root).is_dir() else "missing"
+    return folder if folder.is_dir() else Path(root)
 
 
 def folder_names(root: str) -> list[str]:
@@ -176,8 +172,8 @@ def folder_names(root: str) -> list[str]:
     folder added or renamed changes the class names."""
     if not root or not Path(root).is_dir():
         return []
-    top = sorted((e for e in os.scandir(root) if e.is_dir()), key=lambda e: e.name)
-    return [e.name for e in top] + sorted(f"{e.name}/{c.name}" for e in top for c in os.scandir(e.path) if c.is_dir())
+    top = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    return top + sorted(f"{t}/{c.name}" for t in top for c in os.scandir(os.path.join(root, t)) if c.is_dir())
 
 
 def content_of_options(options: dict) -> dict:

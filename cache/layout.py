@@ -47,7 +47,7 @@ def feature_path(project: Project, encoder: str, ref: str, encoder_key: str | No
     whole = imported or project.dataset(name).kind == IMPORTED
     fraction, seed = (1.0, 0) if whole else (project.subsets.fraction_of(ref), project.subsets.subset_seed)
     pixels = {} if whole else project.subsets.pixels()
-    key = keys.feature_key(encoder_key, project.dataset(name).key(split), fraction, seed, pixels)
+    key = keys.feature_key(encoder_key, project.split_key(name, split), fraction, seed, pixels)
     return project.path("cache_dir") / "features" / keys.feature_name(name, split, encoder, key)
 
 
@@ -64,7 +64,7 @@ def templates_identity(project: Project) -> dict:
 
 def class_text_path(project: Project, dataset: str, clip_key: str | None = None) -> Path:
     """Class-prompt embeddings of a dataset: the CLIP, the dataset's classes and the templates."""
-    spec = {"clip": clip_key or project.clip.key(), "classes": project.dataset(dataset).class_identity(),
+    spec = {"clip": clip_key or project.clip.key(), "classes": project.class_identity(dataset),
             **templates_identity(project)}
     return project.path("cache_dir") / "text" / keys.text_name(f"{dataset}-classes", project.clip.name,
                                                                 keys.digest(spec))
@@ -87,7 +87,7 @@ def caption_text_path(project: Project, ref: str, clip_key: str | None = None) -
     split's content, the subset), since they caption exactly that file's rows. `class_of_prompt` holds
     the dataset index of each caption's image."""
     name, split = parse_ref(ref)
-    spec = {"clip": clip_key or project.clip.key(), "dataset": project.dataset(name).key(split),
+    spec = {"clip": clip_key or project.clip.key(), "dataset": project.split_key(name, split),
             "fraction": project.subsets.fraction_of(ref), "seed": project.subsets.subset_seed}
     return project.path("cache_dir") / "text" / keys.text_name(f"{name}-{split}-captions", project.clip.name,
                                                                 keys.digest(spec))

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import keys
+from . import keys, records
 from .errors import PipelineError
+from .records import DataRecord
 
 IMPORTED = "imported"   # model / kind of data brought in by `pipeline cache import`
 
@@ -219,21 +220,15 @@ class DatasetCfg:
         """The options by content (files by their sha256), without `download`, which changes no number."""
         return keys.content_of_options({k: v for k, v in self.options.items() if k != "download"})
 
-    def identity(self, split: str) -> dict:
+    def identity(self, split: str, record: DataRecord) -> dict:
         """What changes a split's images, labels or names: kind, options, split, and the files under
-        `root` (by listing); not the dataset's name, not the root's path."""
-        return {"kind": self.kind, "options": self._options(), "split": split,
-                "data": keys.data_fingerprint(self.root, split)}
+        `root` (by listing, as `record` holds it); not the dataset's name, not the root's path."""
+        return {"kind": self.kind, "options": self._options(), "split": split, "data": record.split_data(split)}
 
-    def key(self, split: str) -> str:
-        return keys.digest(self.identity(split))
-
-    def class_identity(self) -> dict:
+    def class_identity(self, record: DataRecord) -> dict:
         """What changes the class names: kind, options, the class folders of an image tree, and a
-        `classnames.txt` at the root (a webdataset's names)."""
-        names = Path(self.root) / "classnames.txt" if self.root else None
-        return {"kind": self.kind, "options": self._options(), "folders": keys.folder_names(self.root),
-                **({"classnames_txt": "sha256:" + keys.file_checksum(names)} if names and names.is_file() else {})}
+        `classnames.txt` at the root (a webdataset's names), as `record` holds them."""
+        return {"kind": self.kind, "options": self._options(), **record.classes()}
 
 
 @dataclass
@@ -284,6 +279,20 @@ class Project:
                 return d
         raise PipelineError(f"unknown dataset {name!r}: add a [[datasets]] table with name = {name!r} "
                             f"(known: {', '.join(d.name for d in self.datasets) or 'none'})")
+
+    def data_record(self, dataset: str) -> DataRecord:
+        """What extraction saw of a dataset's files, recorded in the cache (`cache/records.py`): keys
+        are found from it without walking the image tree, and without the images at all."""
+        return DataRecord(records.record_path(self.path("cache_dir"), dataset), dataset, self.dataset(dataset).root)
+
+    def split_identity(self, dataset: str, split: str) -> dict:
+        return self.dataset(dataset).identity(split, self.data_record(dataset))
+
+    def split_key(self, dataset: str, split: str) -> str:
+        return keys.digest(self.split_identity(dataset, split))
+
+    def class_identity(self, dataset: str) -> dict:
+        return self.dataset(dataset).class_identity(self.data_record(dataset))
 
     def encoder(self, name: str) -> EncoderCfg | ClipCfg:
         if name == self.clip.name:

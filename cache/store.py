@@ -54,7 +54,34 @@ def sha256_rows(data: h5py.Dataset) -> str:
     return h.hexdigest()
 
 
+def locked(error: OSError) -> bool:
+    """Whether HDF5 refused to open a file because another process holds its lock (a reader or a
+    writer): the file is in use, not damaged."""
+    return isinstance(error, BlockingIOError) or "unable to lock file" in str(error)
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The processes holding an OS lock on `path` (Linux's /proc/locks; [] where it cannot tell)."""
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sorted({int(f[4]) for f in map(str.split, table.splitlines())
+                   if len(f) > 5 and f[5] == inode and f[4].lstrip("-").isdigit() and int(f[4]) > 0})
+
+
+def busy(path: Path) -> PipelineError:
+    pids = lock_holders(path)
+    who = f" (pid {', '.join(map(str, pids))})" if pids else ""
+    return PipelineError(f"{Path(path).name} is open in another process{who}: close it (or wait for it to end) "
+                         f"and run the command again")
+
+
 def damaged(path: Path, error: Exception) -> PipelineError:
+    if isinstance(error, OSError) and locked(error):
+        return busy(path)
     return PipelineError(f"cache file {Path(path).name} is damaged ({str(error).splitlines()[0]}): remove it "
                          f"(`pipeline cache rm {Path(path).name}`) and extract or import it again")
 
@@ -122,6 +149,8 @@ class FeatureWriter:
         try:
             f = h5py.File(self.partial, "r+")
         except OSError as e:
+            if locked(e):    # a reader has it open: resumable rows are never thrown away for that
+                raise busy(self.partial) from None
             reason = f"it is damaged ({str(e).splitlines()[0]})"
         else:
             try:

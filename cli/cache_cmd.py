@@ -48,7 +48,7 @@ def ls(ctx: click.Context) -> None:
         click.echo(f"(empty) {cache_dir}")
     for p in files:
         d = catalog.describe(p)
-        click.echo(f"{d.get('state', '?'):<10} {d.get('rows', '-'):>8} x {d.get('dim', '-'):<5} "
+        click.echo(f"{d.get('state', '?'):<13} {d.get('rows', '-'):>8} x {d.get('dim', '-'):<5} "
                    f"{d['bytes'] / 2**20:8.2f} MiB  {d['kind']}/{d['file']}")
 
 
@@ -71,12 +71,16 @@ def verify(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Check completeness, schema, shards, row counts, finiteness and checksums (all files by default)."""
     project = _project(ctx)
     files = [_resolve(project, n) for n in names] or catalog.cache_files(project.path("cache_dir"))
-    bad = 0
+    bad = busy = 0
     for p in files:
+        if state := catalog.in_use(p):     # its writer checks it when done; reading it now proves nothing
+            busy += 1
+            click.echo(f"busy {p.name}: {state} by another process")
+            continue
         problems = catalog.verify(p)
         bad += bool(problems)
         click.echo(f"{'ok' if not problems else 'BAD':<4} {p.name}" + "".join(f"\n     {m}" for m in problems))
-    click.echo(f"verify: {len(files) - bad} ok, {bad} with problems")
+    click.echo(f"verify: {len(files) - bad - busy} ok, {bad} with problems" + (f", {busy} busy" if busy else ""))
     if bad:
         sys.exit(1)
 
@@ -192,7 +196,7 @@ def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: 
             catalog.load_array(Path(index)) if index else None, {
                 "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
                 "encoder_key": spec.key(), "dataset": dataset, "split": split,
-                "dataset_identity": project.dataset(dataset).identity(split), "classnames": names,
+                "dataset_identity": project.split_identity(dataset, split), "classnames": names,
                 "imported_from": Path(source).name, "preprocess": {}, "versions": {}},
             num_classes=n_classes)
 

@@ -151,7 +151,7 @@ def _writer(project: Project, settings: ExtractCfg, job: SplitJob, name: str, en
                   "jpeg_draft_size": first_resize(enc.transform) if settings.jpeg_draft else None}
     attrs = {"encoder": name, "model": cfg.model, "pretrained": cfg.pretrained, "identity": cfg.identity(),
              "encoder_key": cfg.key(), "dataset": dataset, "split": split,
-             "dataset_identity": project.dataset(dataset).identity(split),
+             "dataset_identity": project.split_identity(dataset, split),
              "fraction": project.subsets.fraction_of(job.ref), "seed": project.subsets.subset_seed,
              "split_size": len(data.dataset), "classnames": data.classnames, "preprocess": preprocess,
              "versions": versions(), "device": device, "precision": precision(device),
@@ -316,6 +316,16 @@ def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
             open_split(ds.spec(), parse_ref(ref)[1])
 
 
+def _record_data(project: Project, settings: ExtractCfg) -> None:
+    """The data fingerprint is taken here, once, from the files, and recorded in the cache: later
+    commands find their files from the record, also where the images are not (`cache/records.py`)."""
+    for ref in settings.splits:
+        name, split = parse_ref(ref)
+        project.data_record(name).split_data(split, fresh=True)
+    for name in dict.fromkeys(parse_ref(r)[0] for r in settings.splits):
+        project.data_record(name).classes(fresh=True)
+
+
 def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
                 say: Say = print, timings: dict | None = None) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
@@ -329,6 +339,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     if not settings.scheduler:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
+    _record_data(project, settings)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []
     for ref in settings.splits:

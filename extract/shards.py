@@ -6,7 +6,7 @@ shard files are skipped. Readers check that every shard is there and complete (`
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import h5py
@@ -95,11 +95,13 @@ def join(target: Path, shards: list[Path]) -> Path:
 
 def anchored(project: Project) -> Project:
     """The project with dataset roots and option files made absolute: a dask worker runs in another
-    folder. Keys do not change (they hold content, not paths)."""
+    folder. Keys do not change (they hold content, not paths). The output folders too: the cache
+    holds the data records."""
     def absolute(v):
         return str(Path(v).absolute()) if isinstance(v, str) and v and Path(v).exists() else v
-    return replace(project, datasets=[replace(d, root=absolute(d.root), options={k: absolute(v) for k, v in d.options.items()})
-                                      for d in project.datasets])
+    paths = replace(project.paths, **{f.name: str(project.path(f.name)) for f in fields(project.paths)})
+    return replace(project, paths=paths, datasets=[replace(d, root=absolute(d.root), options={
+        k: absolute(v) for k, v in d.options.items()}) for d in project.datasets])
 
 
 def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -> list[Path]:
