@@ -6,6 +6,8 @@ second one waits for them, says so, and then finds them done.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,27 +285,46 @@ def _captions(project: Project, ref: str) -> tuple:
 
 
 def extract_text(project: Project, jobs: list, models: Models, device: str, progress: bool, say: Say) -> list[Path]:
-    """Per-prompt text embeddings of each dataset's class prompts, of the class-free set and of captions."""
+    """Per-prompt text embeddings of each dataset's class prompts, of the class-free set and of captions,
+    batch by batch into a resumable partial file (an interrupted run goes on from the prompts done)."""
     written = []
-    batch = project.clip.batch_size
     for path, make in jobs:
         with locks.holding([path], say):
             if path.exists():
                 say(f"{path.name}: written by another process meanwhile")
                 continue
             prompts, cop, classnames, attrs = make()
-            clip = models[project.clip.name]
-            chunks = []
-            for i in tqdm(range(0, len(prompts), batch), desc=f"encode text {path.name}", unit="batch",
-                          disable=not progress):
-                with torch.inference_mode(), _autocast(device):
-                    chunks.append(clip.encode_text(prompts[i:i + batch], device).float().cpu())
-            emb = torch.cat(chunks).numpy()
-            written.append(store.write_text(path, store.TextEmbeddings(emb, prompts, cop, classnames, {
+            digest = hashlib.sha256(json.dumps([prompts, cop.tolist()]).encode()).hexdigest()
+            resume = {"batch_size": project.clip.batch_size, "precision": precision(device),
+                      "clip_key": project.clip.key(), "prompts_sha256": digest}
+            writer = store.TextWriter(path, models[project.clip.name].dim, prompts, cop, classnames, {
                 **attrs, "clip": project.clip.name, "identity": project.clip.identity(),
                 "clip_key": project.clip.key(), "versions": versions(), "device": device,
-                "precision": precision(device)})))
+                "precision": precision(device)}, resume, say)
+            written.append(_encode_prompts(writer, models[project.clip.name], project.clip.batch_size, device,
+                                           progress, say))
     return written
+
+
+def _encode_prompts(writer: store.TextWriter, clip: Encoder, batch: int, device: str, progress: bool,
+                    say: Say) -> Path:
+    """Encode the writer's prompts from where its partial file stopped, then finish the file."""
+    prompts = writer.prompts
+    try:
+        start = writer.rows_done
+        if start:
+            say(f"resuming {writer.partial.name} at prompt {start:,} of {len(prompts):,}")
+        bar = tqdm(total=len(prompts), initial=start, unit="prompt", disable=not progress,
+                   desc=f"encode text {writer.target.name}")
+        for i in range(start, len(prompts), batch):
+            with torch.inference_mode(), _autocast(device):
+                writer.append(clip.encode_text(prompts[i:i + batch], device).float().cpu().numpy())
+            bar.update(min(batch, len(prompts) - i))
+            faults.point("extract.text_batch")
+        bar.close()
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
