@@ -340,10 +340,11 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
                 say: Say = print) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
 
-    With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
+    With `settings.scheduler` or `settings.cluster`, splits are sharded over the dask cluster's workers
+    (extract/shards.py).
     """
     device = resolve_device(settings.device, "extract.device")
-    if not settings.scheduler:     # a cluster's workers resolve their own device
+    if not settings.distributed:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
@@ -358,7 +359,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     with locks.holding([p for job in jobs for p in job.targets.values()], say):
         jobs = [SplitJob(j.ref, {n: p for n, p in j.targets.items() if not p.exists()}) for j in jobs]
         jobs = [j for j in jobs if j.targets]
-        if settings.scheduler and jobs:
+        if settings.distributed and jobs:
             from .shards import run_sharded
             written["features"] = run_sharded(project, settings, jobs, say)
             jobs = []
