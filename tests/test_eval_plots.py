@@ -248,7 +248,8 @@ def test_per_class_figure_at_1000_classes_shows_the_ends_from_result_files(tmp_p
     assert [p.name for p in written] == ["per_class_imagenet.png", "per_class_imagenet.pdf"]
     assert_png(written[0])
     fig = per_class_figure(*_per_class(loaded, summary_rows(loaded), "imagenet"), "imagenet: top-1 per class")
-    assert fig.get_suptitle() == "imagenet: top-1 per class: the 10 classes lost most and the 10 best of 1,000, against CLIP"
+    assert fig.get_suptitle() == ("imagenet: top-1 per class: the 10 classes lost most and the 10 best of 1,000, "
+                                  "against CLIP")
     for ax, diff in zip(fig.axes, diffs.values()):
         order = np.argsort(diff)
         labels = [t.get_text() for t in ax.get_yticklabels()]

@@ -74,6 +74,7 @@ def test_text_writer_resumes_only_with_the_same_settings(tmp_path):
     w.append(emb[5:])
     back = store.read_text(w.finish())
     np.testing.assert_array_equal(back.embeddings, emb)
-    assert back.prompts == args[2] and back.classnames == ["a", "b"] and back.class_of_prompt.tolist() == [0] * 5 + [1] * 5
+    assert back.prompts == args[2] and back.classnames == ["a", "b"]
+    assert back.class_of_prompt.tolist() == [0] * 5 + [1] * 5
     assert back.attrs["embeddings_sha256"] == store.read_text(store.write_text(
         tmp_path / "whole.h5", store.TextEmbeddings(emb, args[2], args[3], args[4], {}))).attrs["embeddings_sha256"]
