@@ -355,7 +355,7 @@ def per_class_figure(deficits: dict[str, np.ndarray], classnames: list[str], tit
                                          else _short(classnames[i]) for i in rows])
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_xlim(min(0.0, *values) - 5, max(0.0, *values) + 5)
+        ax.set_xlim(min([0.0, *values]) - 5, max([0.0, *values]) + 5)
         ax.set_title(label)
         ax.set_xlabel("top-1 minus CLIP's (points)")
     which = (f"the {shown} classes lost most and the {shown} best of {n_classes:,}" if cut
