@@ -50,8 +50,9 @@ def make_cluster(kind: str, options: dict[str, Any]) -> Any:
     try:
         if kind == "local-cuda":     # one single-threaded worker per visible GPU
             return cls(**options)
-        return cls(**{**JOB_DEFAULTS, **options, "worker_extra_args": [
-            *options.get("worker_extra_args", []), "--resources", ",".join(f"{k}={v}" for k, v in GPU_TASK.items())]})
+        resources = ",".join(f"{k}={v}" for k, v in GPU_TASK.items())
+        return cls(**{**JOB_DEFAULTS, **options,
+                      "worker_extra_args": [*options.get("worker_extra_args", []), "--resources", resources]})
     except (TypeError, ValueError, RuntimeError) as e:   # unknown keyword, missing cores/memory, no GPU
         raise PipelineError(f"cannot start the {kind} cluster with [extract] cluster_options {options}: "
                             f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
@@ -64,7 +65,7 @@ class Workers(NamedTuple):
 
 
 @contextmanager
-def cluster_address(scheduler: str, kind: str, jobs: int, options: dict[str, Any]) -> Iterator[Workers]:
+def dask_cluster(scheduler: str, kind: str, jobs: int, options: dict[str, Any]) -> Iterator[Workers]:
     """The cluster at `scheduler` as given, or a `kind` cluster started for the block (`jobs` batch jobs)
     and shut down after it."""
     if not kind:

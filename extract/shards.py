@@ -107,11 +107,11 @@ def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -
     `settings.cluster` says), then join the shards (the caller holds the targets' locks)."""
     from dask.distributed import as_completed
 
-    from zoomshot.cache.compute import client, cluster_address
+    from zoomshot.cache.compute import client, dask_cluster
 
     from .datasets import open_split
 
-    with cluster_address(settings.scheduler, settings.cluster, settings.cluster_jobs,
+    with dask_cluster(settings.scheduler, settings.cluster, settings.cluster_jobs,
                          settings.cluster_options) as workers, client(workers.address) as c:
         k = settings.shards or max(1, workers.planned or len(c.scheduler_info()["workers"]))
         plan, parts = [], {}
