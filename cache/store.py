@@ -387,9 +387,10 @@ def write_text(path: Path, emb: TextEmbeddings) -> Path:
 
 
 class TextWriter(FeatureWriter):
-    """Encodes a prompt set batch by batch into `<target>.partial` (80,000 ImageNet prompts take a
-    while): the feature writer's resume, `rows_done` and atomic rename, over the one row dataset
-    `embeddings`. `resume` must name what changes the numbers (CLIP, precision, batch size, prompts)."""
+    """Writes a prompt set's embeddings batch by batch into `<target>.partial` (encoding ImageNet's
+    80,000 prompts takes a while): the feature writer's resume, `rows_done` and atomic rename, over the one
+    row dataset `embeddings`. `resume` must name what changes the numbers (CLIP, precision, batch size,
+    prompts)."""
 
     ROWS = ("embeddings",)
 
