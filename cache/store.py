@@ -129,6 +129,8 @@ class FeatureWriter:
     file ends bit-identical to an uninterrupted one. The caller holds the file's lock (`locks.holding`).
     """
 
+    ROWS = ROW_DATASETS     # the datasets that grow batch by batch and are cut back to `rows_done`
+
     def __init__(self, target: Path, dim: int, attrs: dict, resume: dict, expected_rows: int = 0,
                  say: Callable[[str], None] | None = None):
         self.expected_rows = expected_rows   # sizes chunks of small files; rows may still grow past it
@@ -141,7 +143,7 @@ class FeatureWriter:
         self.file = self._resumed(say) or self._create(attrs)
         # held open for the writer's life: a dataset closed after a failed write (a full disk) would
         # report the failure from a destructor instead of from `append`
-        self.rows = {name: self.file[name] for name in ROW_DATASETS}
+        self.rows = {name: self.file[name] for name in self.ROWS}
 
     def _resumed(self, say: Callable[[str], None] | None) -> h5py.File | None:
         if not self.partial.exists():
@@ -156,7 +158,7 @@ class FeatureWriter:
             try:
                 reason = self._why_not_resumable(f)
                 if reason is None:
-                    for name in ROW_DATASETS:   # drop rows written after the last counted batch
+                    for name in self.ROWS:   # drop rows written after the last counted batch
                         if f[name].shape[0] != int(f.attrs["rows_done"]):
                             f[name].resize(int(f.attrs["rows_done"]), axis=0)
                     f.flush()
@@ -182,7 +184,7 @@ class FeatureWriter:
                 return "its settings differ (" + ", ".join(
                     f"{k}: {before.get(k)!r} -> {self.resume.get(k)!r}" for k in changed) + ")"
             rows = int(f.attrs["rows_done"])
-            for name in ROW_DATASETS:   # reading the counted rows checks every chunk's checksum
+            for name in self.ROWS:   # reading the counted rows checks every chunk's checksum
                 if f[name].shape[0] < rows:
                     return f"{name} holds fewer rows than counted"
                 f[name][:rows]
@@ -226,17 +228,20 @@ class FeatureWriter:
         """Write one batch: `items` subset items were consumed, `len(features)` of them kept."""
         check_storable(features, self._describe(),
                        "check the encoder's weights and input normalisation; nothing of this batch was written")
-        n0, n = self.rows_done, len(features)
+        self._write({"features": features.astype(np.float16), "index": index, "labels": labels},
+                    {**({"bad_items": json.dumps(self.bad_items + list(map(int, bad)))} if bad else {}),
+                     "items_done": self.items_done + items})
+
+    def _write(self, rows: dict[str, np.ndarray], counts: dict) -> None:
+        """Append `rows` to the row datasets and flush, then count them (`rows_done`, `counts`) and flush."""
+        n0, n = self.rows_done, len(next(iter(rows.values())))
         f = self.file
         try:
-            for name, data in (("features", features.astype(np.float16)), ("index", index), ("labels", labels)):
+            for name, data in rows.items():
                 self.rows[name].resize(n0 + n, axis=0)
                 self.rows[name][n0:n0 + n] = data
             f.flush()
-            if bad:
-                f.attrs["bad_items"] = json.dumps(self.bad_items + list(map(int, bad)))
-            f.attrs["rows_done"] = n0 + n
-            f.attrs["items_done"] = self.items_done + items
+            f.attrs.update({"rows_done": n0 + n, **counts})
             f.flush()
         except (OSError, RuntimeError) as e:
             self._abandon()
@@ -253,14 +258,16 @@ class FeatureWriter:
     def finish(self, extra_attrs: dict | None = None) -> Path:
         """Checksum the rows, mark the file complete, rename it into place."""
         f = self.file
-        for k, v in {**(extra_attrs or {}), "bad_count": len(self.bad_items),
-                     "features_sha256": sha256_rows(self.rows["features"])}.items():
+        for k, v in {**(extra_attrs or {}), **self._checksums()}.items():
             f.attrs[k] = _attr(v)
         f.attrs["complete"] = True
         self.rows = {}
         f.close()
         os.replace(self.partial, self.target)
         return self.target
+
+    def _checksums(self) -> dict:
+        return {"bad_count": len(self.bad_items), "features_sha256": sha256_rows(self.rows["features"])}
 
     def _abandon(self) -> None:
         """After a failed write the file cannot be flushed or closed (see `_abandoned`); the next run
@@ -400,21 +407,63 @@ def _embeddings_sha256(embeddings: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
 
 
+def _create_text(f: h5py.File, dim: int, prompts: list[str], class_of_prompt: np.ndarray, classnames: list[str],
+                 attrs: dict) -> None:
+    """A text file's layout with no embedding row yet: the prompts, their classes and the class names
+    whole, `embeddings` growing along rows in checksummed chunks."""
+    rows_per_chunk = max(1, min(CHUNK_BYTES // (dim * 4), len(prompts)))
+    f.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype="float32",
+                     chunks=(rows_per_chunk, dim), fletcher32=True)
+    str_dt = h5py.string_dtype()
+    f.create_dataset("prompts", data=np.array(prompts, dtype=object), dtype=str_dt)
+    f.create_dataset("class_of_prompt", data=np.asarray(class_of_prompt, dtype=np.int64))
+    f.create_dataset("classnames", data=np.array(classnames, dtype=object), dtype=str_dt)
+    for k, v in attrs.items():
+        f.attrs[k] = _attr(v)
+    f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": dim, "created": _now(), "complete": False})
+
+
 def write_text(path: Path, emb: TextEmbeddings) -> Path:
-    """Text files are small: written whole, then renamed into place."""
+    """Embeddings computed elsewhere (`cache import`): written whole, then renamed into place."""
     if not np.isfinite(emb.embeddings).all():
         raise PipelineError(f"non-finite text embeddings for {Path(path).name}")
-    str_dt = h5py.string_dtype()
     with replacing(Path(path)) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("embeddings", data=emb.embeddings.astype(np.float32))
-        f.create_dataset("prompts", data=np.array(emb.prompts, dtype=object), dtype=str_dt)
-        f.create_dataset("class_of_prompt", data=emb.class_of_prompt.astype(np.int64))
-        f.create_dataset("classnames", data=np.array(emb.classnames, dtype=object), dtype=str_dt)
-        for k, v in emb.attrs.items():
-            f.attrs[k] = _attr(v)
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": emb.embeddings.shape[1], "created": _now(),
-                        "embeddings_sha256": _embeddings_sha256(emb.embeddings), "complete": True})
+        _create_text(f, emb.embeddings.shape[1], emb.prompts, emb.class_of_prompt, emb.classnames, emb.attrs)
+        f["embeddings"].resize(len(emb.embeddings), axis=0)
+        f["embeddings"][:] = emb.embeddings.astype(np.float32)
+        f.attrs.update({"embeddings_sha256": _embeddings_sha256(emb.embeddings), "complete": True})
     return Path(path)
+
+
+class TextWriter(FeatureWriter):
+    """Writes a prompt set's embeddings batch by batch into `<target>.partial` (encoding ImageNet's
+    80,000 prompts takes a while): the feature writer's resume, `rows_done` and atomic rename, over the one
+    row dataset `embeddings`. `resume` must name what changes the numbers (CLIP, precision, batch size,
+    prompts)."""
+
+    ROWS = ("embeddings",)
+
+    def __init__(self, target: Path, dim: int, prompts: list[str], class_of_prompt: np.ndarray,
+                 classnames: list[str], attrs: dict, resume: dict, say: Callable[[str], None] | None = None):
+        self.prompts, self.class_of_prompt, self.classnames = prompts, class_of_prompt, classnames
+        super().__init__(target, dim, attrs, resume, len(prompts), say)
+
+    def _create(self, attrs: dict) -> h5py.File:
+        f = h5py.File(self.partial, "w")
+        _create_text(f, self.dim, self.prompts, self.class_of_prompt, self.classnames, attrs)
+        f.attrs.update({"resume": _attr(self.resume), "rows_done": 0})
+        f.flush()
+        return f
+
+    def append(self, embeddings: np.ndarray) -> None:
+        """Write the embeddings of the next prompts."""
+        if not np.isfinite(embeddings).all():
+            raise PipelineError(f"non-finite text embeddings produced for {self.target.name}: check the CLIP weights")
+        self._write({"embeddings": embeddings.astype(np.float32)}, {})
+
+    def _checksums(self) -> dict:
+        """The same digest `write_text` stores (sha256 of all float32 rows in order), read back in blocks."""
+        return {"embeddings_sha256": sha256_rows(self.rows["embeddings"])}
 
 
 def _strings(data: h5py.Dataset) -> list[str]:

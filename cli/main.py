@@ -54,6 +54,7 @@ def cli(config: str | None) -> None:
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--on-bad-image", type=click.Choice(["skip", "fail"]), help="Unreadable images: skip or stop.")
 @click.option("--scheduler", help="dask.distributed address: shard the splits over its (GPU) workers.")
+@click.option("--cluster", help="Start a dask cluster for this extraction: local-cuda, slurm or pbs (docs/scale.md).")
 @click.option("--shards", type=int, help="Shards per split on a scheduler (0 = one per worker).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
 @click.pass_context

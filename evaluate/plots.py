@@ -12,8 +12,8 @@ PNG and PDF and closes it:
 * `loss_terms_<encoder>`: every loss term per epoch (a panel each) of the chosen runs;
 * `modality_gap_<dataset>`: CLIP's image and class-text features and the mapped encoder features on a
   2-D PCA fitted on CLIP's image and text features alone, the measured gaps in the legend;
-* `per_class_<dataset>`: the classes each mapped encoder loses most against CLIP, where the results hold
-  per-class accuracy (`[evaluate] per_class`).
+* `per_class_<dataset>`: each mapped encoder's top-1 per class against CLIP (at 1,000 classes the 10
+  lost most and the 10 best), where the results hold per-class accuracy (`[evaluate] per_class`).
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ from .report import summary_rows  # noqa: E402
 COLUMN_WIDTH = 3.4          # inches: one column of a two-column paper
 FULL_WIDTH = 7.0            # both columns
 MAX_SERIES = 8              # lines a panel can show and still be told apart
+PER_CLASS_SHOWN = 10        # classes at each end of a per-class panel (best and worst)
+NAME_CHARS = 28             # a class name longer than this is cut beside its bar
 DPI = 200
 STYLE = {"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6.5,
          "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "figure.titlesize": 8, "lines.linewidth": 1.2,
@@ -308,7 +310,8 @@ def gap_figure(view: GapView, title: str, labelled: int = 6, max_points: int = 1
         ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.35, color="gray" if i == 0 else f"C{i - 1}", linewidths=0,
                    label=label + (f" (gap {gap:.2f})" if gap is not None else ""))
     text = proj(view.clip_text)
-    ax.scatter(text[:, 0], text[:, 1], s=28, marker="*", color="black", edgecolors="white", linewidths=0.4,
+    size = 28 * min(1.0, 64 / len(text)) ** 0.5     # 1,000 full-size stars would hide the images
+    ax.scatter(text[:, 0], text[:, 1], s=size, marker="*", color="black", edgecolors="white", linewidths=0.4,
                zorder=5, label=f"CLIP class text ({len(text)} classes)")
     for i in np.linspace(0, len(text) - 1, min(labelled, len(text))).astype(int):
         ax.annotate(view.classnames[i], text[i], xytext=(3, 3), textcoords="offset points", fontsize=6, zorder=6)
@@ -321,21 +324,43 @@ def gap_figure(view: GapView, title: str, labelled: int = 6, max_points: int = 1
 
 # ---- per-class accuracy ------------------------------------------------------------------------------
 
+def _short(name: str, limit: int = NAME_CHARS) -> str:
+    """A class name cut to fit beside a bar (ImageNet has "Mexican hairless dog (xoloitzcuintli)")."""
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+def class_ends(diff: np.ndarray, shown: int) -> tuple[list[int], list[int]]:
+    """Classes with test rows, by top-1 minus CLIP's: the `shown` lost most and the `shown` best (both
+    from the worst down), or every class as the first list where there are at most 2 x `shown`."""
+    order = [int(i) for i in np.argsort(diff, kind="stable") if not math.isnan(diff[i])]   # NaN sorts last
+    return (order, []) if len(order) <= 2 * shown else (order[:shown], order[-shown:])
+
+
 @styled
-def per_class_figure(deficits: dict[str, np.ndarray], classnames: list[str], title: str, shown: int = 12) -> plt.Figure:
-    """Per encoder (a panel each): the `shown` classes with the largest top-1 loss against CLIP, in
-    points (mapped minus CLIP; NaN where a class has no test rows)."""
-    fig, axes = _figure(len(deficits), height=0.16 * shown + 0.9, sharey=False)
+def per_class_figure(deficits: dict[str, np.ndarray], classnames: list[str], title: str,
+                     shown: int = PER_CLASS_SHOWN) -> plt.Figure:
+    """Per encoder (a panel each): top-1 minus CLIP's per class, in points, for every class or, with
+    more than 2 x `shown` classes (ImageNet's 1,000), only the `shown` lost most and the `shown` best,
+    a row between them counting the classes left out. The title says which."""
+    n_classes = max(int((~np.isnan(d)).sum()) for d in deficits.values())
+    cut = n_classes > 2 * shown
+    fig, axes = _figure(len(deficits), height=0.14 * (min(n_classes, 2 * shown) + cut) + 1.0, ncols=2,
+                        sharey=False)
     for ax, (label, diff) in zip(axes, deficits.items()):
-        order = [i for i in np.argsort(np.nan_to_num(diff, nan=np.inf)) if not math.isnan(diff[i])][:shown]
-        ax.barh(range(len(order)), [100 * diff[i] for i in order], color="C3")
-        ax.set_yticks(range(len(order)), [classnames[i] for i in order])
+        worst, best = class_ends(diff, shown)
+        rows = worst + ([None] if best else []) + best       # None: the classes left out
+        values = [0.0 if i is None else 100 * diff[i] for i in rows]
+        ax.barh(range(len(rows)), values, color=["C3" if v < 0 else "C2" for v in values])
+        ax.set_yticks(range(len(rows)), [f"… {len(diff) - len(worst) - len(best)} more" if i is None
+                                         else _short(classnames[i]) for i in rows])
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_xlim(right=max(0.0, *(100 * diff[i] for i in order)) + 5)
+        ax.set_xlim(min([0.0, *values]) - 5, max([0.0, *values]) + 5)
         ax.set_title(label)
         ax.set_xlabel("top-1 minus CLIP's (points)")
-    fig.suptitle(title)
+    which = (f"the {shown} classes lost most and the {shown} best of {n_classes:,}" if cut
+             else f"all {n_classes} classes")
+    fig.suptitle(f"{title}: {which}, against CLIP")
     return fig
 
 
@@ -388,6 +413,6 @@ def write_plots(results: list[dict[str, Any]], runs_dir: Path, out_dir: Path,
     for dataset in datasets:
         found = _per_class(results, rows, dataset)
         if found:
-            written += _save(per_class_figure(*found, f"{dataset}: classes lost against CLIP"), out_dir,
+            written += _save(per_class_figure(*found, f"{dataset}: top-1 per class"), out_dir,
                              f"per_class_{dataset}")
     return written

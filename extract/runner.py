@@ -6,6 +6,8 @@ second one waits for them, says so, and then finds them done.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,27 +286,46 @@ def _captions(project: Project, ref: str) -> tuple:
 
 
 def extract_text(project: Project, jobs: list, models: Models, device: str, progress: bool, say: Say) -> list[Path]:
-    """Per-prompt text embeddings of each dataset's class prompts, of the class-free set and of captions."""
+    """Per-prompt text embeddings of each dataset's class prompts, of the class-free set and of captions,
+    batch by batch into a resumable partial file (an interrupted run goes on from the prompts done)."""
     written = []
-    batch = project.clip.batch_size
     for path, make in jobs:
         with locks.holding([path], say):
             if path.exists():
                 say(f"{path.name}: written by another process meanwhile")
                 continue
             prompts, cop, classnames, attrs = make()
-            clip = models[project.clip.name]
-            chunks = []
-            for i in tqdm(range(0, len(prompts), batch), desc=f"encode text {path.name}", unit="batch",
-                          disable=not progress):
-                with torch.inference_mode(), _autocast(device):
-                    chunks.append(clip.encode_text(prompts[i:i + batch], device).float().cpu())
-            emb = torch.cat(chunks).numpy()
-            written.append(store.write_text(path, store.TextEmbeddings(emb, prompts, cop, classnames, {
+            digest = hashlib.sha256(json.dumps([prompts, cop.tolist()]).encode()).hexdigest()
+            resume = {"batch_size": project.clip.batch_size, "precision": precision(device),
+                      "clip_key": project.clip.key(), "prompts_sha256": digest}
+            writer = store.TextWriter(path, models[project.clip.name].dim, prompts, cop, classnames, {
                 **attrs, "clip": project.clip.name, "identity": project.clip.identity(),
                 "clip_key": project.clip.key(), "versions": versions(), "device": device,
-                "precision": precision(device)})))
+                "precision": precision(device)}, resume, say)
+            written.append(_encode_prompts(writer, models[project.clip.name], project.clip.batch_size, device,
+                                           progress, say))
     return written
+
+
+def _encode_prompts(writer: store.TextWriter, clip: Encoder, batch: int, device: str, progress: bool,
+                    say: Say) -> Path:
+    """Encode the writer's prompts from where its partial file stopped, then finish the file."""
+    prompts = writer.prompts
+    try:
+        start = writer.rows_done
+        if start:
+            say(f"resuming {writer.partial.name} at prompt {start:,} of {len(prompts):,}")
+        bar = tqdm(total=len(prompts), initial=start, unit="prompt", disable=not progress,
+                   desc=f"encode text {writer.target.name}")
+        for i in range(start, len(prompts), batch):
+            with torch.inference_mode(), _autocast(device):
+                writer.append(clip.encode_text(prompts[i:i + batch], device).float().cpu().numpy())
+            bar.update(min(batch, len(prompts) - i))
+            faults.point("extract.text_batch")
+        bar.close()
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
@@ -330,13 +351,13 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
                 say: Say = print, timings: dict | None = None) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
 
-    With `settings.scheduler`, splits are sharded over the dask cluster's workers (extract/shards.py).
-    `timings` receives the seconds spent on images and on text (for `pipeline rehearse`).
+    With `settings.scheduler` or `settings.cluster`, splits are sharded over the dask cluster's workers
+    (extract/shards.py). `timings` receives the seconds spent on images and on text (for `pipeline rehearse`).
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
     device = resolve_device(settings.device, "extract.device")
-    if not settings.scheduler:     # a cluster's workers resolve their own device
+    if not settings.distributed:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
     _record_data(project, settings)
@@ -352,7 +373,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     with locks.holding([p for job in jobs for p in job.targets.values()], say):
         jobs = [SplitJob(j.ref, {n: p for n, p in j.targets.items() if not p.exists()}) for j in jobs]
         jobs = [j for j in jobs if j.targets]
-        if settings.scheduler and jobs:
+        if settings.distributed and jobs:
             from .shards import run_sharded
             written["features"] = run_sharded(project, settings, jobs, say)
             jobs = []

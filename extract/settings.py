@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.settings import Subsets, at_least, device_name, each, setting, split_ref
 
 
@@ -21,8 +22,22 @@ class ExtractCfg(Subsets):
     device: str = setting("auto", device_name)
     on_bad_image: typing.Literal["skip", "fail"] = "skip"
     scheduler: str = ""              # dask.distributed address: shard the splits over its workers
+    cluster: typing.Literal["", "local-cuda", "slurm", "pbs"] = ""   # or start one (docs/scale.md; optional extras)
+    cluster_jobs: int = setting(1, at_least(1))    # slurm / pbs: batch jobs to submit (one worker, one GPU each)
+    cluster_options: dict = setting(dict)          # keyword arguments of LocalCUDACluster / SLURMCluster / PBSCluster
     shards: int = setting(0, at_least(0))          # shards per split on a scheduler (0 = one per worker)
     captions: list[str] = setting(list, each(split_ref))   # splits whose captions CLIP embeds (for retrieval)
+
+
+    def __post_init__(self) -> None:
+        if self.scheduler and self.cluster:
+            raise PipelineError(f"[extract] sets both scheduler ({self.scheduler}) and cluster ({self.cluster!r}): "
+                                f"use an existing scheduler or start a cluster, not both")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the splits are sharded over a dask cluster's workers."""
+        return bool(self.scheduler or self.cluster)
 
 
 def existing_file(v: str) -> str | None:

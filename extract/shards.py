@@ -105,16 +105,17 @@ def anchored(project: Project) -> Project:
 
 
 def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -> list[Path]:
-    """Extract every job's split on the dask cluster at `settings.scheduler`, then join the shards
-    (the caller holds the targets' locks)."""
+    """Extract every job's split on the dask cluster at `settings.scheduler` (or one started as
+    `settings.cluster` says), then join the shards (the caller holds the targets' locks)."""
     from dask.distributed import as_completed
 
-    from zoomshot.cache.compute import client
+    from zoomshot.cache.compute import client, dask_cluster
 
     from .datasets import open_split
 
-    with client(settings.scheduler) as c:
-        k = settings.shards or max(1, len(c.scheduler_info()["workers"]))
+    with dask_cluster(settings.scheduler, settings.cluster, settings.cluster_jobs,
+                         settings.cluster_options) as workers, client(workers.address) as c:
+        k = settings.shards or max(1, workers.planned or len(c.scheduler_info()["workers"]))
         plan, parts = [], {}
         for job in jobs:
             name, split = parse_ref(job.ref)
@@ -129,7 +130,8 @@ def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -
             for i, items in enumerate(ranges):
                 targets = {n: str(parts[t][i]) for n, t in job.targets.items()}
                 plan.append((job, targets, items))
-        futures = {c.submit(extract_shard, anchored(project), settings, job.ref, targets, items, pure=False): job
+        futures = {c.submit(extract_shard, anchored(project), settings, job.ref, targets, items, pure=False,
+                            resources=workers.resources or None): job
                    for job, targets, items in plan}
         failed = []
         for fut in as_completed(futures):

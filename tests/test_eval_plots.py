@@ -11,8 +11,9 @@ import torch  # noqa: E402
 from zoomshot.cache.runs import Maps, write_run  # noqa: E402
 
 from zoomshot.evaluate.gap import GapView  # noqa: E402
-from zoomshot.evaluate.plots import (MAX_SERIES, Projection, accuracy_figure, gap_figure,  # noqa: E402
-                                     load_histories, loss_terms_figure, per_class_figure, sweeps, write_plots)
+from zoomshot.evaluate.plots import (MAX_SERIES, NAME_CHARS, Projection, _per_class, _short,  # noqa: E402
+                                     accuracy_figure, gap_figure, load_histories, loss_terms_figure,
+                                     per_class_figure, sweeps, write_plots)
 from zoomshot.evaluate.report import summary_rows  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -194,18 +195,69 @@ def test_gap_figure_draws_text_on_top_labels_a_few_classes_and_states_the_gaps()
     assert_legend_outside(fig)
 
 
-def test_per_class_figure_lists_the_classes_lost_most(tmp_path):
+def test_gap_figure_at_1000_classes_draws_smaller_stars_with_the_same_total_ink():
+    """1,000 class-text stars at the size of 30 would cover the image points; their total area stays that of 64."""
+    rng = np.random.default_rng(3)
+    image, _ = gap_groups(rng)
+    _, text = gap_groups(rng, n=2000)
+    fig = gap_figure(GapView(image, text, [f"class {i}" for i in range(1000)]), "imagenet: the modality gap")
+    stars = fig.axes[0].collections[-1]
+    assert len(stars.get_offsets()) == 1000 and stars.get_sizes() == pytest.approx([28 * (64 / 1000) ** 0.5])
+    assert len(fig.axes[0].texts) == 6
+
+
+def test_per_class_figure_lists_every_class_when_few(tmp_path):
     names = ["a", "b", "c", "d"]
-    fig = per_class_figure({"cnn: mse": np.array([-0.1, -0.5, np.nan, 0.2])}, names, "lost", shown=2)
+    fig = per_class_figure({"cnn: mse": np.array([-0.1, -0.5, np.nan, 0.2])}, names, "shapes", shown=2)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a"]
-    assert [p.get_width() for p in ax.patches] == pytest.approx([-50.0, -10.0])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "d"]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([-50.0, -10.0, 20.0])
+    assert fig.get_suptitle() == "shapes: all 3 classes, against CLIP"
     clip = {**result("shapes", "clip", "clip", "clip", None, None, 0, 0.5), "classnames": names}
     clip["metrics"]["per_class_acc"] = [0.5, 1.0, 0.0, 0.5]
     student = result("shapes", "cnn", "mse", "zoomshot", 1.0, 10, 0, 0.4)
     student["metrics"]["per_class_acc"] = [0.5, 0.0, 0.5, 0.6]
     written = write_plots([clip, student], tmp_path / "runs", tmp_path)
     assert [p.name for p in written] == ["per_class_shapes.png", "per_class_shapes.pdf"]
+
+
+def test_per_class_figure_at_1000_classes_shows_the_ends_from_result_files(tmp_path):
+    """ImageNet-sized result files on disk: each panel has 2 x 10 bars (the 10 classes lost most and the
+    10 best, from the per-class numbers) and a row counting the 980 left out, and the title says so."""
+    import json
+
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    from zoomshot.evaluate.report import load_results
+
+    names, rng = list(IMAGENET_CLASSNAMES), np.random.default_rng(0)
+    clip_acc = rng.uniform(0.4, 0.9, 1000)
+    diffs = {"cnn": rng.permutation(np.linspace(-0.4, 0.1, 1000)), "vit": rng.permutation(np.linspace(-0.3, 0.2, 1000))}
+    clip = {**result("imagenet", "clip", "clip", "clip", None, None, 0, 0.7), "classnames": names}
+    clip["metrics"]["per_class_acc"] = clip_acc.tolist()
+    results = [clip]
+    for enc, diff in diffs.items():
+        r = result("imagenet", enc, "mse", "zoomshot", 1.0, 10, 0, 0.5)
+        r["metrics"]["per_class_acc"] = (clip_acc + diff).tolist()
+        results.append(r)
+    (tmp_path / "results").mkdir()
+    for i, r in enumerate(results):
+        (tmp_path / "results" / f"{i}.json").write_text(json.dumps(r))
+    loaded = load_results(tmp_path / "results")
+    written = write_plots(loaded, tmp_path / "runs", tmp_path / "figures")
+    assert [p.name for p in written] == ["per_class_imagenet.png", "per_class_imagenet.pdf"]
+    assert_png(written[0])
+    fig = per_class_figure(*_per_class(loaded, summary_rows(loaded), "imagenet"), "imagenet: top-1 per class")
+    assert fig.get_suptitle() == ("imagenet: top-1 per class: the 10 classes lost most and the 10 best of 1,000, "
+                                  "against CLIP")
+    for ax, diff in zip(fig.axes, diffs.values()):
+        order = np.argsort(diff)
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert len(ax.patches) == 21 and labels[10] == "… 980 more"
+        assert labels[:10] + labels[11:] == [_short(names[i]) for i in [*order[:10], *order[-10:]]]
+        widths = [p.get_width() for p in ax.patches]
+        assert widths[:10] + widths[11:] == pytest.approx(100 * diff[[*order[:10], *order[-10:]]], abs=1e-6)
+        assert max(map(len, labels)) <= NAME_CHARS
 
 
 def test_single_fraction_and_single_epochs_draw_no_sweep_plots(tmp_path):
