@@ -15,6 +15,17 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: A trainer test runs twice: trained, and as its control with the optimiser frozen (lr = 0) from the same
+#: random start, which must miss the bar (a test its control passes guards the start, not the training).
+#: Use as `@TRAINS_OR_FROZEN` and pass `**FREEZE[frozen]` to the trainer.
+FREEZE = {False: {}, True: {"lr": 0.0}}
+
+
+def trains_or_frozen(test):
+    import pytest
+    return pytest.mark.parametrize("frozen", [False, True], ids=["trains", "frozen-control"])(test)
+
+
 def shipped_config() -> dict:
     """The repository's pipeline.toml as a dict (its weights are `assets:` names, so it runs from any folder)."""
     return tomllib.loads((REPO / "pipeline.toml").read_text())
