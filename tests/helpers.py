@@ -169,6 +169,25 @@ def synthetic_arrays(folder, n_classes=10, d=32, m=48, seed=0):
     (folder / "classfree.txt").write_text("\n".join(f"prompt {i}" for i in range(60)))
 
 
+def synthetic_project(folder: Path, variants: list[str], epochs: int = 3, fit_table: str = "",
+                      before_import=None) -> Path:
+    """A project of `synthetic_arrays` (5 classes) imported into its cache, fitting `variants` for `epochs`
+    (`fit_table`: more `[fit]` lines); `before_import(folder)` may change the arrays first."""
+    synthetic_arrays(folder, n_classes=5, d=16, m=24)
+    if before_import:
+        before_import(folder)
+    (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs").replace(
+        'variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', f"variants = {variants!r}\n{fit_table}")
+        .replace("epochs = [40]", f"epochs = [{epochs}]") + "\n[extract]\nsplits = []\n")
+    for args in [(f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split, "--labels",
+                  f"y_{split}.npy") for split in ("train", "test") for enc in ("clip", "src")] + \
+            [("class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt"),
+             ("classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")]:
+        code, out, err = run_main(folder, "cache", "import", *args)
+        assert code == 0, (out, err)
+    return folder
+
+
 # ---- in-process runs, for the many one-line-error cases (a subprocess per case would cost seconds) ----
 def run_main(folder: Path, *args: str) -> tuple[int, str, str]:
     """`pipeline ARGS` through the console script's own `main()` in this process, in `folder`: exit
