@@ -15,7 +15,8 @@ from .maps import affine_pinv, variance_scale
 from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 
-#: each baseline's revision, part of its runs' names: bump one when a change moves its numbers
+#: each baseline's revision, recorded in its run.json: bump one when a change moves its numbers (its
+#: finished runs are then fitted again)
 REVISIONS = {"linear-aligner": 1, "lstsq": 1, "procrustes": 1}
 
 

@@ -8,9 +8,11 @@ benchmarks/fit_speed.py measures it).
 Two things make the result independent of guessing the batch size or the data size:
 * every epoch takes at least `steps_per_epoch` optimizer steps (the batch shrinks for few rows), so a small
   training set is not left after a handful of steps; an epoch is still one pass over the rows;
-* each map is trained in whitened input coordinates (`WhitenedLinear`), an exact reparametrisation that
-  makes the reconstruction loss perfectly conditioned, so Adam reaches its optimum in those steps even
-  when the features are anisotropic or the rows barely outnumber the dimensions.
+* each map is trained (unless `whiten = False`) in whitened input coordinates (`WhitenedLinear`), an exact
+  reparametrisation that makes the reconstruction loss perfectly conditioned, so Adam reaches its optimum
+  in those steps even when the features are anisotropic or the rows barely outnumber the dimensions.
+
+Both are departures of the `tuned` preset from the paper (fit/presets.py, docs/method.md).
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ from .maps import ROWS_PER_CHUNK, affine_pinv, variance_scale
 from .presets import DEFAULT_PRESET, PRESETS
 from .ridge import absolute, gcv_ridge, moments, ridge_fit
 
-#: the trainer's revision, part of every Zoom-shot run's name: bump it when a change moves its numbers
-#: (a loss, the parametrisation, a default), so that no finished run of the old maths is reused
+#: the trainer's revision, recorded in every Zoom-shot run.json: bump it when a change moves its numbers at
+#: the same settings (a loss, the parametrisation), so that finished runs of the old maths are fitted again
 REVISION = 1
 INITS = ("ridge", "random")   # where the maps start: the reconstruction's ridge closed forms, or seeded noise
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], "TrainConfig"], torch.optim.Optimizer]] = {
