@@ -267,19 +267,20 @@ def norm_varying_features(seed, n=64, n_test=2000, d=32, m=48, classes=10, promp
     return (rho * direction)[:n], s[:n], u, s[n:], labels[n:], centroids
 
 
-def test_pgkd_beats_mse_alone_when_clip_norms_are_unpredictable():
-    """At the trainer's defaults, measured: +11.8, +10.9, +9.4 points for seeds 0-2 (mean +10.7; w_kd = 3:
-    +19.9, 10: +29.7); asserted: mean >= +8. Dropping PG-KD's gradient makes the gain 0."""
+@trains_or_frozen
+def test_pgkd_beats_mse_alone_when_clip_norms_are_unpredictable(frozen):
+    """From a random start, measured: +14.2, +10.0, +12.1 points for seeds 0-2 (mean +12.1; from the ridge
+    start +11.8); asserted: mean >= +8. Frozen, both fits stay at the same start: the gain is 0."""
     gains = []
     for seed in range(3):
         t, s, u, s_test, labels, centroids = norm_varying_features(seed)
-        base = dict(MSE_ONLY)
         accuracy = []
         for w_kd in (0.0, 1.0):
-            maps, _ = fit_method("zoomshot", s, t, u, {**base, "w_kd": w_kd}, seed=0, device="cpu")
+            params = {**MSE_ONLY, **RANDOM, **FREEZE[frozen], "w_kd": w_kd}
+            maps, _ = fit_method("zoomshot", s, t, u, params, seed=0, device="cpu")
             accuracy.append(top1(maps.to_clip(s_test), centroids, labels))
         gains.append(accuracy[1] - accuracy[0])
-    assert sum(gains) / len(gains) >= 0.08, gains
+    assert (sum(gains) / len(gains) >= 0.08) is not frozen, gains
 
 
 def subspace_features(seed=0, n=2000, d=24, m=12, k=6):
