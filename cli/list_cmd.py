@@ -28,7 +28,8 @@ def registries() -> dict[str, list[tuple[str, str]]]:
         "datasets": [(kind, f"options: {_options(cls)}") for kind, cls in DATASET_KINDS.items()],
         "encoders": [(family, "[clip] model (open_clip)" if family == "open_clip" else "[[encoders]] model (timm)")
                      for family in FAMILIES],
-        "variants": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items()))
+        "variants": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items())
+                      + (f"; presets: {', '.join(PRESETS)}" if METHODS[spec["method"]].presets else ""))
                      for name, spec in BUILTIN_VARIANTS.items()],
         "presets": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items()) or
                      f"the trainer's defaults{' (default)' if name == DEFAULT_PRESET else ''}")
