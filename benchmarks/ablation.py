@@ -44,11 +44,12 @@ def settings(world: World, rows: list[int]) -> dict[str, callable]:
     n_train = len(world.features("cnn", "shapes:train").features)
     out = {}
     for r in rows:
-        out[f"world cnn, {r:,} rows"] = (lambda method, params, seed, f=r / n_train:
-                                          world.top1(world.fit(method, params, "cnn", ["shapes:train"], f, seed), "cnn"))
+        out[f"world cnn, {r:,} rows"] = (
+            lambda method, params, seed, f=r / n_train:
+            world.top1(world.fit(method, params, "cnn", ["shapes:train"], f, seed), "cnn"))
     for r in rows:
-        out[f"synthetic, {r:,} rows"] = (lambda method, params, seed, r=r:
-                                          synthetic_top1(synthetic(seed, r), params, method, seed))
+        out[f"synthetic, {r:,} rows"] = (
+            lambda method, params, seed, r=r: synthetic_top1(synthetic(seed, r), params, method, seed))
     return out
 
 
@@ -56,7 +57,8 @@ def study(world: World, rows: list[int], seeds: list[int]) -> dict:
     results = {}
     for name, run in settings(world, rows).items():
         t0 = time.perf_counter()
-        results[name] = {recipe: [run(method, params, s) for s in seeds] for recipe, (method, params) in RECIPES.items()}
+        results[name] = {recipe: [run(method, params, s) for s in seeds]
+                         for recipe, (method, params) in RECIPES.items()}
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return results
 
