@@ -132,8 +132,9 @@ def total_loss(
     The text cycle has its own weight so that ablations can keep the image cycles and drop it (w_cyc =
     w_cyc_text reproduces DESIGN.md's single L_cyc). `target_variance` is the variance the spaces were
     scaled to (the terms' normalisation, dropped with `scaled=False`); `h_s` is h(s) when the caller has
-    it already. Returns the total and the unweighted terms that were computed, as detached 0-d tensors (call float() on them; keeping tensors lets a trainer on a GPU sum them over an
-    epoch without a device sync per batch).
+    it already. Returns the total and the unweighted terms that were computed, as detached 0-d tensors
+    (call float() on them; keeping tensors lets a trainer on a GPU sum them over an epoch without a device
+    sync per batch).
     """
     weights = {"mse": w_mse, "cyc_s": w_cyc, "cyc_t": w_cyc, "cyc_u": w_cyc_text, "kd": w_kd}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
