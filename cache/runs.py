@@ -6,7 +6,10 @@
 A run's name is the hash of everything that changes its numbers: the resolved method settings, the
 subset, the seed, and the content keys of its input files (never their paths), so a moved or copied
 runs folder is still found finished. A folder counts as finished only when both files read back with
-their checksums and its inputs still hold the numbers it was fitted on.
+their checksums, its inputs still hold the numbers it was fitted on, and it was fitted by the method's
+current revision (run.json `revision`; a new revision re-fits the folder in place rather than naming a
+new one, so a runs folder never holds results of two versions of one method's maths side by side).
+A run that failed leaves `<name>.failed.txt` beside the folders: its full traceback.
 """
 from __future__ import annotations
 
@@ -153,9 +156,10 @@ def read_run(run_dir: Path) -> Run:
     return Run(Path(run_dir), record)
 
 
-def stale_reason(run_dir: Path, input_checksums: dict[str, str]) -> str | None:
-    """Why `run_dir` does not hold this run finished (None when it does): missing or damaged files, or
-    inputs that changed since it was fitted (a re-imported or re-extracted cache file)."""
+def stale_reason(run_dir: Path, input_checksums: dict[str, str], revision: int) -> str | None:
+    """Why `run_dir` does not hold this run finished (None when it does): missing or damaged files,
+    inputs that changed since it was fitted (a re-imported or re-extracted cache file), or a method whose
+    maths changed since (its `revision`)."""
     if not Path(run_dir).exists():
         return "not fitted yet"
     try:
@@ -165,6 +169,9 @@ def stale_reason(run_dir: Path, input_checksums: dict[str, str]) -> str | None:
         return e.what
     if run.record["inputs"].get("checksums") != input_checksums:
         return "its input files changed since it was fitted"
+    if run.record.get("revision") != revision:
+        return (f"it was fitted by revision {run.record.get('revision', 'none')} of method {run.record['method']}, "
+                f"which is now at revision {revision}")
     return None
 
 

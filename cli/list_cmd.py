@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import click
 
-WHAT = ("datasets", "encoders", "variants", "methods", "adapters", "metrics")
+WHAT = ("datasets", "encoders", "variants", "presets", "methods", "adapters", "metrics")
 
 
 def _options(cls: type, skip: tuple[str, ...] = ()) -> str:
@@ -21,15 +21,21 @@ def registries() -> dict[str, list[tuple[str, str]]]:
     from zoomshot.extract.encoders import FAMILIES
     from zoomshot.extract.settings import DATASET_KINDS
     from zoomshot.fit.methods import METHODS, SUPPLIED
+    from zoomshot.fit.presets import DEFAULT_PRESET, PRESETS
     from zoomshot.fit.sweep import BUILTIN_VARIANTS
 
     return {
         "datasets": [(kind, f"options: {_options(cls)}") for kind, cls in DATASET_KINDS.items()],
         "encoders": [(family, "[clip] model (open_clip)" if family == "open_clip" else "[[encoders]] model (timm)")
                      for family in FAMILIES],
-        "variants": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items()))
+        "variants": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items())
+                      + (f"; presets: {', '.join(PRESETS)}" if METHODS[spec["method"]].presets else ""))
                      for name, spec in BUILTIN_VARIANTS.items()],
-        "methods": [(name, f"settings: {_options(m.settings, SUPPLIED)}") for name, m in METHODS.items()],
+        "presets": [(name, ", ".join(f"{k}={v!r}" for k, v in spec.items()) or
+                     f"the trainer's defaults{' (default)' if name == DEFAULT_PRESET else ''}")
+                    for name, spec in PRESETS.items()],
+        "methods": [(name, f"revision {m.revision}; settings: {_options(m.settings, SUPPLIED)}")
+                    for name, m in METHODS.items()],
         "adapters": [(name, f"searches {', '.join(a.searched)}") for name, a in ADAPTERS.items()],
         "metrics": [(name, "[evaluate] retrieval = true" if name in RETRIEVAL else "") for name in METRICS],
     }
@@ -38,7 +44,7 @@ def registries() -> dict[str, list[tuple[str, str]]]:
 @click.command("list")
 @click.argument("what", required=False, type=click.Choice(WHAT))
 def list_registries(what: str | None) -> None:
-    """List dataset kinds, encoder families, fit variants and methods, adapters and metrics."""
+    """List dataset kinds, encoder families, fit variants, presets and methods, adapters and metrics."""
     for name, rows in registries().items():
         if what not in (None, name):
             continue

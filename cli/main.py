@@ -75,6 +75,7 @@ def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) 
 @multi("--train", help="Training data DATASET:SPLIT, or a mix A:train+B:train")
 @multi("--encoders", help="Encoder names (default: every encoder)")
 @multi("--variants", help="Loss sets / baselines to run (see `[fit.definitions]`)")
+@multi("--presets", help="Recipes of the Zoom-shot variants: tuned, paper (`pipeline list presets`)")
 @multi("--fractions", type=float, help="Data fractions")
 @multi("--epochs", type=int, help="Epochs")
 @multi("--seeds", type=int, help="Seeds")
@@ -82,21 +83,24 @@ def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) 
 @click.option("--scheduler", help="dask.distributed scheduler address (tcp://host:port); empty = threads.")
 @click.option("--workers", type=int, help="Threads of the local dask scheduler.")
 @click.option("--dry-run", is_flag=True, help="List the runs of the grid and stop.")
+@click.option("--debug", is_flag=True, help="Stop at the first failing fit with its traceback (its "
+                                            "<run>.failed.txt is written either way).")
 @click.pass_context
-def fit(ctx: click.Context, dry_run: bool, **values) -> None:
+def fit(ctx: click.Context, dry_run: bool, debug: bool, **values) -> None:
     """Train maps for every run of the grid from cached features; finished runs are skipped."""
-    if do_fit(apply(ctx, "fit", values), dry_run):
+    if do_fit(apply(ctx, "fit", values), dry_run, debug):
         sys.exit(1)
 
 
-def do_fit(cfg: Config, dry_run: bool = False) -> int:
-    """Runs the sweep; returns how many runs failed (each is reported, the others go on)."""
+def do_fit(cfg: Config, dry_run: bool = False, debug: bool = False) -> int:
+    """Runs the sweep; returns how many runs failed (each is reported, the others go on, unless `debug`:
+    then the first failure is raised)."""
     from zoomshot.fit.sweep import check_inputs, expand, run_sweep
-    specs = expand(cfg.project, cfg.fit)
+    specs = [{**s, "debug": debug} for s in expand(cfg.project, cfg.fit)]
     if dry_run:
         for s in specs:
             r = s["record"]
-            click.echo(f"{s['name']}  {r['encoder']:<12} {r['variant']:<22} train={'+'.join(r['train'])} "
+            click.echo(f"{s['name']}  {r['encoder']:<12} {r['variant']:<26} train={'+'.join(r['train'])} "
                        f"fraction={r['fraction']} epochs={r['epochs'] or '-'} seed={r['seed']}")
         return 0
     check_inputs(specs, cfg.fit.scheduler)

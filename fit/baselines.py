@@ -15,6 +15,10 @@ from .maps import affine_pinv, variance_scale
 from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 
+#: each baseline's revision, recorded in its run.json: bump one when a change moves its numbers (its
+#: finished runs are then fitted again)
+REVISIONS = {"linear-aligner": 1, "lstsq": 1, "procrustes": 1}
+
 
 def _scaled_moments(s: torch.Tensor, t: torch.Tensor, target_variance: float) -> tuple[Moments, float, float]:
     """Moments of the variance-aligned s and t, and the two scalars (c_s, c_t)."""

@@ -10,7 +10,8 @@ what the term is for a trivial guess. L_mse is the share of the target's varianc
 (mean squared error / variance: 1 for predicting the mean); an L1 cycle term is the mean absolute error in
 units of the space's standard deviation; PG-KD `lm` is the share of the teacher logits' variance over the
 prompts left unexplained, `ht-ce` and `kl` are in units of log K (a uniform guess over K prompts). None
-depends on the batch size, the feature widths or the number of prompts.
+depends on the batch size, the feature widths or the number of prompts. `scaled=False` drops every
+divisor (the terms in their raw units, as the paper writes them: the `paper` preset).
 """
 from __future__ import annotations
 
@@ -62,24 +63,25 @@ def prompt_logits(x: torch.Tensor, u_unit: torch.Tensor, tau: float) -> torch.Te
     return tau * F.normalize(x, dim=-1) @ u_unit.T
 
 
-def _logit_matching(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean squared error between the logits, over the teacher logits' variance across the prompts."""
-    return F.mse_loss(z_s, z_t) / z_t.var(dim=-1).mean().clamp_min(1e-12)
+def _logit_matching(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error between the logits; its unit: the teacher logits' variance across the prompts."""
+    return F.mse_loss(z_s, z_t), z_t.var(dim=-1).mean().clamp_min(1e-12)
 
 
-def _hard_target_ce(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy of the student against the teacher's argmax prompt, in units of log K."""
-    return F.cross_entropy(z_s, z_t.argmax(dim=-1)) / math.log(z_s.shape[-1])
+def _hard_target_ce(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the student against the teacher's argmax prompt; its unit: log K."""
+    return F.cross_entropy(z_s, z_t.argmax(dim=-1)), math.log(z_s.shape[-1])
 
 
-def _kl(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(z_T / T) || softmax(z_S / T)), mean over rows, in units of log K."""
+def _kl(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+    """KL(softmax(z_T / T) || softmax(z_S / T)), mean over rows; its unit: log K."""
     log_p_t = F.log_softmax(z_t / temperature, dim=-1)
     log_p_s = F.log_softmax(z_s / temperature, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") / math.log(z_s.shape[-1])
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean"), math.log(z_s.shape[-1])
 
 
-KD_VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+#: each variant's raw value and the unit that puts it on the common scale
+KD_VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor | float]]] = {
     "lm": _logit_matching,
     "ht-ce": _hard_target_ce,
     "kl": _kl,
@@ -87,7 +89,7 @@ KD_VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tenso
 
 
 def pgkd_loss(h_s: torch.Tensor, t: torch.Tensor, u: torch.Tensor, tau: float = 100.0, variant: str = "lm",
-              temperature: float = 1.0) -> torch.Tensor:
+              temperature: float = 1.0, scaled: bool = True) -> torch.Tensor:
     """Prompt-guided distillation: teacher z_T = tau*cos(t, u_k), student z_S = tau*cos(h(s), u_k) over prompts u_k.
 
     `lm` (logit matching) is the mean squared error between the logits (Ba & Caruana 2014; Kim et al. 2021
@@ -95,14 +97,16 @@ def pgkd_loss(h_s: torch.Tensor, t: torch.Tensor, u: torch.Tensor, tau: float = 
     similarity profile against every prompt. `kl` compares the softmaxes at a temperature (at CLIP's
     tau = 100 and T = 1 they are nearly one-hot, close to `ht-ce`; a higher T softens them). `ht-ce` is the
     cross-entropy of z_S against the teacher's argmax prompt. Each is minimal when the student equals the
-    teacher (`lm` and `kl`: exactly 0). The paper's exact LM formula could not be retrieved; see README.
+    teacher (`lm` and `kl`: exactly 0). `scaled` divides by the variant's unit (module docstring). The
+    paper's exact LM formula could not be retrieved; see docs/method.md.
     """
     if variant not in KD_VARIANTS:
         raise ValueError(f"unknown PG-KD variant {variant!r}; valid: {sorted(KD_VARIANTS)}")
     u_unit = F.normalize(u, dim=-1)
     with torch.no_grad():
         z_t = prompt_logits(t, u_unit, tau)
-    return KD_VARIANTS[variant](prompt_logits(h_s, u_unit, tau), z_t, temperature)
+    value, unit = KD_VARIANTS[variant](prompt_logits(h_s, u_unit, tau), z_t, temperature)
+    return value / unit if scaled else value
 
 
 def total_loss(
@@ -120,16 +124,17 @@ def total_loss(
     kd_variant: str = "lm",
     kd_temperature: float = 1.0,
     target_variance: float = 4.5,
+    scaled: bool = True,
     h_s: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = w_mse L_mse + w_cyc (cyc_s + cyc_t) + w_cyc_text cyc_u + w_kd L_pgkd, skipping every zero-weight term.
 
     The text cycle has its own weight so that ablations can keep the image cycles and drop it (w_cyc =
     w_cyc_text reproduces DESIGN.md's single L_cyc). `target_variance` is the variance the spaces were
-    scaled to (the terms' normalisation); `h_s` is h(s) when the caller has it already. Returns the total
-    and the unweighted terms that were computed, as
-    detached 0-d tensors (call float() on them; keeping tensors lets a trainer on a GPU sum them over an
-    epoch without a device sync per batch).
+    scaled to (the terms' normalisation, dropped with `scaled=False`); `h_s` is h(s) when the caller has
+    it already. Returns the total and the unweighted terms that were computed, as detached 0-d tensors
+    (call float() on them; keeping tensors lets a trainer on a GPU sum them over an epoch without a device
+    sync per batch).
     """
     weights = {"mse": w_mse, "cyc_s": w_cyc, "cyc_t": w_cyc, "cyc_u": w_cyc_text, "kd": w_kd}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
@@ -138,11 +143,12 @@ def total_loss(
         raise ValueError("PG-KD and the text cycle term need a prompt set u; set w_kd = w_cyc_text = 0 without one")
     if h_s is None and (w_mse or w_cyc or w_kd):
         h_s = h(s)
+    variance = target_variance if scaled else 1.0
     terms = cycle_terms(s if w_cyc else None, t if w_cyc else None, u if w_cyc_text else None, h, h_inv,
-                        math.sqrt(target_variance), h_s=h_s)
+                        math.sqrt(variance), h_s=h_s)
     if w_mse:
-        terms["mse"] = mse_loss(h_s, t, target_variance)
+        terms["mse"] = mse_loss(h_s, t, variance)
     if w_kd:
-        terms["kd"] = pgkd_loss(h_s, t, u, tau, kd_variant, kd_temperature)
+        terms["kd"] = pgkd_loss(h_s, t, u, tau, kd_variant, kd_temperature, scaled)
     total = sum(weights[name] * term for name, term in terms.items())
     return total, {name: term.detach() for name, term in terms.items()}

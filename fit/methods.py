@@ -2,8 +2,10 @@
 
 Each method is a registry entry: `settings` is a dataclass whose fields are the method's config keys
 (checked by the same builder as pipeline.toml, so a bad key or value is one line naming it, found
-when the sweep is expanded), `fit` runs it, `by_epochs` says whether the grid's epochs apply, and
-`needs_prompts` whether its settings read the class-free prompt embeddings.
+when the sweep is expanded), `fit` runs it, `revision` numbers its maths (part of every run's name, so a
+changed method never reuses a finished run), `by_epochs` says whether the grid's epochs apply,
+`needs_prompts` whether its settings read the class-free prompt embeddings, and `presets` the named recipes
+its `preset` setting chooses from (fit/presets.py).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps
 from zoomshot.cache.settings import Check, at_least, build
 
-from .baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
-from .trainer import TrainConfig, train_maps
+from .baselines import REVISIONS, linear_aligner_maps, lstsq_maps, procrustes_maps
+from .presets import DEFAULT_PRESET, PRESETS
+from .trainer import REVISION, TrainConfig, train_maps
 
 Result = tuple[Maps, list[dict]]
 Fit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, dict, int, str], Result]
@@ -32,8 +35,10 @@ SUPPLIED = ("s", "t", "u", "seed", "device")
 class Method(NamedTuple):
     settings: type
     fit: Fit
+    revision: int
     by_epochs: bool = False
     needs_prompts: Callable[[dict], bool] = lambda params: False
+    presets: dict[str, dict] = {}
 
 
 def _settings_of(fn: Callable[..., Any], checks: dict[str, Check]) -> type:
@@ -63,14 +68,15 @@ def _positive(v: float) -> str | None:
 
 
 METHODS: dict[str, Method] = {
-    "zoomshot": Method(TrainConfig, _zoomshot, by_epochs=True,
-                       needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"])),
+    "zoomshot": Method(TrainConfig, _zoomshot, REVISION, by_epochs=True,
+                       needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"]), presets=PRESETS),
     "linear-aligner": Method(_settings_of(linear_aligner_maps, {
         "epochs": at_least(1), "batch_size": at_least(1), "lr": _positive, "t_max": at_least(1),
-        "weight_decay": at_least(0), "target_variance": _positive}), _linear_aligner),
+        "weight_decay": at_least(0), "target_variance": _positive}), _linear_aligner, REVISIONS["linear-aligner"]),
     "lstsq": Method(_settings_of(lstsq_maps, {"ridge": at_least(0), "target_variance": _positive}),
-                    _closed_form(lstsq_maps)),
-    "procrustes": Method(_settings_of(procrustes_maps, {"target_variance": _positive}), _closed_form(procrustes_maps)),
+                    _closed_form(lstsq_maps), REVISIONS["lstsq"]),
+    "procrustes": Method(_settings_of(procrustes_maps, {"target_variance": _positive}), _closed_form(procrustes_maps),
+                         REVISIONS["procrustes"]),
 }
 
 
@@ -81,13 +87,20 @@ def method(name: str) -> Method:
 
 
 def resolve_params(name: str, params: dict, where: str = "") -> dict:
-    """The method's full settings: `params` over its defaults, every key known, typed and in range;
-    PipelineError names the bad key (as `where.key`) and the closest valid one."""
-    settings = method(name).settings
+    """The method's full settings: `params` over its preset's values (`params["preset"]`, default
+    `tuned`) over its defaults, every key known, typed and in range; PipelineError names the bad key (as
+    `where.key`) and the closest valid one."""
+    settings, presets = method(name).settings, method(name).presets
     supplied = [k for k in params if k in SUPPLIED]
     if supplied:
         raise PipelineError(f"'{supplied[0]}' is set by the sweep ([fit] seeds / device), not per variant: "
                             f"remove it{f' from [{where}]' if where else ''}")
+    if presets:
+        preset = params.get("preset", DEFAULT_PRESET)
+        if preset not in presets:
+            raise PipelineError(f"{f'config table {where!r}: ' if where else ''}unknown preset {preset!r}; "
+                                f"valid presets: {', '.join(presets)}")
+        params = {**presets[preset], **params}
     try:
         resolved = asdict(build(settings, params, where))
     except (ValueError, TypeError) as e:   # a settings class's own checks (TrainConfig.__post_init__)

@@ -2,13 +2,15 @@
 cached tensors only.
 
 The task holds the run's lock, so two sweeps over the same grid fit each run once: the second waits
-for the first, then finds the run finished. A folder whose files are damaged, or whose inputs changed
-since it was fitted, is fitted again.
+for the first, then finds the run finished. A folder whose files are damaged, whose inputs changed
+since it was fitted, or whose method's revision changed since, is fitted again. A failed fit writes its
+traceback to `<runs_dir>/<name>.failed.txt` (`failure_file`) and its status keeps one line.
 """
 from __future__ import annotations
 
 import sys
 import time
+import traceback
 from importlib.metadata import version
 from pathlib import Path
 
@@ -66,18 +68,35 @@ def input_files(spec: dict) -> list[Path]:
         ([Path(spec["classfree"])] if spec["classfree"] else [])
 
 
+def failure_file(run_dir: Path) -> Path:
+    """Where a failed fit of this run leaves its full traceback (removed when the run is fitted)."""
+    return run_dir.with_name(f"{run_dir.name}.failed.txt")
+
+
+def _keep_traceback(run_dir: Path) -> str:
+    """Write the exception being handled, with its traceback, to the run's failure file; its path, or a
+    note saying why it could not be written."""
+    path = failure_file(run_dir)
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError as e:
+        return f"traceback not kept: {e.strerror or e}"
+    return f"traceback: {path}"
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def execute(spec: dict) -> dict:
     """Run one fit from its resolved spec; returns a one-line status dict. Never raises for a bad run
-    so a sweep goes on with the others; the error is in the status."""
+    (unless `spec["debug"]`) so a sweep goes on with the others; the error is in the status, its
+    traceback in the run's failure file."""
     name, run_dir = spec["name"], Path(spec["run_dir"])
     try:
         with locks.holding([run_dir], _stderr):
             checksums = {p.name: store.content_checksum(p) for p in input_files(spec)}
-            reason = runs.stale_reason(run_dir, checksums)
+            reason = runs.stale_reason(run_dir, checksums, spec["record"]["revision"])
             if reason is None:
                 return {"name": name, "status": "skipped"}
             if run_dir.exists():
@@ -98,8 +117,13 @@ def execute(spec: dict) -> dict:
                 "versions": {"torch": torch.__version__, "numpy": np.__version__,
                              "project": version("zoomshot-pipeline")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, maps)
+            failure_file(run_dir).unlink(missing_ok=True)
         faults.point("fit.run_done")
         return {"name": name, "status": "done", "wall_time_s": round(wall, 3)}
     except Exception as e:  # one failing run is reported, the sweep goes on
+        kept = _keep_traceback(run_dir)
+        if spec.get("debug"):
+            raise
         msg = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-        return {"name": name, "status": "failed", "error": msg}
+        first = msg.splitlines()[0] if msg.strip() else type(e).__name__
+        return {"name": name, "status": "failed", "error": f"{first} ({kept})"}

@@ -12,6 +12,8 @@ class FitCfg:
     train: list[str] = setting(lambda: ["shapes:train"], nonempty, each(split_mix))   # "a:train+b:train" mixes
     encoders: list[str] = setting(list, each(name_like))                             # [] = every encoder
     variants: list[str] = setting(lambda: ["mse"], nonempty, each(name_like))
+    presets: list[str] = setting(lambda: ["tuned"], nonempty, each(name_like))   # the recipes of Zoom-shot variants
+    preset_encoders: dict = field(default_factory=dict)   # preset -> the only encoders it runs on, e.g. paper = ["cnn"]
     fractions: list[float] = setting(lambda: [1.0], nonempty, each(unit_fraction))
     epochs: list[int] = setting(lambda: [20], nonempty, each(at_least(1)))
     seeds: list[int] = setting(lambda: [0], nonempty)

@@ -20,6 +20,7 @@ from zoomshot.cache.runs import run_name
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
 from .methods import method, resolve_params
+from .presets import DEFAULT_PRESET, PRESETS, variant_label
 from .runs import execute
 from .settings import FitCfg
 
@@ -53,33 +54,60 @@ def variant(fit: FitCfg, name: str) -> tuple[str, dict, str]:
     return spec.pop("method"), spec, where
 
 
+def _check_presets(project: Project, fit: FitCfg) -> None:
+    """Every preset of the grid and of `preset_encoders` is known, and so is every encoder named there."""
+    if "preset" in fit.trainer:
+        raise PipelineError("config key 'fit.trainer.preset': choose presets with [fit] presets (or a variant's "
+                            "own `preset`), not in the trainer table")
+    for preset in [*fit.presets, *fit.preset_encoders]:
+        if preset not in PRESETS:
+            raise PipelineError(f"config key 'fit.presets': unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    for preset, names in fit.preset_encoders.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PipelineError(f"config key 'fit.preset_encoders.{preset}' must be a list of encoder names")
+        for name in names:
+            project.encoder(name)
+
+
+def _runs_on(fit: FitCfg, preset: str, encoder: str) -> bool:
+    return encoder in fit.preset_encoders.get(preset, [encoder])
+
+
 def expand(project: Project, fit: FitCfg) -> list[dict]:
     """Every run of the grid with its resolved settings, deduplicated by name (baselines ignore the
-    epochs axis)."""
+    epochs and presets axes; a Zoom-shot variant runs once per preset of `[fit] presets`, on the encoders
+    `preset_encoders` allows it, unless its own table names a preset)."""
     encoders = fit.encoders or [e.name for e in project.encoders]
     if not encoders:
         raise PipelineError("no encoder to fit: add [[encoders]] tables to the config")
     for enc in encoders:
         project.encoder(enc)
+    _check_presets(project, fit)
     trainer = resolve_params("zoomshot", fit.trainer, "fit.trainer") if fit.trainer else {}
     trainer = {k: v for k, v in trainer.items() if k in fit.trainer}
     clip = project.clip
     specs: dict[str, dict] = {}
-    grid = itertools.product(fit.variants, fit.train, fit.fractions, fit.epochs, encoders, fit.seeds)
-    for vname, train, fraction, epochs, enc, seed in grid:
+    grid = itertools.product(fit.variants, fit.presets, fit.train, fit.fractions, fit.epochs, encoders, fit.seeds)
+    for vname, preset, train, fraction, epochs, enc, seed in grid:
         method_name, raw, where = variant(fit, vname)
-        by_epochs = method(method_name).by_epochs
-        params = resolve_params(method_name, {**trainer, **raw, "epochs": epochs} if by_epochs else raw, where)
+        by_epochs, has_presets = method(method_name).by_epochs, bool(method(method_name).presets)
+        preset = raw.get("preset", preset) if has_presets else DEFAULT_PRESET
+        if not _runs_on(fit, preset, enc):
+            continue
+        given = {"preset": preset, **trainer, **raw, "epochs": epochs} if by_epochs else raw
+        params = resolve_params(method_name, given, where)
+        label = variant_label(vname, preset)
         refs = train.split("+")
         pairs = [{"ref": r, "source": layout.feature_path(project, enc, r),
                   "clip": layout.feature_path(project, clip.name, r)} for r in refs]
         classfree = layout.classfree_text_path(project) if method(method_name).needs_prompts(params) else None
-        identity = {"variant": vname, "encoder": enc, "method": method_name, "params": params,
+        identity = {"variant": label, "encoder": enc, "method": method_name, "params": params,
                     "fraction": fraction, "seed": seed,
                     "train": [{"ref": p["ref"], "source": p["source"].name, "clip": p["clip"].name} for p in pairs],
                     "classfree": classfree.name if classfree else None}
         name = run_name(identity)
-        record = {"name": name, "variant": vname, "method": method_name, "params": params, "encoder": enc,
+        record = {"name": name, "variant": label, "method": method_name, "revision": method(method_name).revision,
+                  "preset": preset if has_presets else None, "params": params, "encoder": enc,
                   "encoder_key": project.encoder(enc).key(), "encoder_identity": project.encoder(enc).identity(),
                   "encoder_pretrained": project.encoder(enc).pretrained, "clip": clip.name, "clip_key": clip.key(),
                   "clip_identity": clip.identity(), "train": refs, "fraction": fraction,

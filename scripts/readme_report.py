@@ -1,5 +1,5 @@
 """Paste the default run's generated report into README.md: the tables between their markers, and the
-figure README embeds copied to docs/. Run after the default pipeline:
+figures README embeds copied to docs/. Run after the default pipeline:
 
     HF_HUB_OFFLINE=1 pipeline run && python scripts/readme_report.py [REPORT_DIR]
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("table", "data_efficiency")        # <!-- report:NAME --> ... <!-- /report:NAME --> in README.md
-FIGURE = "acc_vs_fraction_shapes.png"        # embedded from docs/
+FIGURES = "acc_vs_fraction_shapes_part*.png"  # embedded from docs/ (a figure holds at most 8 series)
 
 
 def block(name: str) -> re.Pattern:
@@ -29,7 +29,11 @@ def main(report_dir: Path) -> None:
         if not found:
             sys.exit(f"README.md has no <!-- report:{name} --> block")
     (ROOT / "README.md").write_text(readme)
-    shutil.copyfile(report_dir / FIGURE, ROOT / "docs" / FIGURE)
+    figures = sorted(report_dir.glob(FIGURES))
+    if not figures:
+        sys.exit(f"{report_dir} has no {FIGURES}: run the default pipeline first")
+    for figure in figures:
+        shutil.copyfile(figure, ROOT / "docs" / figure.name)
 
 
 if __name__ == "__main__":

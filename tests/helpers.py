@@ -15,6 +15,17 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: A trainer test runs twice: trained, and as its control with the optimiser frozen (lr = 0) from the same
+#: random start, which must miss the bar (a test its control passes guards the start, not the training).
+#: Use as `@TRAINS_OR_FROZEN` and pass `**FREEZE[frozen]` to the trainer.
+FREEZE = {False: {}, True: {"lr": 0.0}}
+
+
+def trains_or_frozen(test):
+    import pytest
+    return pytest.mark.parametrize("frozen", [False, True], ids=["trains", "frozen-control"])(test)
+
+
 def shipped_config() -> dict:
     """The repository's pipeline.toml as a dict (its weights are `assets:` names, so it runs from any folder)."""
     return tomllib.loads((REPO / "pipeline.toml").read_text())
@@ -156,6 +167,25 @@ def synthetic_arrays(folder, n_classes=10, d=32, m=48, seed=0):
     mixes = rng.dirichlet(np.ones(n_classes) * 0.3, size=60) @ centroids
     np.save(folder / "classfree.npy", mixes.astype(np.float32))
     (folder / "classfree.txt").write_text("\n".join(f"prompt {i}" for i in range(60)))
+
+
+def synthetic_project(folder: Path, variants: list[str], epochs: int = 3, fit_table: str = "",
+                      before_import=None) -> Path:
+    """A project of `synthetic_arrays` (5 classes) imported into its cache, fitting `variants` for `epochs`
+    (`fit_table`: more `[fit]` lines); `before_import(folder)` may change the arrays first."""
+    synthetic_arrays(folder, n_classes=5, d=16, m=24)
+    if before_import:
+        before_import(folder)
+    (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs").replace(
+        'variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', f"variants = {variants!r}\n{fit_table}")
+        .replace("epochs = [40]", f"epochs = [{epochs}]") + "\n[extract]\nsplits = []\n")
+    for args in [(f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split, "--labels",
+                  f"y_{split}.npy") for split in ("train", "test") for enc in ("clip", "src")] + \
+            [("class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt"),
+             ("classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")]:
+        code, out, err = run_main(folder, "cache", "import", *args)
+        assert code == 0, (out, err)
+    return folder
 
 
 # ---- in-process runs, for the many one-line-error cases (a subprocess per case would cost seconds) ----

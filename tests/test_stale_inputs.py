@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from helpers import (CLIP, CNN, PATHS, REPO, SHAPES, SYNTHETIC_CONFIG, Stopped, feature_rows, inproc, pipeline,
-                     run_main, synthetic_arrays)
+from helpers import (CLIP, CNN, PATHS, REPO, SHAPES, Stopped, feature_rows, inproc, pipeline, run_main,
+                     synthetic_project)
 
 # ------------------------------------------------------------------ imported synthetic features (fast)
 
@@ -27,16 +27,7 @@ def _ok(result):
 def synthetic(tmp_path):
     folder = tmp_path / "a"
     folder.mkdir()
-    synthetic_arrays(folder, n_classes=5, d=16, m=24)
-    (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs").replace(
-        'variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', 'variants = ["mse", "lstsq"]')
-        .replace("epochs = [40]", "epochs = [3]") + "\n[extract]\nsplits = []\n")
-    for split in ("train", "test"):
-        for enc in ("clip", "src"):
-            _ok(run_main(folder, "cache", "import", f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn",
-                         "--split", split, "--labels", f"y_{split}.npy"))
-    _ok(run_main(folder, "cache", "import", "class_text.npy", "--text", "class-prompts", "--dataset", "syn",
-                 "--classnames", "classnames.txt"))
+    synthetic_project(folder, ["mse", "lstsq"])
     _ok(run_main(folder, "fit"))
     return folder
 
