@@ -10,7 +10,6 @@ measured here (fits from a calibration at the real widths, since rehearsal fits 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -138,7 +137,7 @@ def _extracted_rows(cache: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(dataset, split, encoder) -> (rows, width) of every finished feature file."""
     from zoomshot.cache import store
     rows = {}
-    for path in cache.glob("*.h5"):
+    for path in cache.rglob("*.h5"):
         attrs = store.read_attrs(path)
         if "dim" in attrs and "split" in attrs and attrs.get("complete"):
             rows[(attrs["dataset"], attrs["split"], attrs["encoder"])] = (int(attrs.get("rows_done", 0)), int(attrs["dim"]))
@@ -149,7 +148,7 @@ def _text_rows(cache: Path) -> int:
     """Prompts (and captions) embedded in the cache's text files."""
     import h5py
     rows = 0
-    for path in cache.glob("*.h5"):
+    for path in cache.rglob("*.h5"):
         with h5py.File(path, "r") as f:
             rows += f["embeddings"].shape[0] if "embeddings" in f else 0
     return rows
@@ -180,6 +179,7 @@ def calibrate_fits(specs: list[dict], widths: dict[str, int], clip_dim: int, pro
 def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, image_rate: float) -> dict:
     """The real run's figures: cache bytes (exact), fits, prompts, and hours at this device's rates."""
     from zoomshot.cache.layout import read_prompt_file
+    from zoomshot.cache.subsets import subset_size
     from zoomshot.extract.prompts import load_templates
     real = {s.name: s for s in standins}
     widths = {enc: dim for (_, _, enc), (_, dim) in extracted.items()}
@@ -190,13 +190,11 @@ def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, i
         s = real.get(name)
         if s is None or s.real is None:
             continue
-        count = s.real.splits.get(split, 0) * (len(s.classes) / s.real.classes if s.kind == "imagenet" and
-                                               cfg.project.dataset(name).options.get("class_list") else 1)
-        count = math.ceil(count * cfg.extract.fraction_of(ref))
+        count = subset_size(s.real_images(split), cfg.extract.fraction_of(ref))
         images += count
         feature_bytes += count * sum(2 * w + 16 for w in widths.values())   # float16 row + int64 index, label
     templates = len(load_templates(cfg.clip.templates, Path(cfg.clip.templates_file)))
-    class_prompts = sum(real[n].real.classes * templates for n in {r.split(":")[0] for r in cfg.evaluate.test}
+    class_prompts = sum(real[n].real_classes * templates for n in {r.split(":")[0] for r in cfg.extract.splits}
                         if n in real)
     classfree = len(read_prompt_file(cfg.clip.classfree_prompts))
     text_bytes = (class_prompts + classfree) * clip_dim * 4
@@ -204,7 +202,7 @@ def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, i
     for spec in specs:
         r = spec["record"]
         name, split = r["train"][0].split(":")
-        rows = math.ceil(real[name].real.splits.get(split, 0) * r["fraction"]) if name in real else 0
+        rows = subset_size(real[name].real_images(split), r["fraction"]) if name in real else 0
         key = (r["variant"], widths.get(r["encoder"], 0))
         row_epochs[spec["name"]] = rates.get(key, 0) * rows * (r["epochs"] or 1)
     return {"images": images, "cache_bytes": feature_bytes + text_bytes, "fits": len(specs),
@@ -213,12 +211,12 @@ def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, i
             "fit_s": sum(row_epochs.values())}
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _hours(s: float) -> str:
-    return f"{s / 3600:,.1f} h" if s >= 3600 else f"{s / 60:,.1f} min"
+    return f"{s / 3600:,.1f} h" if s >= 3600 else f"{s / 60:,.1f} min" if s >= 60 else f"{s:,.1f} s"
 
 
 def table(r: Rehearsal, disk_per_image: float, proj: dict | None) -> str:
@@ -228,11 +226,12 @@ def table(r: Rehearsal, disk_per_image: float, proj: dict | None) -> str:
         lines.append(f"| {s.name} | {s.seconds:,.1f} s | {rate} | {s.peak_mib:,.0f} MiB | "
                      f"{'FAILED: ' + s.problem if s.problem else 'ok'} |")
     lines.append("")
-    lines.append(f"Cache on disk: {disk_per_image / 1024:,.1f} KiB per image (all encoders and CLIP).")
+    lines.append(f"Feature cache on disk: {disk_per_image / 1024:,.1f} KiB per image (all encoders and CLIP); "
+                 f"throughputs include loading the models, so few images make them pessimistic.")
     if proj:
         lines += ["", "| the real run | projected |", "|---|---:|",
                   f"| images to extract | {proj['images']:,} |",
-                  f"| cache size (features + text) | {_gib(proj['cache_bytes'])} |",
+                  f"| cache size (features + text) | {_bytes(proj['cache_bytes'])} |",
                   f"| fits | {proj['fits']:,} |",
                   f"| text prompts to encode | {proj['prompts']:,} |",
                   f"| extraction at the rate measured here | {_hours(proj['extract_s'])} |",
@@ -281,7 +280,7 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
         with r.stage("report"):
             do_report(cfg)
         _export_and_predict(r, cfg, specs, out, standins, progress)
-    disk = _size(cache) / images if images else 0.0
+    disk = _size(cache / "features") / images if images else 0.0     # text files do not grow with images
     proj = None
     if r.ok("fit"):
         widths = {enc: dim for (_, _, enc), (_, dim) in extracted.items()}
@@ -316,9 +315,9 @@ def _export_and_predict(r: Rehearsal, cfg, specs: list[dict], out: Path, standin
         export_model(cfg.project, runs[0]["name"], target, say)
     if not r.ok("export"):
         return
-    name = cfg.evaluate.test[0].split(":")[0]
+    name, split = cfg.evaluate.test[0].split(":")
     s = next(x for x in standins if x.name == name)
-    images = sorted(Path(cfg.project.dataset(name).root).rglob("*.*"))[:8]
+    images = sorted(p for p in (Path(cfg.project.dataset(name).root) / split).rglob("*") if p.is_file())[:8]
     with r.stage("predict", "images") as st:
         result = predict(target, s.classes, ["a photo of a {c}."], images, min(5, len(s.classes)), 8, "cpu",
                          "skip", progress, say)

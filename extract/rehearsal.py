@@ -91,6 +91,15 @@ class StandIn:
     names_from: str
     real: RealData | None
     images: dict[str, int] = field(default_factory=dict)   # split -> generated images
+    class_list: bool = False      # ImageNet-100: a class list picks 100 of the 1,000 classes
+
+    @property
+    def real_classes(self) -> int:
+        return IMAGENET100_CLASSES if self.class_list else self.real.classes
+
+    def real_images(self, split: str) -> int:
+        """The published image count of a split (ImageNet-100: its share of ImageNet's)."""
+        return self.real.splits.get(split, 0) * self.real_classes // self.real.classes
 
 
 def _folder(i: int, name: str) -> str:
@@ -136,7 +145,7 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
             names = [f"{d['name']} class {c + 1}" for c in range(real.classes)]
         root = roots.setdefault(d.get("root") or d["name"], out / "data" / d["name"])
         entry = StandIn(d["name"], kind, "imagefolder" if kind in TORCHVISION_FILES else kind,
-                        [names[c] for c in chosen], source, real)
+                        [names[c] for c in chosen], source, real, class_list=bool(opts.get("class_list")))
         if kind == "imagenet":
             wnids = imagenet_wnids()
             folders = [wnids[c] for c in chosen]

@@ -64,7 +64,6 @@ def test_features_beyond_float16_stop_extraction_with_nothing_corrupt(tmp_path):
     split, and the resumable partial holds only the rows before the batch (none here)."""
     import h5py
     import numpy as np
-    import torch
     from safetensors.torch import save_file
 
     from zoomshot.extract.encoders import build_encoder
