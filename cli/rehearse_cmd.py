@@ -240,8 +240,17 @@ def table(r: Rehearsal, disk_per_image: float, proj: dict | None) -> str:
     return "\n".join(lines)
 
 
-def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int,
-                    progress: bool) -> tuple[Rehearsal, str]:
+def _one_seed_one_epoch(cfg, notes: list[str]) -> None:
+    """Seeds and epochs change no shape and no code path, only the time, which the calibration projects."""
+    fit = cfg.fit
+    if len(fit.seeds) > 1 or max(fit.epochs) > 1:
+        notes.append(f"fits rehearsed with seed {fit.seeds[0]} and 1 epoch (the grid has seeds {fit.seeds}, epochs "
+                     f"{fit.epochs}; --whole-grid runs them all); the projection counts the whole grid")
+        fit.seeds, fit.epochs = fit.seeds[:1], [1]
+
+
+def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int, progress: bool,
+                    whole_grid: bool = False) -> tuple[Rehearsal, str]:
     from zoomshot.extract.rehearsal import stand_in
     from .main import do_evaluate, do_extract, do_fit, do_report
     raw, r = read_toml(config), Rehearsal()
@@ -265,9 +274,12 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     models = 1 + len(cfg.encoders)
     images = sum(rows for rows, _ in extracted.values()) // max(1, models)
     st.items = images
+    from zoomshot.fit.sweep import expand
+    real_specs = expand(cfg.project, cfg.fit)       # the real grid: what the projection counts
+    if not whole_grid:
+        _one_seed_one_epoch(cfg, r.notes)
     if r.ok("extract"):
         with r.stage("fit", "fits") as st:
-            from zoomshot.fit.sweep import expand
             specs = expand(cfg.project, cfg.fit)
             st.items = len(specs)
             if failed := do_fit(cfg):
@@ -287,11 +299,11 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
         clip_dim = widths[cfg.clip.name]
         from zoomshot.cache.layout import read_prompt_file
         with r.stage("calibrate fits", "fits") as st:
-            rates = calibrate_fits(specs, widths, clip_dim, len(read_prompt_file(cfg.clip.classfree_prompts)),
+            rates = calibrate_fits(real_specs, widths, clip_dim, len(read_prompt_file(cfg.clip.classfree_prompts)),
                                    "cpu" if cfg.fit.device == "auto" else cfg.fit.device)
             st.items = len(rates)
         prompts_done = _text_rows(cache)
-        proj = project_real_run(cfg, standins, extracted, specs, rates,
+        proj = project_real_run(cfg, standins, extracted, real_specs, rates,
                                 prompts_done / timings["text_s"] if timings.get("text_s") else 0.0,
                                 images / timings["features_s"] if timings.get("features_s") else 0.0)
     text = table(r, disk, proj)
@@ -332,13 +344,15 @@ def _export_and_predict(r: Rehearsal, cfg, specs: list[dict], out: Path, standin
               help="Generated images per class and split (training splits get enough for the smallest fraction).")
 @click.option("--out", type=click.Path(file_okay=False), default="rehearsal", show_default=True,
               help="Folder of the rehearsal's data, cache, runs and report (replaced on a re-run).")
+@click.option("--whole-grid", is_flag=True, help="Fit every seed and epoch count too (slow on a CPU).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
 @click.pass_context
-def rehearse(ctx: click.Context, config: str | None, classes: int, per_class: int, out: str, progress: bool) -> None:
+def rehearse(ctx: click.Context, config: str | None, classes: int, per_class: int, out: str, whole_grid: bool,
+             progress: bool) -> None:
     """Run the config's whole grid at real shapes on generated data, random weights, and project the
     real run's cache size, fits and time. Exits 1 when a stage failed or the config has a problem."""
     config = config or ctx.parent.params.get("config")
-    r, text = rehearse_config(Path(config) if config else None, Path(out), classes, per_class, progress)
+    r, text = rehearse_config(Path(config) if config else None, Path(out), classes, per_class, progress, whole_grid)
     click.echo("\n".join(["", "== rehearsal", *(f"note: {n}" for n in r.notes), "", text]))
     for p in r.problems:
         click.echo(f"problem: {p}")

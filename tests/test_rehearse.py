@@ -56,6 +56,7 @@ def test_every_stage_runs_and_the_table_says_so(rehearsed):
     notes = "\n".join(record["notes"])
     assert "random weights for clip, cnn" in notes and "fit.device = 'cuda:3' rehearsed on the CPU" in notes
     assert "num_workers = 64" in notes and "c10" in notes and "as an ImageFolder" in notes
+    assert "fits rehearsed with seed 0 and 1 epoch" in notes
     assert not (folder / "real").exists()            # the real config's output folders are never touched
 
 
