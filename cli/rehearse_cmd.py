@@ -263,8 +263,10 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     for s in standins:
         r.notes.append(f"{s.name}: {', '.join(f'{n} {k}' for k, n in s.images.items())} generated images of "
                        f"{s.real.size[0]}x{s.real.size[1]}, {len(s.classes)} of {s.real.classes} classes (names: "
-                       f"{s.names_from})" + (f"; as an ImageFolder ({s.kind}'s torchvision files need a download)"
-                                             if s.layout != s.kind else ""))
+                       f"{s.names_from})" + (f"; as an ImageFolder (the real {s.kind} layout is not made offline)"
+                                             if s.layout != s.kind else "")
+                       + ("" if s.real.splits else "; its images are not on this machine, so the projection "
+                                                   "leaves it out"))
     cfg = from_dict(rehearsed)
     timings: dict[str, float] = {}
     with r.stage("extract", "images") as st:

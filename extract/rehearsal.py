@@ -44,7 +44,21 @@ IMAGENET100_CLASSES = 100
 #: Kinds whose real layout is torchvision's own files (pickles, .mat, annotation CSVs, md5-checked):
 #: rehearsed as an ImageFolder of the same images and names.
 TORCHVISION_FILES = ("cifar10", "cifar100", "flowers102", "pets", "cars")
+#: The user's own data: sizes counted where the images are, a typical photo size otherwise.
+USER_KINDS = ("imagefolder", "webdataset")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def user_data(root: str, classes_if_unknown: int) -> RealData:
+    """An ImageFolder of the user's as far as this machine can see it: images per split and classes
+    counted under `root` where it exists (none counted: the projection leaves it out)."""
+    splits, classes = {}, 0
+    if root and Path(root).is_dir():
+        for split in (p for p in Path(root).iterdir() if p.is_dir()):
+            folders = [c for c in split.iterdir() if c.is_dir()]
+            classes = max(classes, len(folders))
+            splits[split.name] = sum(1 for c in folders for f in c.iterdir() if f.is_file())
+    return RealData(splits, classes or classes_if_unknown, (500, 375))
 
 
 def real_names(kind: str, options: dict) -> tuple[list[str] | None, str]:
@@ -134,9 +148,12 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
     made: list[StandIn] = []
     for i, d in enumerate(cfg.get("datasets", [])):
         kind, opts = d.get("kind", "shapes"), dict(d.get("options", {}))
-        if kind not in REAL:     # generated (the world) or imported kinds: nothing to stand in for
+        if kind in USER_KINDS:
+            real = user_data(d.get("root", ""), classes)
+        elif kind in REAL:
+            real = REAL[kind]
+        else:                    # generated (the world) or imported kinds: nothing to stand in for
             continue
-        real = REAL[kind]
         names, source = real_names(kind, opts)
         chosen = list(range(min(classes, real.classes)))
         if kind == "imagenet" and opts.get("class_list"):
@@ -144,7 +161,7 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
         if names is None:
             names = [f"{d['name']} class {c + 1}" for c in range(real.classes)]
         root = roots.setdefault(d.get("root") or d["name"], out / "data" / d["name"])
-        entry = StandIn(d["name"], kind, "imagefolder" if kind in TORCHVISION_FILES else kind,
+        entry = StandIn(d["name"], kind, "imagefolder" if kind in TORCHVISION_FILES + USER_KINDS else kind,
                         [names[c] for c in chosen], source, real, class_list=bool(opts.get("class_list")))
         if kind == "imagenet":
             wnids = imagenet_wnids()
@@ -158,8 +175,8 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
             if opts.get("classnames_file"):   # the user's names file, as the same format with the same key
                 opts["classnames_file"] = str(_names_file(out / "data" / f"{d['name']}_classnames", opts,
                                                           d["name"], entry.classes))
-        if entry.layout != kind:       # torchvision's own options mean nothing to an ImageFolder
-            opts = {k: v for k, v in opts.items() if k not in ("download", "verify")}
+        if entry.layout != kind:       # torchvision's and webdataset's own options mean nothing to an ImageFolder
+            opts = {k: v for k, v in opts.items() if k in ("classnames_file", "classnames_key")}
         for j, (name, split) in enumerate(sorted(splits)):
             if name != d["name"]:
                 continue

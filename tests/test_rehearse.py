@@ -24,13 +24,14 @@ def config(**clip) -> dict:
             {"name": "inet100", "kind": "imagenet", "root": "data/inet",
              "options": {"class_list": "data/in100.txt"}},                       # a file that is not here
             {"name": "c10", "kind": "cifar10", "root": "data/c10", "options": {"download": True}},
+            {"name": "mine", "kind": "imagefolder", "root": "data/mine"},           # the user's own, not here
         ],
-        "extract": {"splits": ["birds:train", "birds:test", "inet100:val", "c10:test"],
+        "extract": {"splits": ["birds:train", "birds:test", "inet100:val", "c10:test", "mine:test"],
                     "split_fractions": {"birds:train": 0.5}, "batch_size": 16, "device": "cpu",
                     "num_workers": 64},
         "fit": {"train": ["birds:train"], "variants": ["mse+cyc+kd-lm", "lstsq"], "fractions": [0.5, 0.1],
                 "epochs": [2], "seeds": [0], "device": "cuda:3", "workers": 2},
-        "evaluate": {"test": ["birds:test", "inet100:val", "c10:test"], "adapters": []},
+        "evaluate": {"test": ["birds:test", "inet100:val", "c10:test", "mine:test"], "adapters": []},
     }
 
 
@@ -57,6 +58,7 @@ def test_every_stage_runs_and_the_table_says_so(rehearsed):
     assert "random weights for clip, cnn" in notes and "fit.device = 'cuda:3' rehearsed on the CPU" in notes
     assert "num_workers = 64" in notes and "c10" in notes and "as an ImageFolder" in notes
     assert "fits rehearsed with seed 0 and 1 epoch" in notes
+    assert "mine: 6 test generated images" in notes and "not on this machine" in notes
     assert not (folder / "real").exists()            # the real config's output folders are never touched
 
 
@@ -92,7 +94,8 @@ def test_projection_is_exact_from_widths_and_published_counts(rehearsed):
     assert set(widths) == {"clip", "cnn"}
     images = math.ceil(0.5 * REAL["cub200"].splits["train"]) + REAL["cub200"].splits["test"] + \
         REAL["imagenet"].splits["val"] // 10 + REAL["cifar10"].splits["test"]     # ImageNet-100: 100 of 1,000
-    prompts = 80 * (200 + 100 + 10) + 960                # 80 templates x real classes + the generic set
+    prompts = 80 * (200 + 100 + 10 + 3) + 960            # 80 templates x real classes + the generic set
+    # (the user's own ImageFolder is not here: its images are not projected, its 3 rehearsed classes are)
     assert (proj["images"], proj["prompts"], proj["fits"]) == (images, prompts, 4)
     row = sum(2 * w + 16 for w in widths.values())       # float16 features + int64 index and label
     assert proj["cache_bytes"] == images * row + prompts * widths["clip"] * 4
