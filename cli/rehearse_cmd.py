@@ -353,8 +353,13 @@ def rehearse(ctx: click.Context, config: str | None, classes: int, per_class: in
              progress: bool) -> None:
     """Run the config's whole grid at real shapes on generated data, random weights, and project the
     real run's cache size, fits and time. Exits 1 when a stage failed or the config has a problem."""
+    from zoomshot.cache.locks import trying
     config = config or ctx.parent.params.get("config")
-    r, text = rehearse_config(Path(config) if config else None, Path(out), classes, per_class, progress, whole_grid)
+    with trying(Path(out).absolute()) as mine:
+        if not mine:
+            raise PipelineError(f"another `pipeline rehearse` is writing {out}: wait for it or give another --out")
+        r, text = rehearse_config(Path(config) if config else None, Path(out), classes, per_class, progress,
+                                  whole_grid)
     click.echo("\n".join(["", "== rehearsal", *(f"note: {n}" for n in r.notes), "", text]))
     for p in r.problems:
         click.echo(f"problem: {p}")

@@ -113,3 +113,20 @@ def test_world_prompts_on_real_data_are_a_problem_and_out_folders_are_guarded(tm
     problems = config_problems(config(classfree_prompts="assets:classfree_prompts.txt"), ["cub200"])
     assert len(problems) == 1 and "something red" in problems[0]
     assert config_problems(config(), ["cub200"]) == []
+
+
+def test_a_second_rehearsal_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    """The first is stopped at its first extraction batch (a fault point, not a delay); the second must
+    neither wait nor delete the first's folder, and the first then finishes."""
+    from helpers import Stopped
+    write_toml(tmp_path, config())
+    first = Stopped(tmp_path, "rehearse", "--classes", "2", "--per-class", "1", "--no-progress",
+                    point="extract.batch", k=1)
+    first.wait_stopped()
+    proc = pipeline(tmp_path, "rehearse", "--classes", "2", check=False)
+    assert proc.returncode == 2 and "another `pipeline rehearse` is writing rehearsal" in proc.stderr
+    assert (tmp_path / "rehearsal" / "data").is_dir()
+    first.resume()
+    code, output = first.finish()
+    assert code == 0, output
+    assert (tmp_path / "rehearsal" / "rehearsal.md").is_file()
