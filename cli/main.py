@@ -79,6 +79,7 @@ def do_extract(cfg: Config, progress: bool = True) -> None:
 @click.option("--device", help="Device of the trainer (cpu, cuda, auto).")
 @click.option("--scheduler", help="dask.distributed scheduler address (tcp://host:port); empty = threads.")
 @click.option("--workers", type=int, help="Threads of the local dask scheduler.")
+@click.option("--threads", type=int, help="torch intra-op threads of each fit (its numbers depend on it).")
 @click.option("--dry-run", is_flag=True, help="List the runs of the grid and stop.")
 @click.pass_context
 def fit(ctx: click.Context, dry_run: bool, **values) -> None:
