@@ -82,6 +82,7 @@ def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) 
 @click.option("--device", help="Device of the trainer (cpu, cuda, auto).")
 @click.option("--scheduler", help="dask.distributed scheduler address (tcp://host:port); empty = threads.")
 @click.option("--workers", type=int, help="Threads of the local dask scheduler.")
+@click.option("--threads", type=int, help="torch intra-op threads of each fit (its numbers depend on it).")
 @click.option("--dry-run", is_flag=True, help="List the runs of the grid and stop.")
 @click.option("--debug", is_flag=True, help="Stop at the first failing fit with its traceback (its "
                                             "<run>.failed.txt is written either way).")

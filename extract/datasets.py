@@ -260,4 +260,10 @@ def open_split(spec: dict, split: str) -> Split:
     split_data = DATASETS[kind]({**spec, "options": options}, split)
     if len(split_data.dataset) == 0:
         raise PipelineError(f"dataset {spec['name']!r} split {split!r} is empty")
+    names = split_data.classnames
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:     # two classes would share one prompt set, and zero-shot could not tell them apart
+        where = f"classnames_file {options['classnames_file']}" if options.get("classnames_file") else "its class names"
+        raise PipelineError(f"dataset {spec['name']!r}: {where} name {repeated!r} for classes "
+                            f"{[i for i, n in enumerate(names) if n == repeated]}; every class needs its own name")
     return split_data

@@ -50,6 +50,24 @@ def draft_scale(image_size: tuple[int, int], size: tuple[int, int] | None) -> in
     return next((s for s in (8, 4, 2) if fits >= s), 1)
 
 
+#: PIL modes of 16-bit samples (PNG's 16-bit grayscale opens as one of them): `convert` clips them at 255,
+#: so nearly every pixel would turn white
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image as the encoders' own preprocessing sees it: `convert("RGB")`, as open_clip's and timm's
+    transforms and torchvision's ImageFolder loader do (a palette is looked up, alpha dropped, CMYK
+    converted; EXIF orientation is not applied, as there). 16-bit samples are first scaled to 8 bits
+    (v / 257, rounded: the exact inverse of writing an 8-bit image as 16-bit), which `convert` does not do."""
+    if image.mode in SIXTEEN_BIT:
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{image.mode} pixels outside the 16-bit range ({values.min()}..{values.max()})")
+        image = Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def decode_views(image: Image.Image, sizes: list[tuple[int, int] | None]) -> tuple[list[Image.Image], list[int]]:
     """The RGB decodes the views need and, per view, which one it uses. A JPEG is decoded at the scale
     each view's own size allows (so a view's pixels never depend on which other encoders run); views
@@ -62,7 +80,7 @@ def decode_views(image: Image.Image, sizes: list[tuple[int, int] | None]) -> tup
         im = image if k == 0 else Image.open(io.BytesIO(data))
         if scale > 1:
             im.draft(None, sizes[scales.index(scale)])
-        decoded.append(im.convert("RGB"))
+        decoded.append(to_rgb(im))
     return decoded, [distinct.index(s) for s in scales]
 
 

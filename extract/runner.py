@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from zoomshot.cache import faults, layout, locks, store
+from zoomshot.cache import atomic, faults, layout, locks, store
 from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
@@ -77,8 +78,35 @@ class Decoded(Dataset):
             if self.pixels:
                 return idx, int(label), ([uint8_chw(d) for d in decoded], which)
             return idx, int(label), [t(decoded[k]) for t, k in zip(self.transforms, which)]
-        except (OSError, ValueError, SyntaxError) as e:   # what PIL raises on corrupt files
-            return idx, -1, repr(e)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # PIL on corrupt files
+            return idx, -1, f"{type(e).__name__}: {' '.join(str(e).split())}"    # one line, for the list
+
+
+def item_name(dataset: Dataset, idx: int) -> str:
+    """Where item `idx` comes from: its file for a folder of images, else its index."""
+    samples = getattr(dataset, "samples", None)
+    return str(samples[idx][0]) if samples is not None else f"item {idx}"
+
+
+def bad_list_path(cache_file: Path) -> Path:
+    """The text file beside a cache file that lists the images it skipped."""
+    return cache_file.with_name(cache_file.name + ".bad.txt")
+
+
+def _report_bad(job: SplitJob, dataset: Dataset, writers: dict, reasons: dict[int, str], say: Say) -> None:
+    """One line naming how many images the split skipped and the first few; every one, with why, in a
+    text file beside each cache file (items skipped before a resume keep no reason)."""
+    for n, w in writers.items():
+        if w.bad_items:
+            atomic.write_text(bad_list_path(job.targets[n]), "".join(
+                f"{i}\t{item_name(dataset, i)}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
+                for i in sorted(w.bad_items)))
+    bad = sorted({i for w in writers.values() for i in w.bad_items})
+    if bad:
+        first = ", ".join(item_name(dataset, i) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        listed = bad_list_path(next(job.targets[n] for n, w in writers.items() if w.bad_items))
+        say(f"{job.ref}: skipped {len(bad)} unreadable image(s) for every encoder: {first} (all of them, with "
+            f"the reasons: {listed})")
 
 
 def collate(items):
@@ -215,13 +243,14 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
             open_writers()
         bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
                    desc=f"extract {job.ref} [{', '.join(todo)}]")
-        pos = start
+        pos, reasons = start, {}
         for n_items, index, labels, batch_views, bad in loader:
             if on_device is not None:
                 batch_views, index, labels, bad = on_device(batch_views, index, labels, bad)
             if bad and settings.on_bad_image == "fail":
-                raise PipelineError(f"unreadable image {bad[0][0]} in {job.ref}: {bad[0][1]} "
-                                    f"(set on_bad_image = 'skip' to skip it for every encoder)")
+                raise PipelineError(f"unreadable image {item_name(data.dataset, bad[0][0])} in {job.ref}: "
+                                    f"{bad[0][1]} (set on_bad_image = 'skip' to skip it for every encoder)")
+            reasons.update(bad)
             for n, w in writers.items():
                 if w.items_done > pos:      # this encoder got past here before an interruption
                     continue
@@ -234,6 +263,7 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
         bar.close()
         if any(w.rows_done == 0 for w in writers.values()):
             raise PipelineError(f"no readable image in {job.ref}; nothing was written")
+        _report_bad(job, data.dataset, writers, reasons, say)
         return [w.finish() for w in writers.values()]
     finally:
         for w in writers.values():

@@ -9,8 +9,9 @@ its `preset` setting chooses from (fit/presets.py).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, field, make_dataclass
 from typing import Any, NamedTuple
 
@@ -108,9 +109,30 @@ def resolve_params(name: str, params: dict, where: str = "") -> dict:
     return {k: v for k, v in resolved.items() if k not in SUPPLIED}
 
 
-def fit_method(name: str, s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
-    """Fit method `name` on row-aligned s (N, m), t (N, d) and prompt set u (K, d) or None.
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """`threads` intra-op threads for torch in the calling thread, restored after.
+
+    torch keeps this count per thread (OpenMP's and MKL's settings are per thread; a thread takes the
+    process-wide value only on its first parallel op), and the count moves the last bits of every
+    reduction, which a fit's cycle and KD terms amplify to whole points of top-1. So each fit sets it in
+    the thread that runs it: what a fit computes never depends on which thread of a pool runs it, what
+    that thread ran before, the machine's cores or its load.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit_method(name: str, s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str,
+               threads: int = 1) -> Result:
+    """Fit method `name` on row-aligned s (N, m), t (N, d) and prompt set u (K, d) or None, on `threads`
+    intra-op CPU threads (`torch_threads`; the same maps for the same settings, bit for bit).
 
     Returns the maps and the per-epoch loss records (empty for closed-form methods).
     """
-    return method(name).fit(s, t, u, resolve_params(name, params), seed, device)
+    with torch_threads(threads):
+        return method(name).fit(s, t, u, resolve_params(name, params), seed, device)

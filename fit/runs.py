@@ -108,12 +108,12 @@ def execute(spec: dict) -> dict:
             rec = spec["record"]
             device = resolve_device(spec["device"], "fit.device")
             maps, history = fit_method(rec["method"], torch.from_numpy(s), torch.from_numpy(t), u,
-                                       dict(rec["params"]), rec["seed"], device)
+                                       dict(rec["params"]), rec["seed"], device, spec["threads"])
             wall = time.perf_counter() - t0
             runs.write_run(run_dir, {
                 **rec, "inputs": {"files": sorted(checksums), "checksums": checksums}, "train_files": provenance,
                 "rows": int(len(s)), "fit_info": maps.fit, "history": history, "wall_time_s": round(wall, 4),
-                "device": device,
+                "device": device, "threads": spec["threads"],
                 "versions": {"torch": torch.__version__, "numpy": np.__version__,
                              "project": version("zoomshot-pipeline")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, maps)

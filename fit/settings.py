@@ -20,5 +20,6 @@ class FitCfg:
     device: str = setting("cpu", device_name)
     scheduler: str = ""              # "" threads on this machine; "tcp://host:port" a dask cluster
     workers: int = setting(2, at_least(1))             # threads of the local scheduler
+    threads: int = setting(1, at_least(1))             # torch intra-op threads of each fit (CPU); see fit_method
     definitions: dict = field(default_factory=dict)   # [fit.definitions.NAME] method + settings
     trainer: dict = field(default_factory=dict)       # settings for every Zoom-shot variant (batch_size, lr...)

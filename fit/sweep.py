@@ -7,10 +7,8 @@ runs on the threaded scheduler and on a `dask.distributed` cluster.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from zoomshot.cache import layout
@@ -114,7 +112,7 @@ def expand(project: Project, fit: FitCfg) -> list[dict]:
                   "epochs": epochs if by_epochs else None, "seed": seed,
                   "identity": identity}
         specs.setdefault(name, {
-            "name": name, "record": record, "device": fit.device,
+            "name": name, "record": record, "device": fit.device, "threads": fit.threads,
             "run_dir": str(project.path("runs_dir") / name),
             "pairs": [{"source": str(p["source"]), "clip": str(p["clip"])} for p in pairs],
             "classfree": str(classfree) if classfree else "",
@@ -175,20 +173,6 @@ def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
             if on_result and isinstance(result, dict) and "status" in result:
                 on_result(result)
 
-    with _Report(), sweep_threads(workers):
+    with _Report():
         return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
-
-@contextlib.contextmanager
-def sweep_threads(workers: int) -> Iterator[None]:
-    """torch's intra-op threads shared out among the sweep's concurrent fits (its setting is global to
-    the process): on 2 cores, 2 workers get one thread each rather than 4 threads fighting for 2 cores,
-    and the thread count, which moves the last bits of a reduction, is the same for every run."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, len(os.sched_getaffinity(0)) // max(1, workers))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

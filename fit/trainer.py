@@ -16,11 +16,9 @@ Both are departures of the `tuned` preset from the paper (fit/presets.py, docs/m
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -237,36 +235,6 @@ def scaled_features(
     return s * c_s, t * c_t, None if u is None else u.to(device, torch.float32) * c_t, c_s, c_t
 
 
-#: multiply-adds of one optimizer step below which one thread is faster: a parallel region per op
-#: costs more than such an op, and on a busy machine (or beside the sweep's other workers) each one waits
-#: for a descheduled thread (measured on 2 busy cores: 3,000 x 48 -> 32, 40 epochs, 2.6 s on one
-#: thread, 31.9 s on two)
-SMALL_STEP = 1 << 22
-_small = {"active": 0, "threads": 0}
-_small_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def step_threads(macs: int, device: torch.device) -> Iterator[None]:
-    """One intra-op thread while any small CPU fit runs in this process (torch's setting is global, so
-    concurrent small fits share it: the first sets it, the last restores it)."""
-    if device.type != "cpu" or macs >= SMALL_STEP:
-        yield
-        return
-    with _small_lock:
-        if not _small["active"]:
-            _small["threads"] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _small["active"] += 1
-    try:
-        yield
-    finally:
-        with _small_lock:
-            _small["active"] -= 1
-            if not _small["active"]:
-                torch.set_num_threads(_small["threads"])
-
-
 def train_maps(
     s: torch.Tensor,
     t: torch.Tensor,
@@ -280,16 +248,10 @@ def train_maps(
     Returns the maps and one record per epoch: {"epoch", "total", and each computed loss term}, each the
     row-weighted mean over the epoch's batches. `on_epoch` receives every record as it is made. h_inv is
     trained only by the cycle terms; when both cycle weights are 0 nothing trains it, and it is set to the
-    affine pseudo-inverse of the trained h instead. Deterministic for a given seed on the CPU.
+    affine pseudo-inverse of the trained h instead. Deterministic for a given seed on the CPU and a
+    given intra-op thread count (`methods.fit_method` sets it).
     """
     device = torch.device(cfg.device)
-    macs = batch_for(s.shape[0], cfg) * s.shape[1] * t.shape[1]
-    with step_threads(macs, device):      # the whole fit, so that every reduction runs as often on one thread
-        return _train(s, t, u, cfg, device, progress, on_epoch)
-
-
-def _train(s: torch.Tensor, t: torch.Tensor, u: torch.Tensor | None, cfg: TrainConfig, device: torch.device,
-           progress: bool, on_epoch: Callable[[dict], None] | None) -> tuple[Maps, list[dict]]:
     s, t, u, c_s, c_t = scaled_features(s, t, u, cfg.target_variance, device)
     n = s.shape[0]
     generator = torch.Generator().manual_seed(cfg.seed)
