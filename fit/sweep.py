@@ -102,7 +102,8 @@ def expand(project: Project, fit: FitCfg) -> list[dict]:
         identity = {"variant": label, "encoder": enc, "method": method_name, "params": params,
                     "fraction": fraction, "seed": seed,
                     "train": [{"ref": p["ref"], "source": p["source"].name, "clip": p["clip"].name} for p in pairs],
-                    "classfree": classfree.name if classfree else None}
+                    "classfree": classfree.name if classfree else None,
+                    "threads": fit.threads}     # a reduction's last bits follow the thread count
         name = run_name(identity)
         record = {"name": name, "variant": label, "method": method_name, "revision": method(method_name).revision,
                   "preset": preset if has_presets else None, "params": params, "encoder": enc,
