@@ -75,6 +75,7 @@ class Table:
     percent: bool
     best: set[tuple[tuple, tuple]] = field(default_factory=set)
     share: dict[tuple, float] = field(default_factory=dict)   # row -> mean share (%) of CLIP's cells
+    partial: set[tuple] = field(default_factory=set)          # rows whose share covers only some columns
     kinds: dict[tuple, int] = field(default_factory=dict)     # row -> TEACHER / BASELINE / ZOOMSHOT
 
 
@@ -232,6 +233,20 @@ def _mark(table: Table, source: dict[tuple[tuple, tuple], dict]) -> None:
         ratios = [table.cells[row, c].mean / clip[c] for c in table.columns if (row, c) in table.cells and clip.get(c)]
         if ratios:
             table.share[row] = 100 * sum(ratios) / len(ratios)
+            if len(ratios) < sum(1 for c in table.columns if clip.get(c)):
+                table.partial.add(row)
+    if table.partial:   # a share over fewer columns is not comparable with the others': say so on the number
+        table.caption = table.caption.removesuffix(".") + f"; {PARTIAL}: over the columns the row fills only."
+
+
+#: marks a share of CLIP computed over some of the columns only (a preset run on one encoder)
+PARTIAL = "†"
+
+
+def _share_text(table: Table, row: tuple, fmt: str, missing: str, mark: str = PARTIAL) -> str:
+    if row not in table.share:
+        return missing
+    return format(table.share[row], fmt) + (mark if row in table.partial else "")
 
 
 # ---- text of a table -------------------------------------------------------------------------------
@@ -291,7 +306,7 @@ def to_markdown(table: Table) -> str:
             text = _cell_text(table, row, col, " ± ") or "–"
             cells.append(f"**{text}**" if (row, col) in table.best else text)
         if table.share:
-            cells.append(f"{table.share[row]:.0f}" if row in table.share else "–")
+            cells.append(_share_text(table, row, ".0f", "–"))
         lines.append("| " + " | ".join(labels + cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -364,7 +379,7 @@ def to_latex(table: Table) -> str:
             text = _cell_text(table, row, col, r" $\pm$ ")
             cells.append("--" if text is None else rf"\textbf{{{text}}}" if (row, col) in table.best else text)
         if table.share:
-            cells.append(f"{table.share[row]:.0f}" if row in table.share else "--")
+            cells.append(_share_text(table, row, ".0f", "--", r"$^\dagger$"))
         lines.append(" & ".join(labels + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

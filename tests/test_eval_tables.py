@@ -62,9 +62,10 @@ def test_main_table_holds_the_hand_computed_cells(rows):
         "| ↳ + tip-x | 88.0 | 88.0 | 110 |",
         "| lstsq | 58.0 | **52.0** | 69 |",
         "| mse | **63.0 ± 3.6** | 51.0 | 71 |",
-        "| ↳ + tip-x | 75.0 | – | 94 |",
+        "| ↳ + tip-x | 75.0 | – | 94† |",      # a share over one of two columns is marked, and said
     ]
     assert table.caption.startswith("top-1 (%) on shapes; mean ± std over 1/3 seed(s); fraction 1.0; epochs 20;")
+    assert table.caption.endswith("; †: over the columns the row fills only.")
 
 
 def test_csv_holds_the_same_numbers_unrounded(rows):
@@ -81,7 +82,7 @@ def test_latex_is_a_booktabs_table_with_the_best_in_bold(rows):
     tex = to_latex(build_tables(rows)["table"]).splitlines()
     assert tex[1:3] == [r"\begin{tabular}{lrrr}", r"\toprule"] and tex[-2:] == [r"\bottomrule", r"\end{tabular}"]
     assert r"mse & \textbf{63.0 $\pm$ 3.6} & 51.0 & 71 \\" in tex
-    assert r"\quad + tip-x & 75.0 & -- & 94 \\" in tex
+    assert r"\quad + tip-x & 75.0 & -- & 94$^\dagger$ \\" in tex
     # a rule between CLIP's rows, the baselines and the loss sets
     assert tex.index(r"lstsq & 58.0 & \textbf{52.0} & 69 \\") == tex.index(r"\quad + tip-x & 88.0 & 88.0 & 110 \\") + 2
 
@@ -95,8 +96,8 @@ def test_data_efficiency_table_spreads_fraction_and_epochs(rows):
         "| CLIP | CLIP | 80.0 | 80.0 | 100 |",
         "| cnn | lstsq | 32.0 | 58.0 | 56 |",
         "| cnn | mse | **40.0** | **63.0 ± 3.6** | 64 |",
-        "| vit | lstsq | – | 52.0 | 65 |",
-        "| vit | mse | – | 51.0 | 64 |",
+        "| vit | lstsq | – | 52.0 | 65† |",
+        "| vit | mse | – | 51.0 | 64† |",
     ]
 
 
