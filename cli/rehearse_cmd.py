@@ -176,7 +176,8 @@ def calibrate_fits(specs: list[dict], widths: dict[str, int], clip_dim: int, pro
     return rates
 
 
-def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, image_rate: float) -> dict:
+def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, image_rate: float,
+                     device: str) -> dict:
     """The real run's figures: cache bytes (exact), fits, prompts, and hours at this device's rates."""
     from zoomshot.cache.layout import read_prompt_file
     from zoomshot.cache.subsets import subset_size
@@ -208,7 +209,7 @@ def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, i
     return {"images": images, "cache_bytes": feature_bytes + text_bytes, "fits": len(specs),
             "prompts": class_prompts + classfree, "extract_s": images / image_rate if image_rate else float("nan"),
             "text_s": (class_prompts + classfree) / text_rate if text_rate else float("nan"),
-            "fit_s": sum(row_epochs.values())}
+            "fit_s": sum(row_epochs.values()), "device": device}
 
 
 def _bytes(n: float) -> str:
@@ -229,7 +230,7 @@ def table(r: Rehearsal, disk_per_image: float, proj: dict | None) -> str:
     lines.append(f"Feature cache on disk: {disk_per_image / 1024:,.1f} KiB per image (all encoders and CLIP); "
                  f"throughputs include loading the models, so few images make them pessimistic.")
     if proj:
-        lines += ["", "| the real run | projected |", "|---|---:|",
+        lines += ["", f"| the real run | projected (this machine's rates, {proj['device']}) |", "|---|---:|",
                   f"| images to extract | {proj['images']:,} |",
                   f"| cache size (features + text) | {_bytes(proj['cache_bytes'])} |",
                   f"| fits | {proj['fits']:,} |",
@@ -262,7 +263,7 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     rehearsed, standins = stand_in(raw, out, classes, per_class)
     for s in standins:
         r.notes.append(f"{s.name}: {', '.join(f'{n} {k}' for k, n in s.images.items())} generated images of "
-                       f"{s.real.size[0]}x{s.real.size[1]}, {len(s.classes)} of {s.real.classes} classes (names: "
+                       f"{s.real.size[0]}x{s.real.size[1]}, {len(s.classes)} of {s.real_classes} classes (names: "
                        f"{s.names_from})" + (f"; as an ImageFolder (the real {s.kind} layout is not made offline)"
                                              if s.layout != s.kind else "")
                        + ("" if s.real.splits else "; its images are not on this machine, so the projection "
@@ -275,7 +276,9 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     extracted = _extracted_rows(cache)
     models = 1 + len(cfg.encoders)
     images = sum(rows for rows, _ in extracted.values()) // max(1, models)
-    st.items = images
+    prompts_done = _text_rows(cache)
+    r.stages += [Stage("↳ images", timings.get("features_s", 0.0), st.peak_mib, images, "images"),
+                 Stage("↳ text", timings.get("text_s", 0.0), st.peak_mib, prompts_done, "prompts")]
     from zoomshot.fit.sweep import expand
     real_specs = expand(cfg.project, cfg.fit)       # the real grid: what the projection counts
     if not whole_grid:
@@ -300,14 +303,15 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
         widths = {enc: dim for (_, _, enc), (_, dim) in extracted.items()}
         clip_dim = widths[cfg.clip.name]
         from zoomshot.cache.layout import read_prompt_file
+        from zoomshot.cache.compute import resolve_device
         with r.stage("calibrate fits", "fits") as st:
             rates = calibrate_fits(real_specs, widths, clip_dim, len(read_prompt_file(cfg.clip.classfree_prompts)),
                                    "cpu" if cfg.fit.device == "auto" else cfg.fit.device)
             st.items = len(rates)
-        prompts_done = _text_rows(cache)
         proj = project_real_run(cfg, standins, extracted, real_specs, rates,
                                 prompts_done / timings["text_s"] if timings.get("text_s") else 0.0,
-                                images / timings["features_s"] if timings.get("features_s") else 0.0)
+                                images / timings["features_s"] if timings.get("features_s") else 0.0,
+                                resolve_device(cfg.extract.device, "extract.device"))
     text = table(r, disk, proj)
     (out / "rehearsal.md").write_text(text + "\n")
     (out / MARKER).write_text(json.dumps({"config": str(config), "classes": classes, "per_class": per_class,
