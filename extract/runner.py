@@ -83,9 +83,12 @@ class Decoded(Dataset):
 
 
 def item_name(dataset: Dataset, idx: int) -> str:
-    """Where item `idx` comes from: its file for a folder of images, else its index."""
+    """Where item `idx` comes from: its file for a folder of images, its shard and key for tar shards,
+    else its index."""
     samples = getattr(dataset, "samples", None)
-    return str(samples[idx][0]) if samples is not None else f"item {idx}"
+    if samples is not None:
+        return str(samples[idx][0])
+    return dataset.describe(idx) if hasattr(dataset, "describe") else f"item {idx}"
 
 
 def bad_list_path(cache_file: Path) -> Path:

@@ -139,6 +139,11 @@ class TarShards(Dataset):
             self._file = (os.getpid(), shard, open(self.shards[shard], "rb"))
         return self._file[2]
 
+    def describe(self, i: int) -> str:
+        """Where sample i is, for an error line: its shard and its key."""
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return f"{Path(self.shards[shard]).name}:{self.sample(i)['__key__']}"
+
     def sample(self, i: int) -> dict:
         """Sample i as webdataset groups it: `__key__` and one bytes entry per member suffix."""
         from webdataset.tariterators import group_by_keys, tar_file_iterator
