@@ -130,3 +130,12 @@ def test_a_second_rehearsal_into_the_same_folder_is_refused_while_the_first_runs
     code, output = first.finish()
     assert code == 0, output
     assert (tmp_path / "rehearsal" / "rehearsal.md").is_file()
+
+
+def test_the_shipped_generic_prompt_set_is_what_its_script_makes():
+    """The real-data prompt set is made, not hand-edited: OpenAI's 80 templates x COCO's 12 supercategories."""
+    from scripts.make_generic_prompts import FILE, prompts, text
+
+    from zoomshot.cache.layout import read_prompt_file
+    assert FILE.read_text() == text()
+    assert read_prompt_file(FILE) == prompts() and len(prompts()) == 80 * 12 == len(set(prompts()))
