@@ -133,25 +133,19 @@ def _this_machine(raw: dict, notes: list[str]) -> None:
             raw[table]["device"] = "cpu"
 
 
-def _extracted_rows(cache: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
-    """(dataset, split, encoder) -> (rows, width) of every finished feature file."""
-    from zoomshot.cache import store
-    rows = {}
-    for path in cache.rglob("*.h5"):
-        attrs = store.read_attrs(path)
-        if "dim" in attrs and "split" in attrs and attrs.get("complete"):
-            rows[(attrs["dataset"], attrs["split"], attrs["encoder"])] = (int(attrs.get("rows_done", 0)), int(attrs["dim"]))
-    return rows
-
-
-def _text_rows(cache: Path) -> int:
-    """Prompts (and captions) embedded in the cache's text files."""
+def _cache_contents(cache: Path) -> tuple[dict[str, int], int, int]:
+    """What the extraction made, in one pass over the cache: each model's feature width, the image rows
+    of one model (every model extracts the same rows) and the prompts (and captions) embedded."""
     import h5py
-    rows = 0
+    widths, rows, prompts = {}, {}, 0
     for path in cache.rglob("*.h5"):
         with h5py.File(path, "r") as f:
-            rows += f["embeddings"].shape[0] if "embeddings" in f else 0
-    return rows
+            if "embeddings" in f:
+                prompts += f["embeddings"].shape[0]
+            elif "features" in f and f.attrs.get("complete"):
+                widths[f.attrs["encoder"]] = f["features"].shape[1]
+                rows.setdefault(f.attrs["encoder"], []).append(f["features"].shape[0])
+    return widths, sum(next(iter(rows.values()), [])), prompts
 
 
 def calibrate_fits(specs: list[dict], widths: dict[str, int], clip_dim: int, prompts: int,
@@ -176,14 +170,13 @@ def calibrate_fits(specs: list[dict], widths: dict[str, int], clip_dim: int, pro
     return rates
 
 
-def project_real_run(cfg, standins, extracted, specs, rates, text_rate: float, image_rate: float,
+def project_real_run(cfg, standins, widths: dict[str, int], specs, rates, text_rate: float, image_rate: float,
                      device: str) -> dict:
     """The real run's figures: cache bytes (exact), fits, prompts, and hours at this device's rates."""
     from zoomshot.cache.layout import read_prompt_file
     from zoomshot.cache.subsets import subset_size
     from zoomshot.extract.prompts import load_templates
     real = {s.name: s for s in standins}
-    widths = {enc: dim for (_, _, enc), (_, dim) in extracted.items()}
     clip_dim = widths.get(cfg.clip.name, 0)
     images, feature_bytes = 0, 0
     for ref in cfg.extract.splits:
@@ -273,10 +266,7 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     with r.stage("extract", "images") as st:
         do_extract(cfg, progress, timings=timings)
     cache = cfg.project.path("cache_dir")
-    extracted = _extracted_rows(cache)
-    models = 1 + len(cfg.encoders)
-    images = sum(rows for rows, _ in extracted.values()) // max(1, models)
-    prompts_done = _text_rows(cache)
+    widths, images, prompts_done = _cache_contents(cache)
     r.stages += [Stage("↳ images", timings.get("features_s", 0.0), st.peak_mib, images, "images"),
                  Stage("↳ text", timings.get("text_s", 0.0), st.peak_mib, prompts_done, "prompts")]
     from zoomshot.fit.sweep import expand
@@ -300,15 +290,14 @@ def rehearse_config(config: Path | None, out: Path, classes: int, per_class: int
     disk = _size(cache / "features") / images if images else 0.0     # text files do not grow with images
     proj = None
     if r.ok("fit"):
-        widths = {enc: dim for (_, _, enc), (_, dim) in extracted.items()}
-        clip_dim = widths[cfg.clip.name]
-        from zoomshot.cache.layout import read_prompt_file
         from zoomshot.cache.compute import resolve_device
+        from zoomshot.cache.layout import read_prompt_file
         with r.stage("calibrate fits", "fits") as st:
-            rates = calibrate_fits(real_specs, widths, clip_dim, len(read_prompt_file(cfg.clip.classfree_prompts)),
-                                   "cpu" if cfg.fit.device == "auto" else cfg.fit.device)
+            rates = calibrate_fits(real_specs, widths, widths[cfg.clip.name],
+                                   len(read_prompt_file(cfg.clip.classfree_prompts)),
+                                   resolve_device(cfg.fit.device, "fit.device"))
             st.items = len(rates)
-        proj = project_real_run(cfg, standins, extracted, real_specs, rates,
+        proj = project_real_run(cfg, standins, widths, real_specs, rates,
                                 prompts_done / timings["text_s"] if timings.get("text_s") else 0.0,
                                 images / timings["features_s"] if timings.get("features_s") else 0.0,
                                 resolve_device(cfg.extract.device, "extract.device"))

@@ -128,6 +128,8 @@ def _write_split(root: Path, split: str, folders: list[str], per_class: int, siz
         target = root / split / folder
         target.mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
+            if (target / f"{k:05d}{suffix}").exists():   # a root two datasets share (ImageNet and ImageNet-100)
+                continue
             jitter = rng.uniform(0.8, 1.2)
             img = image(rng, (max(8, round(size[0] * jitter)), max(8, round(size[1] * jitter))))
             img.save(target / f"{k:05d}{suffix}", **({"quality": 90} if suffix != ".png" else {}))

@@ -99,14 +99,15 @@ def bad_list_path(cache_file: Path) -> Path:
 def _report_bad(job: SplitJob, dataset: Dataset, writers: dict, reasons: dict[int, str], say: Say) -> None:
     """One line naming how many images the split skipped and the first few; every one, with why, in a
     text file beside each cache file (items skipped before a resume keep no reason)."""
+    bad = sorted({i for w in writers.values() for i in w.bad_items})
+    names = {i: item_name(dataset, i) for i in bad}     # once per item (a tar sample is read to name it)
     for n, w in writers.items():
         if w.bad_items:
             atomic.write_text(bad_list_path(job.targets[n]), "".join(
-                f"{i}\t{item_name(dataset, i)}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
+                f"{i}\t{names[i]}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
                 for i in sorted(w.bad_items)))
-    bad = sorted({i for w in writers.values() for i in w.bad_items})
     if bad:
-        first = ", ".join(item_name(dataset, i) for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        first = ", ".join(names[i] for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
         listed = bad_list_path(next(job.targets[n] for n, w in writers.items() if w.bad_items))
         say(f"{job.ref}: skipped {len(bad)} unreadable image(s) for every encoder: {first} (all of them, with "
             f"the reasons: {listed})")
