@@ -2,8 +2,8 @@
 
 Each method is a registry entry: `settings` is a dataclass whose fields are the method's config keys
 (checked by the same builder as pipeline.toml, so a bad key or value is one line naming it, found
-when the sweep is expanded), `fit` runs it, `revision` numbers its maths (part of every run's name, so a
-changed method never reuses a finished run), `by_epochs` says whether the grid's epochs apply,
+when the sweep is expanded), `fit` runs it, `revision` numbers its maths (recorded in every run.json; a
+finished run of another revision is fitted again, so a changed method never reuses it), `by_epochs` says whether the grid's epochs apply,
 `needs_prompts` whether its settings read the class-free prompt embeddings, and `presets` the named recipes
 its `preset` setting chooses from (fit/presets.py).
 """

@@ -93,13 +93,6 @@ class TrainConfig:
     compile: bool = False
     preset: str = DEFAULT_PRESET   # the recipe these values came from (fit/presets.py): part of the run's name
 
-    @classmethod
-    def of(cls, preset: str = DEFAULT_PRESET, **settings) -> TrainConfig:
-        """The preset's values with `settings` over them."""
-        if preset not in PRESETS:
-            raise ValueError(f"preset = {preset!r} is not one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[preset], **settings, "preset": preset})
-
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_variant": KD_VARIANTS, "init": INITS,
                    "preset": PRESETS}

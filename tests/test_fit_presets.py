@@ -26,10 +26,10 @@ def _records(folder):
 
 
 def test_a_preset_is_a_set_of_trainer_values_under_the_given_ones():
-    paper = TrainConfig.of("paper", w_kd=0.0)
+    paper = TrainConfig(**methods.resolve_params("zoomshot", {"preset": "paper", "w_kd": 0.0}))
     assert (paper.init, paper.whiten, paper.scale_terms, paper.ridge_by_gcv) == ("random", False, False, False)
     assert paper.w_kd == 0.0 and paper.w_cyc == 1.0 and paper.preset == "paper"
-    assert TrainConfig.of("tuned") == TrainConfig()
+    assert TrainConfig(**methods.resolve_params("zoomshot", {"preset": "tuned"})) == TrainConfig()
     assert methods.resolve_params("zoomshot", {"preset": "paper"})["lr"] == PRESETS["paper"]["lr"]
 
 
