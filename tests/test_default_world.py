@@ -1,5 +1,6 @@
 """The shipped default: pipeline.toml on the generated world with the trained tiny models reaches the
 floors measured for it (a few points under, so a regression fails and noise does not)."""
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,9 +12,9 @@ from zoomshot.extract.world import HELD_OUT_LABELS, ShapesWorld
 
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURE = "acc_vs_fraction_shapes_part1.png"   # the default run's figure README embeds (part 2 beside it)
+FIGURE = "acc_vs_fraction_shapes_part1.png"   # the default run's figure README embeds (docs/results.md both parts)
 
-# Measured with the shipped weights (see README "What the default run does"); floors a few points under.
+# Measured with the shipped weights (see docs/results.md); floors a few points under.
 CLIP_FLOOR = 0.87          # measured 91.0 %
 CLIP_HELD_OUT_FLOOR = 0.74 # measured 80.4 % on the 10 colour-shape combinations its captions never had
 CNN_LSTSQ_FLOOR = 0.76     # measured 80.4 %
@@ -81,23 +82,34 @@ def numbers(line):
     return [float(x) for x in re.findall(r"-?\d+\.\d+|\b\d+\b", line)]
 
 
-@pytest.mark.parametrize("name", ["table", "data_efficiency"])
-def test_readme_holds_the_tables_the_default_run_makes(default_run, name):
-    """README's tables are pasted from this run's report (scripts/readme_report.py): labels and layout
-    exactly, zero-shot numbers to 0.5 points (another CPU's BLAS may round a borderline test image the
-    other way: 0.08 points an image). Adapter rows (↳) are compared by layout only: their search on 512
-    support rows flips between near-equal settings on float noise (measured: a < 1e-3 change of the
-    features moved cnn-random + TIP-X by 9.8 points on its 160 held-out images)."""
-    made = (default_run[4] / f"{name}.md").read_text().splitlines()
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(rf"<!-- report:{name} -->\n(.*?)<!-- /report:{name} -->", readme, re.S)
+def _readme_report():
+    """scripts/readme_report.py, which makes the blocks (it is a script, not a module of the package)."""
+    spec = importlib.util.spec_from_file_location("readme_report", ROOT / "scripts" / "readme_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["headline", "table", "data_efficiency"])
+def test_docs_hold_the_tables_the_default_run_makes(default_run, name):
+    """README's headline and docs/results.md's tables are pasted from this run's report
+    (scripts/readme_report.py): labels and layout exactly, zero-shot numbers to 0.5 points (another CPU's
+    BLAS may round a borderline test image the other way: 0.08 points an image). Adapter rows (↳) are
+    compared by layout only: their search on 512 support rows flips between near-equal settings on float
+    noise (measured: a < 1e-3 change of the features moved cnn-random + TIP-X by 9.8 points on its 160
+    held-out images)."""
+    script = _readme_report()
+    made = script.made(name, default_run[4]).splitlines()
+    page = script.PAGES[name]
+    block = re.search(rf"<!-- report:{name} -->\n(.*?)<!-- /report:{name} -->", (ROOT / page).read_text(), re.S)
+    assert block, f"{page} has no <!-- report:{name} --> block"
     pasted = block.group(1).splitlines()
-    assert len(pasted) == len(made), "README's table is not what `pipeline report` makes: run scripts/readme_report.py"
+    assert len(pasted) == len(made), f"{page}'s table is not what the default run makes: run scripts/readme_report.py"
     for old, new in zip(pasted, made):
         assert re.sub(r"[\d.*]+", "#", old) == re.sub(r"[\d.*]+", "#", new), (old, new)
         if not old.startswith("| ↳"):
             assert numbers(old) == pytest.approx(numbers(new), abs=0.5), (old, new)
-    assert (ROOT / "docs" / FIGURE).is_file() and f"(docs/{FIGURE})" in readme
+    assert (ROOT / "docs" / FIGURE).is_file() and f"(docs/{FIGURE})" in (ROOT / "README.md").read_text()
 
 
 def test_retrieval_is_reported_next_to_classification(default_run):

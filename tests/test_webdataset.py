@@ -279,8 +279,8 @@ def test_a_corrupt_image_in_a_shard_is_skipped_or_fatal(tmp_path):
         assert 10 not in f["index"] and len(f["index"]) == 20 and json.loads(f["attrs"]["bad_items"]) == [10]
 
 
-def test_the_readme_cluster_example_runs(tmp_path):
-    """README "Scaling out": its LocalCluster block, run as written, with DataLoader workers inside the
+def test_the_documented_cluster_example_runs(tmp_path):
+    """docs/scale.md "Scaling out": its LocalCluster block, run as written, with DataLoader workers inside the
     dask workers (daemon off)."""
     import os
     import re
@@ -290,8 +290,8 @@ def test_the_readme_cluster_example_runs(tmp_path):
 
     from helpers import ENV, REPO
 
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"```python\n(.*?)```", readme[readme.index("## Scaling out"):], re.S).group(1)
+    doc = (REPO / "docs" / "scale.md").read_text()
+    block = re.search(r"```python\n(.*?)```", doc[doc.index("## Scaling out"):], re.S).group(1)
     make_data(tmp_path, per_shard=5)
     config(tmp_path, splits=("wds:train",), workers=1)
     env = {**ENV, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{ENV.get('PATH', '')}"}
