@@ -37,7 +37,7 @@ def headline(report_dir: Path) -> str:
     clip = next(r["acc1_mean"] for r in rows if r["teacher"])
     columns = sorted({(r["encoder"], r["fraction"]) for r in rows if not r["teacher"]},
                      key=lambda c: ([r["encoder"] for r in rows].index(c[0]), c[1]))
-    lines = ["| variant | " + " | ".join(f"{e}, {f:.1%}".replace(".0%", "%") for e, f in columns) + " |",
+    lines = ["| variant | " + " | ".join(f"{e}, {100 * f:g} %" for e, f in columns) + " |",
              "| --- |" + " ---: |" * len(columns),
              "| CLIP (the teacher) | " + " | ".join(f"{100 * clip:.1f}" for _ in columns) + " |"]
     for variant in HEADLINE_VARIANTS:
