@@ -5,13 +5,13 @@ from dataclasses import dataclass
 
 from zoomshot.cache.settings import at_least, each, name_like, setting, split_ref
 
-from .adapters import ADAPTERS, GRIDS
+from .grids import ADAPTER_NAMES, GRIDS
 from .report import METRICS
 from .tables import MAIN_PIVOT, Pivot
 
 
 def adapter_name(v: str) -> str | None:
-    return None if v in ADAPTERS else f"must be one of {', '.join(map(repr, ADAPTERS))}, got {v!r}"
+    return None if v in ADAPTER_NAMES else f"must be one of {', '.join(map(repr, ADAPTER_NAMES))}, got {v!r}"
 
 
 def grid_name(v: str) -> str | None:
