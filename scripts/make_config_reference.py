@@ -40,7 +40,7 @@ presets, methods, adapters, metrics).
 
 def _source_class(cls: type, name: str) -> type:
     """The class of `cls`'s hierarchy that declares field `name` (where its comment is)."""
-    return next(c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {}))
+    return next(c for c in cls.__mro__ if name in inspect.get_annotations(c))
 
 
 def _class_node(cls: type) -> tuple[ast.ClassDef, list[str]]:

@@ -17,11 +17,11 @@ STAGES = ("zoomshot.extract.runner", "zoomshot.fit.sweep", "zoomshot.evaluate.sc
 
 def _imported_by(folder, *args: str) -> tuple[int, str, list[str]]:
     """Runs `pipeline ARGS` in a fresh process; its exit code, stderr, and which of HEAVY and STAGES it imported."""
-    code = ("import json, sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *%r]\n"
+    code = (f"import json, sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *{list(args)!r}]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print(json.dumps([code, [m for m in %r if m in sys.modules]]), file=sys.stderr)"
-            % (list(args), HEAVY + STAGES))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=ENV, capture_output=True, text=True)
+            f"print(json.dumps([code, [m for m in {HEAVY + STAGES!r} if m in sys.modules]]), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=ENV, capture_output=True, text=True,
+                          check=False)
     *lines, last = proc.stderr.strip().splitlines()
     exit_code, imported = json.loads(last)
     return exit_code, "\n".join(lines), imported

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import REPO, shipped_config
+from helpers import shipped_config
 from scripts.make_config_reference import FILE, field_meaning, text
 
 
