@@ -22,7 +22,7 @@ def fitted(tmp_path_factory):
     data["fit"].update(fractions=[0.5, 1.0], seeds=[0, 1])
     data["evaluate"].update(adapters=["tip-adapter"], support="syn:train", shots=4)
     (folder / "pipeline.toml").write_text(tomli_w.dumps(data))
-    pipeline(folder, "fit", "--no-progress")
+    pipeline(folder, "fit")
     return folder
 
 
