@@ -26,20 +26,32 @@ IMPORTED = "imported"   # model / kind of data brought in by `pipeline cache imp
 Check = Callable[[Any], "str | None"]
 
 
+def allows(text: str) -> Callable[[Check], Check]:
+    """Marks a check with what it accepts, in words (`check.allowed`): the configuration reference
+    (docs/config.md, scripts/make_config_reference.py) lists it beside the key."""
+    def mark(check: Check) -> Check:
+        check.allowed = text
+        return check
+    return mark
+
+
 def at_least(lo: float) -> Check:
-    return lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}"
+    return allows(f">= {lo}")(lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}")
 
 
+@allows("a fraction in (0, 1]")
 def unit_fraction(v: float) -> str | None:
     return None if 0 < v <= 1 else f"must be a fraction in (0, 1], got {v!r}"
 
 
+@allows("a number in (0, 1]")
 def number_fraction(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return f"must be a number in (0, 1], got {v!r}"
     return unit_fraction(v)
 
 
+@allows("a name of letters, digits and . _ + -, not starting with . or -")
 def name_like(v: str) -> str | None:
     if keys.NAME.fullmatch(v):
         return None
@@ -47,6 +59,7 @@ def name_like(v: str) -> str | None:
             f"not starting with . or -, got {v!r}")
 
 
+@allows("DATASET:SPLIT")
 def split_ref(v: str) -> str | None:
     """'DATASET:SPLIT', each part a name; a mix of several joined by '+' where `mix` allows it."""
     name, sep, split = v.partition(":")
@@ -55,6 +68,7 @@ def split_ref(v: str) -> str | None:
     return None
 
 
+@allows("DATASET:SPLIT, or A:SPLIT+B:SPLIT (a mix)")
 def split_mix(v: str) -> str | None:
     return next((f"must be DATASET:SPLIT or A:SPLIT+B:SPLIT, got {v!r}" for part in v.split("+")
                  if split_ref(part)), None)
@@ -63,20 +77,24 @@ def split_mix(v: str) -> str | None:
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+@allows("auto, cpu, cuda, cuda:N or mps")
 def device_name(v: str) -> str | None:
     return None if DEVICE.fullmatch(v) else f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}"
 
 
+@allows("not empty")
 def nonempty(v: list) -> str | None:
     return None if v else "must not be empty"
 
 
 def each(check: Check) -> Check:
-    return lambda v: next((f"item {i}: {p}" for i, x in enumerate(v) if (p := check(x))), None)
+    return allows(f"each item {check.allowed}")(
+        lambda v: next((f"item {i}: {p}" for i, x in enumerate(v) if (p := check(x))), None))
 
 
 def values(check: Check) -> Check:
-    return lambda v: next((f"entry {k!r}: {p}" for k, x in v.items() if (p := check(x))), None)
+    return allows(f"each value {check.allowed}")(
+        lambda v: next((f"entry {k!r}: {p}" for k, x in v.items() if (p := check(x))), None))
 
 
 def setting(default: Any, *checks: Check) -> Any:
@@ -142,10 +160,11 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
 
 @dataclass
 class PathsCfg:
-    cache_dir: str = "zoomshot-out/cache"
-    runs_dir: str = "zoomshot-out/runs"
-    results_dir: str = "zoomshot-out/results"
-    report_dir: str = "zoomshot-out/report"
+    """Where the pipeline writes, relative to the working directory. Several commands may share them."""
+    cache_dir: str = "zoomshot-out/cache"        # the HDF5 feature store (docs/cache.md)
+    runs_dir: str = "zoomshot-out/runs"          # one folder per fitted run: its maps and run.json
+    results_dir: str = "zoomshot-out/results"    # one JSON per (run, test split) that `pipeline evaluate` writes
+    report_dir: str = "zoomshot-out/report"      # the tables and figures of `pipeline report`
 
 
 class _Model:
@@ -181,8 +200,9 @@ class _Model:
 
 @dataclass
 class ClipCfg(_Model):
-    name: str = setting("clip", name_like)
-    model: str = "zoomshot-tiny-clip"
+    """The CLIP (open_clip) whose image and text towers the encoders' features are mapped into."""
+    name: str = setting("clip", name_like)   # its name in runs, results and `--encoders`
+    model: str = "zoomshot-tiny-clip"        # an open_clip model name (OpenAI weights from a file: `-quickgelu`)
     pretrained: str = ""             # "" random weights; a tag, a local file, `local-dir:PATH` or `assets:FILE`
     templates: str = "shapes"        # a key of the templates file, or "openai-imagenet"
     templates_file: str = ""         # CLIP_benchmark-style JSON; "" = the shipped world templates
@@ -196,21 +216,23 @@ class ClipCfg(_Model):
 
 @dataclass
 class EncoderCfg(_Model):
-    name: str = setting("", name_like)
-    model: str = ""
+    """One frozen vision encoder (timm) to give CLIP's zero-shot ability; one `[[encoders]]` table each."""
+    name: str = setting("", name_like)   # its name in cache files, runs, results and `[fit] encoders`
+    model: str = ""                      # a timm model name
     pretrained: str = ""             # "" random weights; a timm tag, a local file or `assets:FILE`
     options: dict = field(default_factory=dict)   # extra timm.create_model keyword arguments
-    micro_batch: int = setting(0, at_least(0))
+    micro_batch: int = setting(0, at_least(0))    # images per forward pass (0 = the whole extraction batch)
     location: str = field(default="", init=False, repr=False)
     family_name: typing.ClassVar[str] = "timm"
 
 
 @dataclass
 class DatasetCfg:
-    name: str = setting("", name_like)
+    """One dataset the splits are read from (`DATASET:SPLIT` elsewhere names it); one `[[datasets]]` table each."""
+    name: str = setting("", name_like)   # the DATASET of `DATASET:SPLIT` references
     kind: str = "shapes"             # a dataset kind (`pipeline list`); its options are checked per kind
-    root: str = ""
-    options: dict = field(default_factory=dict)
+    root: str = ""                   # the folder of its files (not needed by the generated `shapes` kinds)
+    options: dict = field(default_factory=dict)   # the kind's options (below: Dataset options by kind)
 
     def spec(self) -> dict:
         """What the dataset registry (`extract/datasets.py`) opens a split from."""
@@ -235,9 +257,9 @@ class DatasetCfg:
 class Subsets:
     """What of the `[extract]` table names a feature file: which nested subset of each split is
     extracted (DESIGN.md section 3), and the decode settings that change pixels (`extract/decode.py`)."""
-    fraction: float = setting(1.0, unit_fraction)
+    fraction: float = setting(1.0, unit_fraction)   # the share of each split extracted (a nested subset)
     split_fractions: dict = setting(dict, values(number_fraction))   # per split, e.g. {"imagenet:train" = 0.2}
-    subset_seed: int = 0
+    subset_seed: int = setting(0, at_least(0))      # seeds numpy's permutation: not negative
     jpeg_draft: bool = True          # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
     gpu_preprocess: bool = False     # CUDA: resize, crop and normalize on the GPU after a uint8 upload
     gpu_decode: bool = False         # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess

@@ -3,16 +3,21 @@
 Every stage reads pipeline.toml (`--config PATH`, default ./pipeline.toml); a command-line option
 overrides the same key of the stage's table (click `default_map`). The CLI only parses, merges and
 calls the stages. Bad input is one line and exit 2; Ctrl-C is one line and exit 130.
+
+Fast to start: this module and the config import no torch, h5py or stage module (each command imports
+its stage when it runs, the commands of other modules are imported when called), so `--help`, `list`
+and a config error take a fraction of a second (tests/test_cli_speed.py, benchmarks/cli_speed.py).
 """
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import sys
 import warnings
 
 import click
 
-from zoomshot.cache import store
 from zoomshot.cache.errors import PipelineError
 
 from .config import Config
@@ -20,8 +25,52 @@ from .stage import StageCommand, apply, multi, say, writable
 
 INTERRUPTED = "interrupted: re-run the same command to resume"
 
+#: Commands defined in other modules, as "module:attribute", imported only when called.
+COMMANDS = {
+    "cache": "zoomshot.cli.cache_cmd:cache",
+    "list": "zoomshot.cli.list_cmd:list_registries",
+    "export": "zoomshot.cli.export_cmd:export",
+    "predict": "zoomshot.cli.predict_cmd:predict",
+    "export-wds": "zoomshot.cli.benchmark_cmd:export_wds",
+    "clip-benchmark": "zoomshot.cli.benchmark_cmd:clip_benchmark",
+    "rehearse": "zoomshot.cli.rehearse_cmd:rehearse",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+def _takes_progress(command: click.Command) -> click.Command:
+    """Every command takes `--progress/--no-progress`, so that a script can pass it to any: the commands
+    that draw bars declare it and hand it to their stage; the others draw none and accept it. A command
+    whose arguments go to another program (clip-benchmark) is left as it is."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _takes_progress(sub)
+    elif not command.context_settings.get("ignore_unknown_options") and \
+            not any(p.name == "progress" for p in command.params):
+        command.params.append(click.Option(["--progress/--no-progress"], default=True, expose_value=False,
+                                           help="Progress bars (every command takes it; this one draws none)."))
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command of `COMMANDS` only when it is called (click's lazy-loading
+    pattern), so that a light command never pays for what a heavy one imports."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            command = super().get_command(ctx, name)
+        else:
+            module, _, attribute = COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+        return command and _takes_progress(command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The group's docstring lists every command; click's own list would import each one."""
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", type=click.Path(dir_okay=False), help="Config file [default: ./pipeline.toml].")
 @click.version_option(package_name="zoomshot-pipeline")
 def cli(config: str | None) -> None:
@@ -132,30 +181,38 @@ def _print_run(specs: list[dict]):
 @click.option("--chunk-rows", type=int, help="Rows per streamed chunk of test features.")
 @click.option("--per-class/--no-per-class", default=None, help="Also write each class's accuracy.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--verbose", is_flag=True, help="Also a line per adapted result (its hyper-parameters).")
 @click.pass_context
-def evaluate(ctx: click.Context, progress: bool, **values) -> None:
-    """Score every finished run (and CLIP) on cached test features; one JSON per (run, dataset).
-    Exits 1 when it had to skip a run or a test split (each is one line saying why)."""
-    if do_evaluate(apply(ctx, "evaluate", values), progress):
+def evaluate(ctx: click.Context, progress: bool, verbose: bool, **values) -> None:
+    """Score every finished run (and CLIP) on cached test features; one JSON per (run, dataset), and one
+    table of top-1 at the end. Exits 1 when it had to skip a run or a test split (each is one line saying why)."""
+    if do_evaluate(apply(ctx, "evaluate", values), progress, verbose):
         sys.exit(1)
 
 
-def do_evaluate(cfg: Config, progress: bool = True) -> int:
-    """Evaluates; returns how many (run, test split) pairs were skipped."""
+def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> int:
+    """Evaluates and prints one table of what it scored; returns how many (run, test split) pairs were skipped."""
     from zoomshot.evaluate.adaptation import run_adapters, summary_line
     from zoomshot.evaluate.scoring import open_runs, run_evaluate
+    from zoomshot.evaluate.summary import summary_table
     project, ev = cfg.project, cfg.evaluate
     writable(project.path("results_dir"), "results_dir")
     runs, skipped = open_runs(project, ev.runs, say)
     outcome = run_evaluate(project, ev, runs, say=say, progress=progress)
     skipped += outcome.skipped
+    written = list(outcome.written)
     click.echo(f"evaluate: {len(outcome.written)} result file(s) written"
                + (f", {skipped} skipped (see above)" if skipped else ""))
     if ev.adapters:
-        adapted = run_adapters(project, ev, runs, lambda path, result: click.echo(summary_line(result)), say=say)
+        adapted = run_adapters(project, ev, runs, (lambda path, result: click.echo(summary_line(result))) if verbose
+                               else None, say=say)
         click.echo(f"evaluate: {len(adapted.written)} adapter result file(s) written "
                    f"({', '.join(ev.adapters)}; support {ev.support})")
         skipped += adapted.skipped
+        written += adapted.written
+    if written:
+        click.echo(f"evaluate: top-1 (%) of what it scored, seeds averaged\n"
+                   f"{summary_table([json.loads(p.read_text()) for p in written])}")
     return skipped
 
 
@@ -205,8 +262,9 @@ def do_report(cfg: Config, plots: bool = True) -> None:
 
 @cli.command(cls=StageCommand, name="run")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--verbose", is_flag=True, help="Also evaluate's line per adapted result.")
 @click.pass_context
-def run_all(ctx: click.Context, progress: bool) -> None:
+def run_all(ctx: click.Context, progress: bool, verbose: bool) -> None:
     """extract, fit, evaluate and report, each with the config's settings. Runs that fail to fit are
     reported, the others are still evaluated, and the exit code is 1 (also when evaluate skipped any)."""
     cfg: Config = ctx.obj
@@ -215,27 +273,11 @@ def run_all(ctx: click.Context, progress: bool) -> None:
     click.echo("== fit")
     failed = do_fit(cfg)
     click.echo("== evaluate")
-    failed += do_evaluate(cfg, progress)
+    failed += do_evaluate(cfg, progress, verbose)
     click.echo("== report")
     do_report(cfg)
     if failed:
         sys.exit(1)
-
-
-from .benchmark_cmd import clip_benchmark, export_wds  # noqa: E402
-from .cache_cmd import cache  # noqa: E402
-from .export_cmd import export  # noqa: E402
-from .list_cmd import list_registries  # noqa: E402
-from .predict_cmd import predict  # noqa: E402
-from .rehearse_cmd import rehearse  # noqa: E402
-
-cli.add_command(cache)
-cli.add_command(list_registries)
-cli.add_command(export)
-cli.add_command(predict)
-cli.add_command(export_wds)
-cli.add_command(clip_benchmark)
-cli.add_command(rehearse)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -256,7 +298,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except PipelineError as e:
         click.echo(f"error: {e}", err=True)
-        if store.writes_failed():      # HDF5 cannot shut down cleanly after a failed write (a full disk)
+        store = sys.modules.get("zoomshot.cache.store")   # imported by every command that writes HDF5
+        if store and store.writes_failed():      # HDF5 cannot shut down cleanly after a failed write (a full disk)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(2)

@@ -26,7 +26,8 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
-from .adapters import ADAPTERS, GRIDS, clip_logits, search_hparams, support_val_split, tipx_ranges
+from .adapters import ADAPTERS, clip_logits, search_hparams, support_val_split, tipx_ranges
+from .grids import GRIDS
 from .metrics import MetricAccumulator
 from .scoring import TASK, Inputs, Outcome, Say, Skips, TestInputs, aligned_chunks, run_fields, write_result
 from .settings import EvaluateCfg
@@ -38,10 +39,12 @@ def variant_name(base: str, method: str, shots: int) -> str:
 
 
 def summary_line(result: dict) -> str:
-    """One line per written result, for the command's output."""
+    """One line per written result, for `pipeline evaluate --verbose`: the run's fraction and seed, the
+    hyper-parameters chosen."""
     m, hp = result["metrics"], result["hparams"]
     chosen = ", ".join(f"{k}={hp[k]:.3g}" for k in ("alpha", "beta", "gamma") if k in hp)
-    return (f"  {result['encoder']:<10} {result['variant']:<30} {result['dataset']}-{result['split']}: "
+    run = f"fraction={result['fraction']} seed={result['seed']}" if "fraction" in result else "CLIP"
+    return (f"  {result['encoder']:<10} {result['variant']:<30} {run:<21} {result['dataset']}-{result['split']}: "
             f"top-1 {100 * m['acc1']:.1f} (zero-shot {100 * m['zero_shot_acc1']:.1f}; {chosen}; "
             f"val {result['val_size']} rows)")
 

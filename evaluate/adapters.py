@@ -35,7 +35,7 @@ as for validation. The reference also drops the last `N % 100` rows of each KL m
 (`range(N // bs)` at tipx.py line 33, they stay 0); we compute every row.
 
 Hyper-parameters are searched on a validation split of labelled rows (`search_hparams`), by
-top-1 accuracy, over a grid (`GRIDS`: the references' lists, or wider geometric ones, the default);
+top-1 accuracy, over a grid (`grids.GRIDS`: the references' lists, or wider geometric ones, the default);
 the first best in the reference's loop order wins ties (Tip-Adapter: beta outer, alpha inner; TIP-X:
 alpha, beta, gamma). A choice on the edge of its grid is reported (`at_grid_edge`).
 """
@@ -49,42 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .grids import DEFAULT_GRIDS
+
 #: CLIP's learned logit scale (exp(4.6052) = 100), as in both references: `100. * f @ W`.
 CLIP_LOGIT_SCALE = 100.0
 #: Softmax temperature of the TIP-X signatures (SuS-X tipx.py `--temperature` default).
 TIPX_TEMPERATURE = 0.5
-
-
-def _grid(scale: float, steps: int, start: float) -> list[float]:
-    """The references' grids: `[i * (scale - start) / steps + start for i in range(steps)]`."""
-    return [i * (scale - start) / steps + start for i in range(steps)]
-
-
-def _geom(lo: float, hi: float, steps: int) -> list[float]:
-    return [float(v) for v in np.geomspace(lo, hi, steps)]
-
-
-#: Search grids per preset and method.
-#: `reference`: the references' own lists. TIP-X: SuS-X tipx.py lines 70-75 (alpha 0.1..50 in 20
-#: steps, beta 1..50 in 200, gamma 0.1..30 in 50); Tip-Adapter takes the same alpha and beta lists, so
-#: that both are compared on equal terms (Tip-Adapter's own per-dataset configs use e.g. beta 0.1..7
-#: in 200 steps and alpha 0.1..3 in 20, configs/imagenet.yaml).
-#: `wide` (the default): geometric grids that hold the reference ranges and reach a decade or more past
-#: them, five values a decade (alpha 0.1..1000, gamma 0.01..1000; beta 0.5..128, two a
-#: factor of 2). The reference ranges assume OpenAI CLIP's image-text cosines (a few
-#: hundredths between classes); an encoder whose cosines spread further (README gives the tiny world
-#: CLIP's) needs a larger alpha / gamma. A choice on the edge of the grid is reported (`at_grid_edge`).
-GRIDS: dict[str, dict[str, dict[str, list[float]]]] = {
-    "reference": {
-        "tip-adapter": {"alpha": _grid(50, 20, 0.1), "beta": _grid(50, 200, 1.0)},
-        "tip-x": {"alpha": _grid(50, 20, 0.1), "beta": _grid(50, 200, 1.0), "gamma": _grid(30, 50, 0.1)},
-    },
-    "wide": {
-        "tip-adapter": {"alpha": _geom(0.1, 1000, 21), "beta": _geom(0.5, 128, 17)},
-        "tip-x": {"alpha": _geom(0.1, 1000, 21), "beta": _geom(0.5, 128, 17), "gamma": _geom(0.01, 1000, 26)},
-    },
-}
-DEFAULT_GRIDS = GRIDS["wide"]
 
 
 def _unit(x: Tensor) -> Tensor:

@@ -17,8 +17,9 @@ from typing import Any
 
 from zoomshot.cache import atomic
 
-from .retrieval import METRICS as RETRIEVAL
-
+RECALL_K = (1, 5, 10)
+#: The retrieval metrics (`evaluate/retrieval.py`), CLIP_benchmark's names.
+RETRIEVAL = tuple(f"{side}_retrieval_recall@{k}" for k in RECALL_K for side in ("image", "text"))
 METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos",
            *RETRIEVAL)
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")

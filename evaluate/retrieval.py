@@ -28,8 +28,8 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps
 from zoomshot.cache.settings import Project
 
-RECALL_K = (1, 5, 10)
-METRICS = tuple(f"{side}_retrieval_recall@{k}" for k in RECALL_K for side in ("image", "text"))
+from .report import RECALL_K
+
 MAX_SCORES = 1 << 24     # similarities held at once (64 MiB of float32)
 
 

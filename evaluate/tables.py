@@ -22,8 +22,7 @@ from typing import Any
 from zoomshot.cache import atomic
 from zoomshot.cache.errors import PipelineError
 
-from .report import GROUP_PREFIX
-from .retrieval import METRICS as RETRIEVAL, RECALL_K
+from .report import GROUP_PREFIX, RECALL_K, RETRIEVAL
 
 FIELDS = ("encoder", "dataset", "variant", "fraction", "epochs", "metric")
 SLICED = ("fraction", "epochs")

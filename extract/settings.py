@@ -10,19 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.settings import Subsets, at_least, device_name, each, setting, split_ref
+from zoomshot.cache.settings import Subsets, allows, at_least, device_name, each, setting, split_ref
 
 
 @dataclass
 class ExtractCfg(Subsets):
-    splits: list[str] = setting(lambda: ["shapes:train", "shapes:test"], each(split_ref))
+    """`pipeline extract`: which splits go through CLIP and every encoder, and how (batches, workers, device,
+    a dask cluster)."""
+    splits: list[str] = setting(lambda: ["shapes:train", "shapes:test"], each(split_ref))   # the splits to extract
     batch_size: int = setting(64, at_least(1))     # images per batch: every encoder sees the same batch
     num_workers: int = setting(-1, at_least(-1))   # DataLoader workers decoding (-1: one per available core, less one)
     prefetch: int = setting(4, at_least(1))        # batches each worker decodes ahead
-    device: str = setting("auto", device_name)
-    on_bad_image: typing.Literal["skip", "fail"] = "skip"
+    device: str = setting("auto", device_name)    # where the encoders run (auto: a GPU when there is one)
+    on_bad_image: typing.Literal["skip", "fail"] = "skip"   # an unreadable image: skipped (and listed) or fatal
     scheduler: str = ""              # dask.distributed address: shard the splits over its workers
-    cluster: typing.Literal["", "local-cuda", "slurm", "pbs"] = ""   # or start one (docs/scale.md; optional extras)
+    cluster: typing.Literal["", "local-cuda", "slurm", "pbs"] = ""   # or start a cluster for it (docs/scale.md)
     cluster_jobs: int = setting(1, at_least(1))    # slurm / pbs: batch jobs to submit (one worker, one GPU each)
     cluster_options: dict = setting(dict)          # keyword arguments of LocalCUDACluster / SLURMCluster / PBSCluster
     shards: int = setting(0, at_least(0))          # shards per split on a scheduler (0 = one per worker)
@@ -40,6 +42,7 @@ class ExtractCfg(Subsets):
         return bool(self.scheduler or self.cluster)
 
 
+@allows("an existing file, or empty")
 def existing_file(v: str) -> str | None:
     return None if not v or Path(v).is_file() else f"must name an existing file, got {v!r}"
 
@@ -49,18 +52,18 @@ def existing_file(v: str) -> str | None:
 @dataclass
 class ShapesOptions:
     """The generated world (`extract/world.py`): sizes of its splits, seed and image size."""
-    train_size: int = setting(2000, at_least(0))
-    test_size: int = setting(640, at_least(0))
-    seed: int = setting(0, at_least(0))
-    image_size: int = setting(64, at_least(32))
+    train_size: int = setting(2000, at_least(0))   # images of the train split
+    test_size: int = setting(640, at_least(0))     # images of the test split
+    seed: int = setting(0, at_least(0))            # seed of the generator
+    image_size: int = setting(64, at_least(32))    # side of the square images, in pixels
 
 
 @dataclass
 class SupportOptions:
     """A name-only support set rendered from the world's class names (one split, `train`)."""
-    per_class: int = setting(16, at_least(1))
-    seed: int = setting(0, at_least(0))
-    image_size: int = setting(64, at_least(32))
+    per_class: int = setting(16, at_least(1))      # images rendered per class name
+    seed: int = setting(0, at_least(0))            # seed of the generator
+    image_size: int = setting(64, at_least(32))    # side of the square images, in pixels
 
 
 @dataclass
@@ -72,11 +75,13 @@ class FolderOptions:
 
 @dataclass
 class ImageNetOptions(FolderOptions):
+    """ImageNet as an ImageFolder tree, or ImageNet-100 with `class_list`."""
     class_list: str = setting("", existing_file)        # ImageNet-100: one WordNet id a line
 
 
 @dataclass
 class TorchvisionOptions(FolderOptions):
+    """A torchvision dataset under `root` (its own file layout and class names)."""
     download: bool = False           # fetch the files where there is network
     verify: bool = True              # torchvision's md5 checks (off for re-packed CIFAR copies)
 
