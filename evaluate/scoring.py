@@ -25,9 +25,10 @@ from zoomshot.cache import atomic, layout, locks, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run, read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
+from zoomshot.cache.zero_shot import cosine_similarities
 
 from .gap import GapAccumulator, GapView
-from .metrics import MetricAccumulator, class_embeddings, cosine_logits
+from .metrics import MetricAccumulator, class_embeddings
 from .retrieval import Retrieval
 from .settings import EvaluateCfg
 
@@ -93,7 +94,7 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
                                     f"{width}-wide: they come from different CLIP models")
         labels = torch.from_numpy(chunk[0].labels)
         try:
-            acc.update(cosine_logits(s, classes.emb), labels, cosine_logits(t, classes.emb))
+            acc.update(cosine_similarities(s, classes.emb), labels, cosine_similarities(t, classes.emb))
         except ValueError as e:
             raise PipelineError(f"{student.name}: {e}") from None
         gap.update(s, labels)
