@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zoomshot.cache import atomic
+from zoomshot.cache import atomic, keys
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, ClipCfg, EncoderCfg, Project
@@ -26,7 +26,7 @@ from zoomshot.extract import shipped
 from zoomshot.extract.prompts import load_templates
 from zoomshot.extract.runner import versions
 
-from .model import FORMAT, MANIFEST, MAPS_FILE, assemble, file_sha256
+from .model import FORMAT, MANIFEST, MAPS_FILE, assemble
 
 
 def _place(source: Path, target: Path) -> None:
@@ -109,7 +109,7 @@ def export_model(project: Project, name: str, out: Path, say: Callable[[str], No
             encoder_cfg = project.encoder(record["encoder"])
             manifest["encoder"] = _model_entry(encoder_cfg, "encoder", record["encoder_key"], tmp)
             shutil.copyfile(run.dir / MAPS_FILE, tmp / MAPS_FILE)
-            manifest["maps"] = {"file": MAPS_FILE, "sha256": file_sha256(tmp / MAPS_FILE)}
+            manifest["maps"] = {"file": MAPS_FILE, "sha256": keys.file_sha256(tmp / MAPS_FILE)}
             if manifest["maps"]["sha256"] != record["maps_sha256"]:
                 raise PipelineError(f"{MAPS_FILE} of run {name} changed while it was copied: export it again")
         manifest.update(run=record or None, evaluated=evaluated, versions=versions(),

@@ -95,7 +95,7 @@ def execute(spec: dict) -> dict:
     name, run_dir = spec["name"], Path(spec["run_dir"])
     try:
         with locks.holding([run_dir], _stderr):
-            checksums = {p.name: store.content_checksum(p) for p in input_files(spec)}
+            checksums = {p.name: store.stored_checksum(p) for p in input_files(spec)}
             reason = runs.stale_reason(run_dir, checksums, spec["record"]["revision"])
             if reason is None:
                 return {"name": name, "status": "skipped"}

@@ -210,3 +210,26 @@ def test_a_flipped_byte_in_a_feature_chunk_is_an_error_not_a_number(tmp_path):
     with pytest.raises(PipelineError, match="a.h5 is damaged"):
         store.read_features(path, np.arange(0, 64, 2))
     assert "damaged" in catalog.verify(path)[0]
+
+
+def test_file_sha256_is_hashlibs_digest_of_the_bytes_and_the_key_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    from zoomshot.cache import keys
+    path = tmp_path / "w.bin"
+    data = np.random.default_rng(0).bytes(3 << 20)        # several read buffers
+    path.write_bytes(data)
+    assert keys.file_sha256(path) == keys.file_checksum(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1])
+    assert keys.file_checksum(path) == hashlib.sha256(data[:-1]).hexdigest()
+
+
+def test_the_stored_checksum_is_the_digest_of_the_rows_as_written(tmp_path):
+    feats = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
+    path = _write(tmp_path / "a.h5", feats, 16)
+    assert store.stored_checksum(path) == store.sha256_rows(feats.astype(np.float16))
+    emb = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    text = store.write_text(tmp_path / "t.h5", store.TextEmbeddings(emb, list("abcde"), np.zeros(5, int), ["x"], {}))
+    with h5py.File(text) as f:
+        assert store.stored_checksum(text) == store.sha256_rows(emb) == store.sha256_rows(f["embeddings"])
+
