@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from zoomshot.cache import atomic, layout, store
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.outputs import check_out_folder
 from zoomshot.cache.settings import Project, parse_ref
 from zoomshot.extract.datasets import open_split
 from zoomshot.extract.prompts import load_templates
-
-from .package import check_out
 
 IMAGE_FORMATS = {"png": {"format": "png"}, "webp": {"format": "webp", "lossless": True}}
 
@@ -50,7 +49,7 @@ def write_wds(project: Project, ref: str, out: Path, shard_size: int = 10_000, i
     if (labels < 0).any():
         raise PipelineError(f"{ref} has {int((labels < 0).sum())} rows without a label: CLIP_benchmark's "
                             f"classification needs every label")
-    check_out(out)
+    check_out_folder(out)
     data = open_split(project.dataset(name).spec(), split)
     templates = load_templates(project.clip.templates, Path(project.clip.templates_file))
     with atomic.replacing(out) as tmp:

@@ -233,3 +233,17 @@ def test_the_stored_checksum_is_the_digest_of_the_rows_as_written(tmp_path):
     with h5py.File(text) as f:
         assert store.stored_checksum(text) == store.sha256_rows(emb) == store.sha256_rows(f["embeddings"])
 
+
+def test_an_out_folder_is_new_empty_or_an_earlier_output_of_the_same_command(tmp_path):
+    from zoomshot.cache.outputs import check_out_folder
+    assert not check_out_folder(tmp_path / "new") and not check_out_folder(tmp_path)
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(PipelineError, match="already exists: remove it or give another --out"):
+        check_out_folder(tmp_path)
+    with pytest.raises(PipelineError, match="already exists and is not a rehearsal folder"):
+        check_out_folder(tmp_path, "rehearsal.json", "a rehearsal folder")
+    with pytest.raises(PipelineError, match="already exists"):
+        check_out_folder(tmp_path / "mine.txt")
+    (tmp_path / "rehearsal.json").write_text("{}")
+    assert check_out_folder(tmp_path, "rehearsal.json", "a rehearsal folder")
+    assert (tmp_path / "mine.txt").read_text() == "keep"
