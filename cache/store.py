@@ -293,6 +293,13 @@ class FeatureFile:
     attrs: dict
 
 
+def check_same_rows(what: str, index: np.ndarray, other_index: np.ndarray, fix: str = "extract them together") -> None:
+    """One line unless two files hold the same dataset rows in the same order (equal `index` datasets): fit
+    pairs row i of one with row i of the other, evaluate scores them side by side. `what` names both files."""
+    if not np.array_equal(index, other_index):
+        raise PipelineError(f"{what} hold different rows (other subsets, or images skipped as unreadable): {fix}")
+
+
 def _attrs_dict(attrs: h5py.AttributeManager) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
 

@@ -234,6 +234,13 @@ def test_the_stored_checksum_is_the_digest_of_the_rows_as_written(tmp_path):
         assert store.stored_checksum(text) == store.sha256_rows(emb) == store.sha256_rows(f["embeddings"])
 
 
+def test_files_of_other_rows_are_one_line_naming_both(tmp_path):
+    store.check_same_rows("a.h5 and b.h5", np.arange(5), np.arange(5))
+    for other in (np.arange(4), np.array([0, 1, 2, 4, 3])):
+        with pytest.raises(PipelineError, match=r"^a\.h5 and b\.h5 hold different rows .*: extract them together$"):
+            store.check_same_rows("a.h5 and b.h5", np.arange(5), other)
+
+
 def test_an_out_folder_is_new_empty_or_an_earlier_output_of_the_same_command(tmp_path):
     from zoomshot.cache.outputs import check_out_folder
     assert not check_out_folder(tmp_path / "new") and not check_out_folder(tmp_path)
