@@ -62,8 +62,7 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
             files.append(store.open_complete(p))
         n = files[0]["features"].shape[0]
         for f, p in zip(files[1:], paths[1:]):
-            if f["features"].shape[0] != n or not np.array_equal(f["index"][:], files[0]["index"][:]):
-                raise PipelineError(f"{p.name} and {paths[0].name} hold different rows: extract them together")
+            store.check_same_rows(f"{p.name} and {paths[0].name}", f["index"][:], files[0]["index"][:])
         for i in range(0, n, chunk_rows):
             yield [store.FeatureFile(p, *store.read_rows(p, f, slice(i, i + chunk_rows)), {})
                    for f, p in zip(files, paths)]
