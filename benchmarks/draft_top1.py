@@ -17,9 +17,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from zoomshot.cache import layout, store  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
+from zoomshot.evaluate.metrics import class_embeddings  # noqa: E402
 from zoomshot.extract.runner import run_extract  # noqa: E402
 from zoomshot.extract.world import CLASSNAMES, ShapesWorld  # noqa: E402
 from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
@@ -37,14 +39,13 @@ def render(root: Path, n: int, size: int) -> None:
 
 
 def predictions(project, ref: str, text: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(correct, predicted class) of CLIP's zero-shot prediction per image: per-prompt normalize, mean
-    per class, normalize, argmax."""
+    """(correct, predicted class) of CLIP's zero-shot prediction per image, the classifier `pipeline evaluate`
+    uses."""
     feats = store.read_features(layout.feature_path(project, "clip", ref))
     emb = store.read_text(text)
-    e = emb.embeddings / np.linalg.norm(emb.embeddings, axis=1, keepdims=True)
-    classes = np.stack([e[emb.class_of_prompt == c].mean(0) for c in range(len(emb.classnames))])
-    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
-    predicted = (feats.features @ classes.T).argmax(1)
+    classes = class_embeddings(torch.from_numpy(emb.embeddings), torch.from_numpy(emb.class_of_prompt),
+                               len(emb.classnames))
+    predicted = (torch.from_numpy(feats.features) @ classes.T).argmax(1).numpy()
     return predicted == feats.labels, predicted
 
 

@@ -40,8 +40,9 @@ import torch
 
 from zoomshot.cache import layout, store
 from zoomshot.cache.runs import Maps
+from zoomshot.cache.zero_shot import cosine_similarities
 from zoomshot.cli import config as C
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings
 from zoomshot.evaluate.scoring import open_runs, run_evaluate
 from zoomshot.extract.datasets import open_split
 from zoomshot.extract.encoders import build_encoder
@@ -105,13 +106,13 @@ def reencode_evaluate(cfg: C.Config, runs: list[Path]) -> tuple[float, dict[str,
     clip = store.read_features(layout.feature_path(project, cfg.clip.name, TEST), None)
     if not np.array_equal(clip.index, np.arange(len(dataset))):
         raise SystemExit("the cached test split is not the whole split in order; extract fraction 1.0")
-    teacher = cosine_logits(torch.from_numpy(clip.features), class_emb)
+    teacher = cosine_similarities(torch.from_numpy(clip.features), class_emb)
     acc1 = {}
     start = time.perf_counter()
     for run in runs:
         feats, labels = encode_test_set(encoder, dataset)
         acc = MetricAccumulator(class_emb.shape[0])
-        acc.update(cosine_logits(Maps.load(run / "maps.safetensors").to_clip(feats), class_emb), labels, teacher)
+        acc.update(cosine_similarities(Maps.load(run / "maps.safetensors").to_clip(feats), class_emb), labels, teacher)
         acc1[run.name] = acc.compute()["acc1"]
     return time.perf_counter() - start, acc1
 

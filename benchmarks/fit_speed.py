@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoomshot.fit.maps import variance_scale
+from zoomshot.fit.spaces import variance_scale
 from zoomshot.fit.trainer import TrainConfig, batch_for, train_maps
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fit_speed.jsonl"

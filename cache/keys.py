@@ -28,19 +28,21 @@ def digest(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-@lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read block by block (a weights file may be larger than memory)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_sha256_at(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def file_checksum(path: str | Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime): a file rewritten in place is hashed again."""
+    """`file_sha256`, memoised on (path, size, mtime) for keys: a file rewritten in place is hashed again."""
     st = os.stat(path)
-    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+    return _file_sha256_at(str(path), st.st_size, st.st_mtime_ns)
 
 
 def weights_fingerprint(location: str) -> str:

@@ -45,8 +45,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def sha256_rows(data: h5py.Dataset) -> str:
-    """Checksum of a dataset's values, block by block (memory stays bounded)."""
+def sha256_rows(data: h5py.Dataset | np.ndarray) -> str:
+    """Checksum of the rows' values in order, block by block (a dataset's memory stays bounded); an array
+    gives the digest of the same values written to a dataset."""
     h = hashlib.sha256()
     step = max(1, (64 << 20) // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:]))))
     for i in range(0, data.shape[0], step):
@@ -292,6 +293,13 @@ class FeatureFile:
     attrs: dict
 
 
+def check_same_rows(what: str, index: np.ndarray, other_index: np.ndarray, fix: str = "extract them together") -> None:
+    """One line unless two files hold the same dataset rows in the same order (equal `index` datasets): fit
+    pairs row i of one with row i of the other, evaluate scores them side by side. `what` names both files."""
+    if not np.array_equal(index, other_index):
+        raise PipelineError(f"{what} hold different rows (other subsets, or images skipped as unreadable): {fix}")
+
+
 def _attrs_dict(attrs: h5py.AttributeManager) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
 
@@ -403,10 +411,6 @@ class TextEmbeddings:
     attrs: dict
 
 
-def _embeddings_sha256(embeddings: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
-
-
 def _create_text(f: h5py.File, dim: int, prompts: list[str], class_of_prompt: np.ndarray, classnames: list[str],
                  attrs: dict) -> None:
     """A text file's layout with no embedding row yet: the prompts, their classes and the class names
@@ -431,7 +435,7 @@ def write_text(path: Path, emb: TextEmbeddings) -> Path:
         _create_text(f, emb.embeddings.shape[1], emb.prompts, emb.class_of_prompt, emb.classnames, emb.attrs)
         f["embeddings"].resize(len(emb.embeddings), axis=0)
         f["embeddings"][:] = emb.embeddings.astype(np.float32)
-        f.attrs.update({"embeddings_sha256": _embeddings_sha256(emb.embeddings), "complete": True})
+        f.attrs.update({"embeddings_sha256": sha256_rows(emb.embeddings.astype(np.float32)), "complete": True})
     return Path(path)
 
 
@@ -478,14 +482,15 @@ def read_text(path: Path) -> TextEmbeddings:
                                  attrs=_attrs_dict(f.attrs))
         except (OSError, KeyError) as e:
             raise damaged(path, e) from None
-    if _embeddings_sha256(emb.embeddings) != emb.attrs.get("embeddings_sha256"):
+    if sha256_rows(emb.embeddings) != emb.attrs.get("embeddings_sha256"):
         raise damaged(path, ValueError("the embeddings' checksum does not match"))
     if not np.isfinite(emb.embeddings).all():
         raise PipelineError(f"{Path(path).name} holds NaN or Inf text embeddings; remove it and extract again")
     return emb
 
 
-def content_checksum(path: Path) -> str:
-    """The stored checksum of a complete file's numbers (feature rows or text embeddings)."""
+def stored_checksum(path: Path) -> str:
+    """The checksum a complete file's numbers (feature rows or text embeddings) were written with, as stored:
+    nothing is read or recomputed (`catalog.verify` recomputes it)."""
     attrs = read_attrs_complete(path)
     return str(attrs.get("features_sha256") or attrs.get("embeddings_sha256"))

@@ -43,11 +43,6 @@ def class_embeddings(prompt_embeddings: Tensor, class_of_prompt: Tensor, num_cla
     return F.normalize(sums / counts.unsqueeze(1), dim=-1)
 
 
-def cosine_logits(features: Tensor, class_emb: Tensor) -> Tensor:
-    """(N, C) float32 cosine similarities; float32 because cached features are float16."""
-    return F.normalize(features.float(), dim=-1) @ F.normalize(class_emb.float(), dim=-1).T
-
-
 def _top_k(logits: Tensor, k: int) -> Tensor:
     """(N, k) class indices, best first, lower index first among ties (see module docstring)."""
     return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]

@@ -25,9 +25,10 @@ from zoomshot.cache import atomic, layout, locks, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run, read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
+from zoomshot.cache.zero_shot import cosine_similarities
 
 from .gap import GapAccumulator, GapView
-from .metrics import MetricAccumulator, class_embeddings, cosine_logits
+from .metrics import MetricAccumulator, class_embeddings
 from .retrieval import Retrieval
 from .settings import EvaluateCfg
 
@@ -61,8 +62,7 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
             files.append(store.open_complete(p))
         n = files[0]["features"].shape[0]
         for f, p in zip(files[1:], paths[1:]):
-            if f["features"].shape[0] != n or not np.array_equal(f["index"][:], files[0]["index"][:]):
-                raise PipelineError(f"{p.name} and {paths[0].name} hold different rows: extract them together")
+            store.check_same_rows(f"{p.name} and {paths[0].name}", f["index"][:], files[0]["index"][:])
         for i in range(0, n, chunk_rows):
             yield [store.FeatureFile(p, *store.read_rows(p, f, slice(i, i + chunk_rows)), {})
                    for f, p in zip(files, paths)]
@@ -93,7 +93,7 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
                                     f"{width}-wide: they come from different CLIP models")
         labels = torch.from_numpy(chunk[0].labels)
         try:
-            acc.update(cosine_logits(s, classes.emb), labels, cosine_logits(t, classes.emb))
+            acc.update(cosine_similarities(s, classes.emb), labels, cosine_similarities(t, classes.emb))
         except ValueError as e:
             raise PipelineError(f"{student.name}: {e}") from None
         gap.update(s, labels)

@@ -13,7 +13,6 @@ mismatched export is one `PipelineError` line that says what to do.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,14 +119,6 @@ def weights_location(folder: Path, weights: dict) -> str:
     return shipped.resolve(ref) if source == "asset" else ref
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_spec(folder: Path, entry: dict, role: str) -> dict:
     """The factory spec of the export's CLIP or encoder, after checking its weights by content and its
     identity against the content key the run was fitted with."""
@@ -159,7 +150,7 @@ def read_maps(folder: Path, entry: dict) -> Maps:
     path = folder / entry.get("file", MAPS_FILE)
     if not path.is_file():
         raise _bad(folder, f"{path.name} is missing")
-    if file_sha256(path) != entry.get("sha256"):
+    if keys.file_sha256(path) != entry.get("sha256"):
         raise _bad(folder, f"{path.name} does not match its recorded sha256 (changed or damaged)")
     try:
         return Maps.load(path)

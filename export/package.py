@@ -18,15 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zoomshot.cache import atomic
+from zoomshot.cache import atomic, keys
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.outputs import check_out_folder
 from zoomshot.cache.runs import read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, ClipCfg, EncoderCfg, Project
 from zoomshot.extract import shipped
 from zoomshot.extract.prompts import load_templates
 from zoomshot.extract.runner import versions
 
-from .model import FORMAT, MANIFEST, MAPS_FILE, assemble, file_sha256
+from .model import FORMAT, MANIFEST, MAPS_FILE, assemble
 
 
 def _place(source: Path, target: Path) -> None:
@@ -78,15 +79,9 @@ def _evaluated(results_dir: Path, name: str) -> list[dict]:
     return rows
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PipelineError(f"{out} already exists: remove it or give another --out (an export is never "
-                            f"written over)")
-
-
 def export_model(project: Project, name: str, out: Path, say: Callable[[str], None] = print) -> Path:
     """Export run `name` (a folder under runs_dir) or CLIP itself (`name` = the [clip] name) to `out`."""
-    check_out(out)
+    check_out_folder(out)
     clip_cfg, runs_dir = project.clip, project.path("runs_dir")
     if name != clip_cfg.name and name not in {p.name for p in run_dirs(runs_dir)}:
         raise PipelineError(f"no run named {name} under {runs_dir}: give a run's name (its folder there, the `run` "
@@ -109,7 +104,7 @@ def export_model(project: Project, name: str, out: Path, say: Callable[[str], No
             encoder_cfg = project.encoder(record["encoder"])
             manifest["encoder"] = _model_entry(encoder_cfg, "encoder", record["encoder_key"], tmp)
             shutil.copyfile(run.dir / MAPS_FILE, tmp / MAPS_FILE)
-            manifest["maps"] = {"file": MAPS_FILE, "sha256": file_sha256(tmp / MAPS_FILE)}
+            manifest["maps"] = {"file": MAPS_FILE, "sha256": keys.file_sha256(tmp / MAPS_FILE)}
             if manifest["maps"]["sha256"] != record["maps_sha256"]:
                 raise PipelineError(f"{MAPS_FILE} of run {name} changed while it was copied: export it again")
         manifest.update(run=record or None, evaluated=evaluated, versions=versions(),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from zoomshot.cache.runs import Maps
 
-from .maps import affine_pinv, variance_scale
+from .spaces import affine_pinv, variance_scale
 from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from zoomshot.cache.zero_shot import clip_logits
+
 Map = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -56,11 +58,6 @@ def cycle_terms(
         if x is not None:
             terms[name] = l1_loss(h(h_inv(x)), x, std)
     return terms
-
-
-def prompt_logits(x: torch.Tensor, u_unit: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau * cos(x, u_k) for every row of x against unit-norm prompt rows u_unit (K, d): CLIP's zero-shot logits."""
-    return tau * F.normalize(x, dim=-1) @ u_unit.T
 
 
 def _logit_matching(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,10 +99,9 @@ def pgkd_loss(h_s: torch.Tensor, t: torch.Tensor, u: torch.Tensor, tau: float = 
     """
     if variant not in KD_VARIANTS:
         raise ValueError(f"unknown PG-KD variant {variant!r}; valid: {sorted(KD_VARIANTS)}")
-    u_unit = F.normalize(u, dim=-1)
     with torch.no_grad():
-        z_t = prompt_logits(t, u_unit, tau)
-    value, unit = KD_VARIANTS[variant](prompt_logits(h_s, u_unit, tau), z_t, temperature)
+        z_t = clip_logits(t, u, tau)
+    value, unit = KD_VARIANTS[variant](clip_logits(h_s, u, tau), z_t, temperature)
     return value / unit if scaled else value
 
 

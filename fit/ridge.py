@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .maps import ROWS_PER_CHUNK
+from .spaces import ROWS_PER_CHUNK
 
 #: Relative ridge strengths GCV chooses from: 1e-6 .. 100, four a decade.
 GRID = tuple(10.0 ** (e / 4) for e in range(-24, 9))

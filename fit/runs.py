@@ -38,9 +38,8 @@ def load_pairs(pairs: list[dict], fraction: float) -> tuple[np.ndarray, np.ndarr
         with store.open_complete(src_path) as f:
             rows = rows_of_subset(f["index"][:], int(src_attrs["split_size"]), fraction, int(src_attrs["seed"]))
         src, clip = store.read_features_kept(src_path, rows), store.read_features_kept(clip_path, rows)
-        if not np.array_equal(src.index, clip.index):
-            raise PipelineError(f"rows of {src_path.name} and {clip_path.name} do not align (different "
-                                f"subsets or skipped images): extract them together again")
+        store.check_same_rows(f"{src_path.name} and {clip_path.name}", src.index, clip.index,
+                              "extract them together again")
         if len(rows) == 0:
             raise PipelineError(f"the {fraction} subset of {src_path.name} holds no rows")
         s_parts.append(src.features)
@@ -95,7 +94,7 @@ def execute(spec: dict) -> dict:
     name, run_dir = spec["name"], Path(spec["run_dir"])
     try:
         with locks.holding([run_dir], _stderr):
-            checksums = {p.name: store.content_checksum(p) for p in input_files(spec)}
+            checksums = {p.name: store.stored_checksum(p) for p in input_files(spec)}
             reason = runs.stale_reason(run_dir, checksums, spec["record"]["revision"])
             if reason is None:
                 return {"name": name, "status": "skipped"}

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from zoomshot.cache.runs import Maps
 
 from .losses import KD_VARIANTS, total_loss
-from .maps import ROWS_PER_CHUNK, affine_pinv, variance_scale
+from .spaces import ROWS_PER_CHUNK, affine_pinv, variance_scale
 from .presets import DEFAULT_PRESET, PRESETS
 from .ridge import absolute, gcv_ridge, moments, ridge_fit
 

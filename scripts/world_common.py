@@ -138,15 +138,15 @@ def templates(key: str = "shapes") -> list[str]:
 
 @torch.no_grad()
 def text_classifier(model, tokenizer, classnames=None, tmpl=None) -> torch.Tensor:
-    """(C, d) unit-norm class embeddings: mean over templates of unit-norm prompt embeddings."""
+    """(C, d) unit-norm class embeddings, as `pipeline evaluate` builds them from the prompts."""
+    from zoomshot.evaluate.metrics import class_embeddings
+    from zoomshot.extract.prompts import class_prompts
+
     W = world_module()
     classnames = list(W.CLASSNAMES) if classnames is None else classnames
     tmpl = templates() if tmpl is None else tmpl
-    prompts = [t.format(c=c) for c in classnames for t in tmpl]
-    e = model.encode_text(tokenizer(prompts)).float()
-    e = e / e.norm(dim=-1, keepdim=True)
-    e = e.view(len(classnames), len(tmpl), -1).mean(1)
-    return e / e.norm(dim=-1, keepdim=True)
+    prompts, class_of_prompt = class_prompts(tmpl, classnames)
+    return class_embeddings(model.encode_text(tokenizer(prompts)), torch.from_numpy(class_of_prompt), len(classnames))
 
 
 @torch.no_grad()

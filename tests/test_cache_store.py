@@ -210,3 +210,47 @@ def test_a_flipped_byte_in_a_feature_chunk_is_an_error_not_a_number(tmp_path):
     with pytest.raises(PipelineError, match="a.h5 is damaged"):
         store.read_features(path, np.arange(0, 64, 2))
     assert "damaged" in catalog.verify(path)[0]
+
+
+def test_file_sha256_is_hashlibs_digest_of_the_bytes_and_the_key_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    from zoomshot.cache import keys
+    path = tmp_path / "w.bin"
+    data = np.random.default_rng(0).bytes(3 << 20)        # several read buffers
+    path.write_bytes(data)
+    assert keys.file_sha256(path) == keys.file_checksum(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1])
+    assert keys.file_checksum(path) == hashlib.sha256(data[:-1]).hexdigest()
+
+
+def test_the_stored_checksum_is_the_digest_of_the_rows_as_written(tmp_path):
+    feats = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
+    path = _write(tmp_path / "a.h5", feats, 16)
+    assert store.stored_checksum(path) == store.sha256_rows(feats.astype(np.float16))
+    emb = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    text = store.write_text(tmp_path / "t.h5", store.TextEmbeddings(emb, list("abcde"), np.zeros(5, int), ["x"], {}))
+    with h5py.File(text) as f:
+        assert store.stored_checksum(text) == store.sha256_rows(emb) == store.sha256_rows(f["embeddings"])
+
+
+def test_files_of_other_rows_are_one_line_naming_both(tmp_path):
+    store.check_same_rows("a.h5 and b.h5", np.arange(5), np.arange(5))
+    for other in (np.arange(4), np.array([0, 1, 2, 4, 3])):
+        with pytest.raises(PipelineError, match=r"^a\.h5 and b\.h5 hold different rows .*: extract them together$"):
+            store.check_same_rows("a.h5 and b.h5", np.arange(5), other)
+
+
+def test_an_out_folder_is_new_empty_or_an_earlier_output_of_the_same_command(tmp_path):
+    from zoomshot.cache.outputs import check_out_folder
+    assert not check_out_folder(tmp_path / "new") and not check_out_folder(tmp_path)
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(PipelineError, match="already exists: remove it or give another --out"):
+        check_out_folder(tmp_path)
+    with pytest.raises(PipelineError, match="already exists and is not a rehearsal folder"):
+        check_out_folder(tmp_path, "rehearsal.json", "a rehearsal folder")
+    with pytest.raises(PipelineError, match="already exists"):
+        check_out_folder(tmp_path / "mine.txt")
+    (tmp_path / "rehearsal.json").write_text("{}")
+    assert check_out_folder(tmp_path, "rehearsal.json", "a rehearsal folder")
+    assert (tmp_path / "mine.txt").read_text() == "keep"

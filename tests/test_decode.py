@@ -132,14 +132,18 @@ gpu_preprocess = {gpu}
 
 
 def test_draft_on_and_off_are_different_files_with_their_provenance(tmp_path):
+    """... and export-wds, which writes full-size decodes, says when the features came from drafted ones."""
     for i in range(6):
         path = tmp_path / "imgs/train" / f"class{i % 2}" / f"{i}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(jpeg(512, 384, seed=i))
-    feats = {}
+    feats, said = {}, {}
     for draft in ("true", "false"):
         write_config(tmp_path, FOLDER, draft=draft, gpu="false", templates="openai-imagenet")
         inproc(tmp_path, "extract", "--no-progress")
+        said[draft] = inproc(tmp_path, "export-wds", "big:train", "--out", f"wds-{draft}", "--no-progress").stdout
+    assert "6 of 6 images are JPEGs that extraction decoded at reduced size" in said["true"]
+    assert "reduced size" not in said["false"] and "6 images of big:train" in said["false"]
     files = sorted((tmp_path / "out/cache/features").glob("big_train_cnn_*.h5"))
     assert len(files) == 2
     for p in files:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
+from zoomshot.cache.zero_shot import CLIP_LOGIT_SCALE, clip_logits, cosine_similarities
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings
 
 # Six classes; labels unbalanced (class 0 three times); the last sample's label is unknown.
 LOGITS = torch.tensor(
@@ -107,15 +108,23 @@ def test_update_rejects_inconsistent_input():
         MetricAccumulator(5).update(LOGITS, LABELS)
 
 
-def test_cosine_logits_is_float32_cosine():
+def test_cosine_similarities_is_float32_cosine():
     gen = torch.Generator().manual_seed(1)
     feats = torch.randn(7, 16, generator=gen)
     emb = torch.randn(4, 16, generator=gen)
-    logits = cosine_logits(feats.half(), 2 * emb)
+    logits = cosine_similarities(feats.half(), 2 * emb)
     expected = F.cosine_similarity(feats.half().float().unsqueeze(1), emb.unsqueeze(0), dim=-1)
     assert logits.dtype == torch.float32 and logits.shape == (7, 4)
     assert torch.allclose(logits, expected, atol=1e-5)
-    assert torch.allclose(cosine_logits(3 * feats, emb), cosine_logits(feats, emb), atol=1e-6)
+    assert torch.allclose(cosine_similarities(3 * feats, emb), cosine_similarities(feats, emb), atol=1e-6)
+
+
+def test_clip_logits_are_the_logit_scale_times_the_cosines():
+    feats, text = torch.tensor([[3.0, 4.0], [0.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 5.0]])
+    cos = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    assert CLIP_LOGIT_SCALE == 100.0
+    assert torch.allclose(clip_logits(feats, text), 100.0 * cos)
+    assert torch.allclose(clip_logits(feats, text, logit_scale=2.5), 2.5 * cos)
 
 
 def test_class_embeddings_rejects_classes_without_prompts():

@@ -6,8 +6,9 @@ from safetensors.torch import save_file
 
 from zoomshot.cache import catalog
 from zoomshot.cache.runs import Maps
+from zoomshot.cache.zero_shot import cosine_similarities
 from zoomshot.evaluate.gap import GapAccumulator
-from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings, cosine_logits
+from zoomshot.evaluate.metrics import MetricAccumulator, class_embeddings
 from zoomshot.evaluate.scoring import Classes, score
 
 
@@ -44,7 +45,7 @@ def test_streamed_scores_equal_in_memory_scores(tmp_path):
     s16 = torch.from_numpy(s.astype(np.float16).astype(np.float32))
     t16 = torch.from_numpy(t.astype(np.float16).astype(np.float32))
     mapped = ((s16 * 0.5) @ (torch.eye(16, 24) * 2.0).T + 0.1) / 3.0
-    acc.update(cosine_logits(mapped, class_emb), torch.from_numpy(labels), cosine_logits(t16, class_emb))
+    acc.update(cosine_similarities(mapped, class_emb), torch.from_numpy(labels), cosine_similarities(t16, class_emb))
     expected = acc.compute()
     gap = GapAccumulator(class_emb)
     gap.update(mapped, torch.from_numpy(labels))

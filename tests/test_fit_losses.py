@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from zoomshot.fit.losses import cycle_terms, mse_loss, pgkd_loss, total_loss
-from zoomshot.fit.maps import affine_pinv, variance_scale
+from zoomshot.fit.spaces import affine_pinv, variance_scale
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

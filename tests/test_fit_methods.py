@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from zoomshot.fit.baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps as LinearMaps
-from zoomshot.fit.maps import variance_scale
+from zoomshot.fit.spaces import variance_scale
 from zoomshot.fit.methods import METHODS, fit_method, resolve_params
 from zoomshot.fit.trainer import TrainConfig, seeded_linear, train_maps
 

@@ -1,7 +1,8 @@
-"""Variance alignment and the affine pseudo-inverse, shared by every fitting method.
+"""The variance-aligned spaces every fitting method works in: the scalar that takes a feature space into
+its space (`variance_scale`) and the data-free inverse of an affine map between them (`affine_pinv`).
 
 Every method (Zoom-shot, the Linear Aligner, the closed-form baselines) fits its weights in variance-aligned
-spaces, where each space has been multiplied by one scalar (DESIGN.md section 5). The fitted pair is a
+spaces, where each space has been multiplied by one scalar (DESIGN.md section 5). The maps themselves are
 `zoomshot.cache.runs.Maps`, the run folder's contract, so that saving, loading and applying a map never
 needs to know which method produced it.
 """
