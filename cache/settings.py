@@ -237,7 +237,7 @@ class Subsets:
     extracted (DESIGN.md section 3), and the decode settings that change pixels (`extract/decode.py`)."""
     fraction: float = setting(1.0, unit_fraction)
     split_fractions: dict = setting(dict, values(number_fraction))   # per split, e.g. {"imagenet:train" = 0.2}
-    subset_seed: int = 0
+    subset_seed: int = setting(0, at_least(0))      # seeds numpy's permutation: not negative
     jpeg_draft: bool = True          # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
     gpu_preprocess: bool = False     # CUDA: resize, crop and normalize on the GPU after a uint8 upload
     gpu_decode: bool = False         # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess
