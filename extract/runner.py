@@ -116,8 +116,18 @@ def collate(items):
     labels = np.array([it[1] for it in good], dtype=np.int64)
     if good and isinstance(good[0][2], tuple):     # (uint8 decodes, which) for DevicePixels
         return len(items), index, labels, [it[2] for it in good], bad
-    views = [torch.stack(v) for v in zip(*[it[2] for it in good])] if good else []
+    views = [_stacked(v) for v in zip(*[it[2] for it in good])] if good else []
     return len(items), index, labels, views, bad
+
+
+def _stacked(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One batch tensor. In a DataLoader worker it is made in shared memory here, as torch's default_collate
+    does, so a shared memory that cannot grow fails inside the fetch, whose error reaches the main process,
+    and not later in the worker queue's feeder thread, which drops the batch and leaves the main one waiting."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_()
+    return torch.stack(tensors, out=out)
 
 
 def loader_workers(asked: int) -> int:
