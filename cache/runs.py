@@ -7,9 +7,10 @@ A run's name is the hash of everything that changes its numbers: the resolved me
 subset, the seed, and the content keys of its input files (never their paths), so a moved or copied
 runs folder is still found finished. A folder counts as finished only when both files read back with
 their checksums (run.json holds `record_sha256`, a digest of its own content with sorted keys, so an edit
-of it is a stale run, never believed; and `maps_sha256`, that of the maps file), its inputs still hold the numbers it was fitted on, and it was fitted by the method's
-current revision (run.json `revision`; a new revision re-fits the folder in place rather than naming a
-new one, so a runs folder never holds results of two versions of one method's maths side by side).
+of it is a stale run, never believed; and `maps_sha256`, that of the maps file), its inputs still hold
+the numbers it was fitted on, and it was fitted by the method's current revision (run.json `revision`;
+a new revision re-fits the folder in place rather than naming a new one, so a runs folder never holds
+results of two versions of one method's maths side by side).
 A run that failed leaves `<name>.failed.txt` beside the folders: its full traceback.
 """
 from __future__ import annotations

@@ -134,7 +134,8 @@ def _feature_files(project: Project, dataset: str | None, encoder: str | None, s
 
 def _clip_space_files(project: Project) -> list[Path]:
     """Every cached file whose rows are in CLIP's space: its image features and every text embedding."""
-    return _feature_files(project, None, project.clip.name) + _complete_files(project, "text", {"clip": project.clip.name})
+    return _feature_files(project, None, project.clip.name) + \
+        _complete_files(project, "text", {"clip": project.clip.name})
 
 
 def _known_classes(project: Project, dataset: str) -> int | None:

@@ -3,7 +3,7 @@ nothing written; what passes import never ends in a traceback or a NaN score lat
 import numpy as np
 import pytest
 
-from helpers import SYNTHETIC_CONFIG, run_main, synthetic_arrays
+from helpers import SYNTHETIC_CONFIG, one_line_error, run_main, synthetic_arrays
 
 
 def _ok(result):
@@ -14,10 +14,7 @@ def _ok(result):
 
 def _error(result, *needles):
     code, out, err = result
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, out, err)
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    one_line_error(code, err, *needles)
 
 
 @pytest.fixture
