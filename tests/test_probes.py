@@ -151,7 +151,7 @@ def test_an_edited_run_json_is_a_stale_run_never_believed(world, tmp_path):
     assert ev.returncode == 1 and f"skip: run {run}: run.json was changed after the fit" in ev.stdout, ev.stdout
     fit = inproc(folder, "fit")
     assert "1 done" in fit.stdout and f"re-fitting run {run}: run.json was changed after the fit" in fit.stderr
-    assert json.loads(record.read_text())["fraction"] == 1.0 and _made(folder, "fit") == _made(world, "fit")
+    assert json.loads(record.read_text())["fraction"] == 1.0
     old = {k: v for k, v in json.loads(record.read_text()).items() if k != "record_sha256"}
     record.write_text(json.dumps(old))                                         # written before the checksum
     assert "lacks record_sha256" in inproc(folder, "fit").stderr
