@@ -145,21 +145,32 @@ def check_ints(values: np.ndarray, n: int, what: str, low: int, high: int | None
     return values
 
 
+def check_index(index: np.ndarray | None, n: int) -> np.ndarray:
+    """The dataset index of each of `n` rows: integers >= 0 in strictly increasing order, as every cache
+    file holds its rows (0..n-1 when not given). A descending or repeating index is refused, not sorted:
+    the rows it names would pair with other files' rows by position."""
+    if index is None:
+        return np.arange(n, dtype=np.int64)
+    index = check_ints(index, n, "the index", 0)
+    if len(down := np.flatnonzero(np.diff(index) <= 0)):
+        i = int(down[0]) + 1
+        raise PipelineError(f"the index must be strictly increasing (rows in dataset order, each index once); row {i} "
+                            f"holds {index[i]} after {index[i - 1]}: sort the rows and their index together first")
+    return index
+
+
 def import_features(target: Path, features: np.ndarray, labels: np.ndarray | None, index: np.ndarray | None,
                     attrs: dict, num_classes: int | None = None) -> Path:
     """Write features computed elsewhere as a complete cache file (a whole split, rows by index).
     Every array is checked first: one clear line for a bad one, and nothing is written."""
     features = check_features(features, "the features")
     n = len(features)
-    index = np.arange(n, dtype=np.int64) if index is None else check_ints(index, n, "the index", 0)
+    index = check_index(index, n)
     labels = -np.ones(n, np.int64) if labels is None else check_ints(labels, n, "the labels", -1, num_classes)
-    if len(np.unique(index)) != n:
-        raise PipelineError("the index holds duplicate dataset indices")
-    order = np.argsort(index, kind="stable")
     writer = store.FeatureWriter(target, features.shape[1], {**attrs, "fraction": 1.0, "seed": 0,
                                  "split_size": int(index.max()) + 1}, {"imported": True}, expected_rows=n)
     try:
-        writer.append(features[order], index[order], labels[order], n)
+        writer.append(features, index, labels, n)
         return writer.finish()
     finally:
         writer.close()

@@ -93,5 +93,10 @@ def caption_text_path(project: Project, ref: str, clip_key: str | None = None) -
                                                                 keys.digest(spec))
 
 
+def bad_list_path(cache_file: Path) -> Path:
+    """The text file beside a cache file that lists the images it skipped (removed with the file)."""
+    return cache_file.with_name(cache_file.name + ".bad.txt")
+
+
 def shard_path(target: Path, i: int, k: int) -> Path:
     return target.with_name(f"{target.stem}.shard{i:03d}-of-{k:03d}.h5")

@@ -6,9 +6,11 @@
 A run's name is the hash of everything that changes its numbers: the resolved method settings, the
 subset, the seed, and the content keys of its input files (never their paths), so a moved or copied
 runs folder is still found finished. A folder counts as finished only when both files read back with
-their checksums, its inputs still hold the numbers it was fitted on, and it was fitted by the method's
-current revision (run.json `revision`; a new revision re-fits the folder in place rather than naming a
-new one, so a runs folder never holds results of two versions of one method's maths side by side).
+their checksums (run.json holds `record_sha256`, a digest of its own content with sorted keys, so an edit
+of it is a stale run, never believed; and `maps_sha256`, that of the maps file), its inputs still hold
+the numbers it was fitted on, and it was fitted by the method's current revision (run.json `revision`;
+a new revision re-fits the folder in place rather than naming a new one, so a runs folder never holds
+results of two versions of one method's maths side by side).
 A run that failed leaves `<name>.failed.txt` beside the folders: its full traceback.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .errors import PipelineError
 
 RUN_FILE, MAPS_FILE = "run.json", "maps.safetensors"
 RECORD_FIELDS = ("name", "variant", "method", "params", "encoder", "encoder_key", "clip", "clip_key",
-                 "fraction", "epochs", "seed", "train", "inputs", "maps_sha256")
+                 "fraction", "epochs", "seed", "train", "inputs", "maps_sha256", "record_sha256")
 
 
 class DamagedRun(PipelineError):
@@ -115,7 +117,15 @@ class Maps:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def record_digest(record: dict) -> str:
+    """The sha256 of a run record without its own `record_sha256`, as JSON with sorted keys (so it is
+    the same for the record written and the record read back)."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -153,6 +163,8 @@ def read_run(run_dir: Path) -> Run:
     missing = [k for k in RECORD_FIELDS if k not in record] if isinstance(record, dict) else list(RECORD_FIELDS)
     if missing:
         raise DamagedRun(name, f"{RUN_FILE} lacks {', '.join(missing)} (written by an older version, or damaged)")
+    if record_digest(record) != record["record_sha256"]:
+        raise DamagedRun(name, f"{RUN_FILE} was changed after the fit (its content does not match its record_sha256)")
     return Run(Path(run_dir), record)
 
 
@@ -182,7 +194,8 @@ def write_run(run_dir: Path, record: dict, maps: Maps) -> Path:
     with replacing(run_dir) as tmp:
         tmp.mkdir()
         maps.save(tmp / MAPS_FILE, {"run": run_dir.name, "method": str(record.get("method", ""))})
-        record = {**record, "maps_sha256": _sha256(tmp / MAPS_FILE)}
+        record = json.loads(json.dumps({**record, "maps_sha256": _sha256(tmp / MAPS_FILE)}, default=str))
+        record["record_sha256"] = record_digest(record)
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=1, default=str))
         if run_dir.exists():
             shutil.rmtree(run_dir)

@@ -90,8 +90,8 @@ def verify(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.pass_context
 def rm(ctx: click.Context, patterns: tuple[str, ...], dry_run: bool) -> None:
-    """Remove cache files whose names match the glob PATTERNS (e.g. 'shapes_train_*'). A file that
-    another process is writing is left alone (exit 1)."""
+    """Remove cache files whose names match the glob PATTERNS (e.g. 'shapes_train_*'), each with the list of
+    images it skipped beside it. A file that another process is writing is left alone (exit 1)."""
     files = catalog.select(_project(ctx).path("cache_dir"), list(patterns))
     if not files:
         raise PipelineError(f"no cache file matches {' '.join(patterns)} (see `pipeline cache ls`)")
@@ -105,25 +105,37 @@ def rm(ctx: click.Context, patterns: tuple[str, ...], dry_run: bool) -> None:
                 continue
             if not dry_run:
                 p.unlink()
+                layout.bad_list_path(p).unlink(missing_ok=True)
         click.echo(f"{'would remove' if dry_run else 'removed'} {p.name}")
     if busy:
         sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- import
-def _feature_files(project: Project, dataset: str | None, encoder: str | None) -> list[Path]:
-    """Complete feature files already in the cache for a dataset and/or an encoder (any split)."""
+def _complete_files(project: Project, folder: str, match: dict) -> list[Path]:
+    """Complete files under `<cache_dir>/<folder>` whose attributes equal `match` (None matches anything)."""
     found = []
     for p in catalog.cache_files(project.path("cache_dir")):
-        if p.parent.name != "features" or p.suffix != ".h5":
+        if p.parent.name != folder or p.suffix != ".h5":
             continue
         try:
             attrs = store.read_attrs_complete(p)
         except PipelineError:
             continue
-        if dataset in (None, attrs.get("dataset")) and encoder in (None, attrs.get("encoder")):
+        if all(v is None or attrs.get(k) == v for k, v in match.items()):
             found.append(p)
     return found
+
+
+def _feature_files(project: Project, dataset: str | None, encoder: str | None, split: str | None = None) -> list[Path]:
+    """Complete feature files already in the cache for a dataset, an encoder and/or a split."""
+    return _complete_files(project, "features", {"dataset": dataset, "encoder": encoder, "split": split})
+
+
+def _clip_space_files(project: Project) -> list[Path]:
+    """Every cached file whose rows are in CLIP's space: its image features and every text embedding."""
+    return _feature_files(project, None, project.clip.name) + \
+        _complete_files(project, "text", {"clip": project.clip.name})
 
 
 def _known_classes(project: Project, dataset: str) -> int | None:
@@ -131,12 +143,23 @@ def _known_classes(project: Project, dataset: str) -> int | None:
     return len(store.read_text(path).classnames) if path.exists() else None
 
 
-def _check_width(files: list[Path], width: int, what: str) -> None:
+def _check_width(files: list[Path], width: int, what: str, space: str) -> None:
     for p in files:
         dim = int(store.read_attrs(p)["dim"])
         if dim != width:
-            raise PipelineError(f"{what} are {width}-wide but {p.name} in the cache holds {dim}-wide CLIP features: "
-                                f"both must come from the same CLIP model")
+            raise PipelineError(f"{what} are {width}-wide but {p.name} in the cache holds {dim}-wide {space} features: "
+                                f"both must come from the same {space} model")
+
+
+def _check_index_like(files: list[Path], index: np.ndarray) -> None:
+    """The same rows as the split's files of other encoders, which they pair with by position."""
+    for p in files:
+        with store.open_complete(p) as f:
+            theirs = f["index"][:]
+        if not np.array_equal(theirs, index):
+            raise PipelineError(f"the index differs from that of {p.name} in the cache ({len(theirs)} rows, "
+                                f"{theirs[:1].tolist()}..{theirs[-1:].tolist()}): every encoder's file of a split "
+                                f"must hold the same images in the same order")
 
 
 @cache.command("import", cls=StageCommand)
@@ -187,13 +210,14 @@ def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: 
     n_classes = len(names) or _known_classes(project, dataset)
     spec = project.encoder(encoder)
     if encoder == project.clip.name:
-        text = layout.class_text_path(project, dataset)
-        if text.exists():
-            _check_width([text], data.shape[1], "these CLIP image features")
+        _check_width(_clip_space_files(project), data.shape[1], "these CLIP image features", "CLIP")
+    else:
+        _check_width(_feature_files(project, None, encoder), data.shape[1], f"these {encoder} features", encoder)
+    rows = catalog.check_index(catalog.load_array(Path(index)) if index else None, len(data))
+    _check_index_like(_feature_files(project, dataset, None, split), rows)
     with locks.holding([target], click.echo):
         return catalog.import_features(
-            target, data, catalog.load_array(Path(labels)) if labels else None,
-            catalog.load_array(Path(index)) if index else None, {
+            target, data, catalog.load_array(Path(labels)) if labels else None, rows, {
                 "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
                 "encoder_key": spec.key(), "dataset": dataset, "split": split,
                 "dataset_identity": project.split_identity(dataset, split), "classnames": names,
@@ -222,7 +246,7 @@ def _import_class_prompts(project: Project, data: np.ndarray, dataset: str, prom
                             f"give --class-of-prompt")
     if len(np.unique(cop)) != len(names):
         raise PipelineError(f"classes without any prompt: {sorted(set(range(len(names))) - set(cop.tolist()))[:5]}")
-    _check_width(_feature_files(project, dataset, project.clip.name), data.shape[1], "these class-prompt embeddings")
+    _check_width(_clip_space_files(project), data.shape[1], "these class-prompt embeddings", "CLIP")
     for p in _feature_files(project, dataset, None):
         top = int(store.read_features(p).labels.max(initial=-1))
         if top >= len(names):
@@ -243,8 +267,7 @@ def _prompt_lines(prompts: str | None, count: int) -> list[str]:
 def _import_classfree(project: Project, data: np.ndarray, prompts: str | None) -> Path:
     """Keyed by the prompts themselves: `fit` finds them only when [clip] classfree_prompts holds the same."""
     lines = _prompt_lines(prompts or project.clip.classfree_prompts, len(data))
-    _check_width(_feature_files(project, None, project.clip.name), data.shape[1],
-                 "these class-free prompt embeddings")
+    _check_width(_clip_space_files(project), data.shape[1], "these class-free prompt embeddings", "CLIP")
     target = layout.classfree_text_path(project, prompts=lines)
     if lines != layout.classfree_prompts(project):
         click.echo(f"note: these prompts differ from [clip] classfree_prompts ({project.clip.classfree_prompts}); "

@@ -19,6 +19,7 @@ from zoomshot.cache.layout import OPENAI_TEMPLATES
 from zoomshot.cache.settings import ClipCfg, DatasetCfg, EncoderCfg, PathsCfg, Project, build, parse_ref
 from zoomshot.evaluate.settings import EvaluateCfg, ReportCfg
 from zoomshot.extract import shipped
+from zoomshot.extract.prompts import load_templates
 from zoomshot.extract.settings import DATASET_KINDS, ExtractCfg
 from zoomshot.fit.settings import FitCfg
 
@@ -59,6 +60,8 @@ def _resolve_files(cfg: Config) -> None:
     for key, path in files:
         if not Path(path).is_file():
             raise PipelineError(f"config key 'clip.{key}' names no file: {path}")
+    if clip.templates != OPENAI_TEMPLATES:
+        load_templates(clip.templates, Path(clip.templates_file))   # an empty or broken entry: before any work
 
 
 def _check_datasets(cfg: Config) -> None:
@@ -92,6 +95,10 @@ def _check_names(cfg: Config, data: dict) -> None:
             project.dataset(parse_ref(ref)[0])
         except PipelineError as e:
             raise PipelineError(f"config key '{key}': {e}") from None
+    extracted = set(cfg.extract.splits) | set(cfg.extract.captions)
+    if stray := sorted(set(cfg.extract.split_fractions) - extracted):
+        raise PipelineError(f"config key 'extract.split_fractions' names {', '.join(stray)}, which extract.splits does "
+                            f"not extract (it has: {', '.join(cfg.extract.splits) or 'none'}): fix the name")
     for name in cfg.fit.encoders:
         try:
             project.encoder(name)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from zoomshot.cache.errors import PipelineError
+from zoomshot.cache import atomic
+from zoomshot.cache.errors import DiskFull, PipelineError, refused_write
 
 from .config import Config, load, section_defaults, with_overrides
 
@@ -44,6 +45,17 @@ class StageCommand(click.Command):
                 ctx.default_map = {**section_defaults(getattr(ctx.obj, self.section)), **(ctx.default_map or {})}
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context):
+        """The stage; a write the disk refused, wherever in it, becomes one line (exit 2), not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except PipelineError:
+            raise
+        except Exception as e:
+            if (cause := refused_write(e)) is None:
+                raise
+            raise DiskFull(cause) from None
+
 
 def apply(ctx: click.Context, section: str, values: dict) -> Config:
     """The config with this stage's table replaced by the parsed option values."""
@@ -55,13 +67,15 @@ def apply(ctx: click.Context, section: str, values: dict) -> Config:
 
 
 def writable(folder: Path, key: str) -> Path:
-    """An output folder that exists and takes files, or one line naming the config key to fix."""
+    """An output folder that exists and takes files, or one line naming the config key to fix. Temporary
+    files that a killed command left in it are removed (`atomic.remove_stale`)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise PipelineError(f"cannot write to {folder} ({e.strerror or e}): fix paths.{key} in the config") from None
+    atomic.remove_stale(folder)
     return folder
 
 

@@ -75,7 +75,9 @@ def templates_of(value: str, model_dir: Path, key: str | None = None) -> list[st
     """`export` (the export's own), `openai-imagenet`, a text file (one `{c}` template a line), or a
     CLIP_benchmark JSON file (entry `key`, or its only entry)."""
     if value == EXPORT_TEMPLATES:
-        return read_manifest(model_dir)["templates"]["templates"]
+        entry = read_manifest(model_dir).get("templates")
+        return _with_placeholder(entry.get("templates") if isinstance(entry, dict) else None,
+                                 f"the manifest of {model_dir} (give --templates openai-imagenet or a file)")
     if value == OPENAI_TEMPLATES:
         return load_templates(value, Path())
     path = Path(value)
@@ -94,8 +96,15 @@ def templates_of(value: str, model_dir: Path, key: str | None = None) -> list[st
     except (OSError, UnicodeDecodeError) as e:
         raise PipelineError(f"--templates {value}: neither 'export', '{OPENAI_TEMPLATES}' nor a readable file ({e})") \
             from None
-    if not templates or any("{c}" not in t for t in templates):
-        raise PipelineError(f"{path} must hold templates with a {{c}} placeholder, one a line")
+    return _with_placeholder(templates, f"{path} (one template a line)")
+
+
+def _with_placeholder(templates: list | None, where: str) -> list[str]:
+    """At least one template, each a string with a `{c}` placeholder (else every class gets the same
+    prompt, and every probability is 1/C)."""
+    if not templates or any(not isinstance(t, str) or "{c}" not in t for t in templates):
+        raise PipelineError(f"no usable templates in {where}: each needs a {{c}} placeholder for the class name, got "
+                            f"{json.dumps(templates)[:60]}")
     return templates
 
 

@@ -23,6 +23,9 @@ def load_templates(name: str, path: Path) -> list[str]:
     if name not in table:
         raise PipelineError(f"templates file {path} has no entry {name!r} (has: {', '.join(table)})")
     templates = table[name]
+    if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
+        raise PipelineError(f"templates entry {name!r} in {path} must be a non-empty list of strings with a {{c}} "
+                            f"placeholder, got {json.dumps(templates)[:60]}")
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise PipelineError(f"templates {bad[:2]} in {path} lack the {{c}} placeholder")

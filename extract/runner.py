@@ -91,11 +91,6 @@ def item_name(dataset: Dataset, idx: int) -> str:
     return dataset.describe(idx) if hasattr(dataset, "describe") else f"item {idx}"
 
 
-def bad_list_path(cache_file: Path) -> Path:
-    """The text file beside a cache file that lists the images it skipped."""
-    return cache_file.with_name(cache_file.name + ".bad.txt")
-
-
 def _report_bad(job: SplitJob, dataset: Dataset, writers: dict, reasons: dict[int, str], say: Say) -> None:
     """One line naming how many images the split skipped and the first few; every one, with why, in a
     text file beside each cache file (items skipped before a resume keep no reason)."""
@@ -103,12 +98,12 @@ def _report_bad(job: SplitJob, dataset: Dataset, writers: dict, reasons: dict[in
     names = {i: item_name(dataset, i) for i in bad}     # once per item (a tar sample is read to name it)
     for n, w in writers.items():
         if w.bad_items:
-            atomic.write_text(bad_list_path(job.targets[n]), "".join(
+            atomic.write_text(layout.bad_list_path(job.targets[n]), "".join(
                 f"{i}\t{names[i]}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
                 for i in sorted(w.bad_items)))
     if bad:
         first = ", ".join(names[i] for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        listed = bad_list_path(next(job.targets[n] for n, w in writers.items() if w.bad_items))
+        listed = layout.bad_list_path(next(job.targets[n] for n, w in writers.items() if w.bad_items))
         say(f"{job.ref}: skipped {len(bad)} unreadable image(s) for every encoder: {first} (all of them, with "
             f"the reasons: {listed})")
 
@@ -121,8 +116,18 @@ def collate(items):
     labels = np.array([it[1] for it in good], dtype=np.int64)
     if good and isinstance(good[0][2], tuple):     # (uint8 decodes, which) for DevicePixels
         return len(items), index, labels, [it[2] for it in good], bad
-    views = [torch.stack(v) for v in zip(*[it[2] for it in good])] if good else []
+    views = [_stacked(v) for v in zip(*[it[2] for it in good])] if good else []
     return len(items), index, labels, views, bad
+
+
+def _stacked(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """One batch tensor. In a DataLoader worker it is made in shared memory here, as torch's default_collate
+    does, so a shared memory that cannot grow fails inside the fetch, whose error reaches the main process,
+    and not later in the worker queue's feeder thread, which drops the batch and leaves the main one waiting."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_()
+    return torch.stack(tensors, out=out)
 
 
 def loader_workers(asked: int) -> int:

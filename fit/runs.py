@@ -19,7 +19,7 @@ import torch
 
 from zoomshot.cache import faults, locks, runs, store
 from zoomshot.cache.compute import resolve_device
-from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.errors import PipelineError, refused_write
 from zoomshot.cache.subsets import rows_of_subset
 
 from .methods import fit_method
@@ -121,7 +121,7 @@ def execute(spec: dict) -> dict:
         return {"name": name, "status": "done", "wall_time_s": round(wall, 3)}
     except Exception as e:  # one failing run is reported, the sweep goes on
         kept = _keep_traceback(run_dir)
-        if spec.get("debug"):
+        if spec.get("debug") or refused_write(e):   # a full disk ends the sweep: every other run would fail too
             raise
         msg = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
         first = msg.splitlines()[0] if msg.strip() else type(e).__name__

@@ -99,13 +99,37 @@ def feature_rows(folder: Path) -> dict[str, tuple[bytes, ...]]:
 
 
 def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
-             env: dict | None = None) -> subprocess.CompletedProcess:
-    """`pipeline ARGS` in `folder`; `prelude` is Python run first in the same process."""
+             env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`pipeline ARGS` in `folder`; `prelude` is Python run first in the same process, `preexec_fn` in the
+    child before it starts (e.g. `file_size_limit`)."""
     code = f"{prelude}\nimport sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *{list(args)!r}]\nmain()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env={**ENV, **(env or {})}, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env={**ENV, **(env or {})}, capture_output=True,
+                          text=True, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def file_size_limit(limit: int):
+    """A `preexec_fn` that gives the child a real `ulimit -f` of `limit` bytes, with SIGXFSZ ignored, so a
+    write past it fails with EFBIG as on a full disk (shared memory included, which a full disk spares)."""
+    def set_limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def one_line_error(code: int, err: str, *needles: str, exit_code: int = 2) -> str:
+    """The one line that bad input or a fault gives on stderr (warnings aside), checked: the exit code, no
+    traceback, and every needle in it."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("warning:", "WARNING"))]
+    assert code == exit_code and len(lines) == 1 and "Traceback" not in err, (code, err)
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def run_named(folder: Path, encoder: str, variant: str, fraction: float = 1.0) -> str:

@@ -11,6 +11,7 @@ import tomli_w
 from safetensors.torch import save_file
 
 from helpers import TINY_WORLD, run_main
+from helpers import one_line_error as _one_line_error
 
 BASE = tomllib.loads(TINY_WORLD.format(train=64, test=32, batch=16, templates="shapes"))
 
@@ -24,14 +25,6 @@ def _set(data: dict, path: str, value) -> dict:
         node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
     node[int(leaf) if isinstance(node, list) else leaf] = value
     return data
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 CASES = [

@@ -1,15 +1,11 @@
 """Bad input is one clear line and exit code 2, never a traceback; nothing is written."""
 import pytest
 
-from helpers import pipeline, write_config
+from helpers import one_line_error, pipeline, write_config
 
 
 def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    one_line_error(proc.returncode, proc.stderr, *needles)
 
 
 @pytest.mark.parametrize("edit, needles", [

@@ -3,7 +3,7 @@ nothing written; what passes import never ends in a traceback or a NaN score lat
 import numpy as np
 import pytest
 
-from helpers import SYNTHETIC_CONFIG, run_main, synthetic_arrays
+from helpers import SYNTHETIC_CONFIG, one_line_error, run_main, synthetic_arrays
 
 
 def _ok(result):
@@ -14,10 +14,7 @@ def _ok(result):
 
 def _error(result, *needles):
     code, out, err = result
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, out, err)
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    one_line_error(code, err, *needles)
 
 
 @pytest.fixture
@@ -127,3 +124,35 @@ def test_unreadable_arrays(folder):
     np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     _error(_import(folder, "objects.npy", "--encoder", "src", "--dataset", "syn", "--split", "train"),
            "cannot read objects.npy")
+
+
+@pytest.mark.parametrize("index, needle", [
+    (lambda n: np.arange(n)[::-1].copy(), "row 1 holds 198 after 199"),        # descending
+    (lambda n: np.r_[0, 0, np.arange(2, n)], "row 1 holds 0 after 0"),            # repeated
+    (lambda n: np.arange(n) - 1, "the index must lie in >= 0; row 0 holds -1"),     # out of range
+])
+def test_an_index_out_of_dataset_order_is_refused_not_sorted(folder, index, needle):
+    np.save(folder / "idx.npy", index(200))
+    _error(_features(folder, "src", "train", "--index", "idx.npy"), needle)
+    assert _cache_files(folder) == []
+
+
+def test_an_index_must_match_the_splits_other_files(folder):
+    np.save(folder / "idx.npy", np.arange(200) * 2)
+    _ok(_features(folder, "clip", "train", "--index", "idx.npy"))
+    _error(_features(folder, "src", "train"), "the index differs from that of syn_train_clip_", "same images")
+    _ok(_features(folder, "src", "train", "--index", "idx.npy"))
+    assert len(_cache_files(folder)) == 2
+
+
+def test_every_width_in_one_space_agrees(folder):
+    """CLIP's image features and all its text embeddings share one width; an encoder's files share its own."""
+    _ok(_import(folder, "classfree.npy", "--text", "classfree"))                           # 8-wide CLIP text
+    np.save(folder / "text9.npy", np.ones((12, 9), np.float32))
+    _error(_import(folder, "text9.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames",
+                   "classnames.txt"), "class-prompt embeddings are 9-wide", "8-wide CLIP features")
+    _ok(_features(folder, "src", "train"))                                                 # 12-wide src
+    np.save(folder / "src11.npy", np.ones((200, 11), np.float32))
+    _error(_import(folder, "src11.npy", "--encoder", "src", "--dataset", "syn", "--split", "test"),
+           "src features are 11-wide", "12-wide src features")
+    assert len(_cache_files(folder)) == 2
