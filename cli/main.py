@@ -128,7 +128,8 @@ def _print_run(specs: list[dict]):
 
 @cli.command(cls=StageCommand, section="evaluate")
 @multi("--test", help="Test data DATASET:SPLIT")
-@multi("--runs", help="Run names to evaluate (default: every finished run)")
+@multi("--runs", help="Run names to evaluate (default: the runs of the config's grid)")
+@click.option("--all-runs", is_flag=True, default=None, help="Every run folder, also those the grid no longer names.")
 @click.option("--chunk-rows", type=int, help="Rows per streamed chunk of test features.")
 @click.option("--per-class/--no-per-class", default=None, help="Also write each class's accuracy.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
@@ -146,7 +147,10 @@ def do_evaluate(cfg: Config, progress: bool = True) -> int:
     from zoomshot.evaluate.scoring import open_runs, run_evaluate
     project, ev = cfg.project, cfg.evaluate
     writable(project.path("results_dir"), "results_dir")
-    runs, skipped = open_runs(project, ev.runs, say)
+    from .runs_cmd import runs_to_evaluate
+    names, skipped = runs_to_evaluate(cfg)
+    runs, unreadable = open_runs(project, names, say)
+    skipped += unreadable
     outcome = run_evaluate(project, ev, runs, say=say, progress=progress)
     skipped += outcome.skipped
     click.echo(f"evaluate: {len(outcome.written)} result file(s) written"
@@ -169,6 +173,7 @@ def do_evaluate(cfg: Config, progress: bool = True) -> int:
 @click.option("--fraction", type=float, help="The fraction shown where it is not pivoted (0 = the largest).")
 @click.option("--epochs", type=int, help="The epochs shown where they are not pivoted (0 = the most).")
 @multi("--runs", help="Runs whose loss terms to draw (default: per encoder and variant, the first seed)")
+@click.option("--all-runs", is_flag=True, default=None, help="Also runs outside the grid (labelled old run).")
 @click.option("--plots/--no-plots", default=True, help="Figures (PNG and PDF) beside the tables.")
 @click.pass_context
 def report(ctx: click.Context, plots: bool, **values) -> None:
@@ -177,14 +182,16 @@ def report(ctx: click.Context, plots: bool, **values) -> None:
 
 
 def do_report(cfg: Config, plots: bool = True) -> None:
-    from zoomshot.evaluate.report import load_results, replace_outputs, summary_rows, write_summary
+    from zoomshot.evaluate.report import load_results, replace_outputs, select_results, summary_rows, write_summary
     from zoomshot.evaluate.tables import Pivot, build_tables, to_markdown, write_tables
     project = cfg.project
     results_dir = project.path("results_dir")
     if not results_dir.is_dir():
         raise PipelineError(f"no results under {results_dir}: run `pipeline evaluate` first")
     r = cfg.report
-    results = load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None)
+    from .runs_cmd import grid_names
+    results = select_results(load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None),
+                             grid_names(cfg), r.all_runs)
     if not results:
         raise PipelineError(f"no result matches the filters under {results_dir}")
     rows = summary_rows(results)
@@ -228,6 +235,7 @@ from .export_cmd import export  # noqa: E402
 from .list_cmd import list_registries  # noqa: E402
 from .predict_cmd import predict  # noqa: E402
 from .rehearse_cmd import rehearse  # noqa: E402
+from .runs_cmd import runs  # noqa: E402
 
 cli.add_command(cache)
 cli.add_command(list_registries)
@@ -236,6 +244,7 @@ cli.add_command(predict)
 cli.add_command(export_wds)
 cli.add_command(clip_benchmark)
 cli.add_command(rehearse)
+cli.add_command(runs)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -25,7 +25,8 @@ def support_ref(v: str) -> str | None:
 @dataclass
 class EvaluateCfg:
     test: list[str] = setting(lambda: ["shapes:test"], each(split_ref))
-    runs: list[str] = setting(list, each(name_like))                   # [] = every finished run
+    runs: list[str] = setting(list, each(name_like))                   # [] = the runs of the config's [fit] grid
+    all_runs: bool = False           # score every run folder, also those the config's grid no longer names
     chunk_rows: int = setting(65536, at_least(1))
     per_class: bool = False          # also write each class's accuracy (metrics.per_class_acc)
     # training-free adaptation with a labelled support set (evaluate/adaptation.py)
@@ -61,4 +62,5 @@ class ReportCfg:
     fraction: float = setting(0.0, at_least(0))    # 0 = the largest fraction of the results
     epochs: int = setting(0, at_least(0))          # 0 = the most epochs
     runs: list[str] = setting(list, each(name_like))   # runs whose loss terms to draw ([] = the slice's first seeds)
+    all_runs: bool = False           # also results of runs outside the config's grid, labelled `[old run NAME]`
 
