@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 import zoomshot
 from zoomshot.cache import timestamps
@@ -155,12 +156,18 @@ def test_pipeline_runs_lists_settings_status_and_top1(listed):
     assert run_main(folder, "runs", "--encoder", "vit")[1].strip() == "no runs"
 
 
-def test_export_takes_the_name_runs_prints(listed, tmp_path):
+def test_export_and_predict_take_the_name_runs_prints(listed):
     folder, _, grid, _ = listed
     [line] = run_main(folder, "runs", "--status", "finished")[1].splitlines()[1:]
-    code, out, err = run_main(folder, "export", line.split()[0], "--out", str(tmp_path / "export"))
+    name = line.split()[0]
+    Image.new("RGB", (64, 64), "red").save(folder / "red.png")
+    code, _, err = run_main(folder, "predict", "red.png", "--model", name, "--classes", "a,b")
+    assert code == 2 and f"run {name} is not exported yet: run `pipeline export {name}` first" in err
+    code, out, err = run_main(folder, "export", name)
     assert code == 0, err
-    assert json.loads((tmp_path / "export/zoomshot_model.json").read_text())["name"] == grid["lstsq-0.5"]
+    assert json.loads((folder / "out/exports" / name / "zoomshot_model.json").read_text())["name"] == grid["lstsq-0.5"]
+    code, out, err = run_main(folder, "predict", "red.png", "--model", name, "--classes", "a,b", "--no-progress")
+    assert code == 0 and out.startswith("red.png: "), err
 
 
 def test_read_results_is_a_table_of_settings_and_metrics(listed):
