@@ -199,7 +199,7 @@ def runs(ctx: click.Context, encoder: tuple[str, ...], variant: tuple[str, ...],
             and (not fraction or r.fraction in fraction)
             and (not variant or r.variant in variant or (r.variant or "").split(" (")[0] in variant)]
     if not do_prune:
-        click.echo(json.dumps([asdict(r) for r in rows], indent=1) if as_json else table(rows) or "no runs")
+        click.echo(json.dumps([asdict(r) for r in rows], indent=1) if as_json else table(rows) if rows else "no runs")
         return
     doomed = [r for r in rows if r.status == NOT_IN_GRID]
     if not doomed:
