@@ -192,7 +192,8 @@ def runs(ctx: click.Context, encoder: tuple[str, ...], variant: tuple[str, ...],
          fraction: tuple[float, ...], as_json: bool, do_prune: bool, yes: bool) -> None:
     """List the config's runs and every other run folder: settings, status (finished, failed with its
     reason, stale with why, unfitted, not-in-grid) and the zero-shot top-1 of each evaluated split.
-    RUN names are what `pipeline export`, `evaluate --runs` and `report --runs` take."""
+    RUN names are what `pipeline export`, `predict --model` (once exported), `evaluate --runs` and
+    `report --runs` take."""
     cfg: Config = ctx.obj
     rows = [r for r in list_runs(cfg)
             if (not encoder or r.encoder in encoder) and (not status or r.status in status)
