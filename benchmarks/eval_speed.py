@@ -23,7 +23,6 @@ benchmarks/results/eval_speed.jsonl.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -38,7 +37,7 @@ import numpy as np
 import tomli_w
 import torch
 
-from zoomshot.cache import layout, store
+from zoomshot.cache import layout, store, timestamps
 from zoomshot.cache.runs import Maps
 from zoomshot.cache.zero_shot import cosine_similarities
 from zoomshot.cli import config as C
@@ -119,7 +118,7 @@ def reencode_evaluate(cfg: C.Config, runs: list[Path]) -> tuple[float, dict[str,
 
 def cached_evaluate(cfg: C.Config) -> tuple[float, dict[str, float]]:
     start = time.perf_counter()
-    runs, _ = open_runs(cfg.project, [], say=lambda _msg: None)
+    runs, _ = open_runs(cfg.project, None, say=lambda _msg: None)
     written = run_evaluate(cfg.project, cfg.evaluate, runs, say=lambda _msg: None, progress=False).written
     seconds = time.perf_counter() - start
     results = [json.loads(p.read_text()) for p in written]
@@ -142,7 +141,7 @@ def main() -> None:
         config = write_config(Path(tmp), args.test_size, args.train_size, args.seeds, args.epochs)
         t_extract, t_fit = pipeline("extract", config), pipeline("fit", config)
         cfg = C.load(config)
-        runs = [run.dir for run, _ in open_runs(cfg.project, [], say=print)[0]]
+        runs = [run.dir for run, _ in open_runs(cfg.project, None, say=print)[0]]
         torch.set_num_threads(args.threads)
         cached, reencode = [], []
         for _ in range(args.repeats):   # interleaved, so a change in the machine's load hits both sides
@@ -159,7 +158,7 @@ def main() -> None:
                           ("(b) re-encode test images for every run: ", reencode_s)):
         print(f"{name}{seconds:8.3f} s  ({1000 * seconds / len(runs):.1f} ms/run)")
     print(f"speed-up of the cache: {ratio:.1f}x  (max |top-1 difference| between (a) and (b): {diff:.4f})")
-    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "runs": len(runs),
+    record = {"date": timestamps.now(), "runs": len(runs),
               "test_size": args.test_size, "train_size": args.train_size, "encoder": cfg.project.encoder(ENCODER).model,
               "cached_s": round(cached_s, 4), "reencode_s": round(reencode_s, 4), "speedup": round(ratio, 2),
               "max_acc1_diff": diff, "load_avg_1min": round(os.getloadavg()[0], 2), "repeats": args.repeats,

@@ -15,7 +15,6 @@ the default uses the project's tiny world models. One JSON line goes to benchmar
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import tempfile
@@ -27,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from zoomshot.cache import layout  # noqa: E402
+from zoomshot.cache import layout, timestamps  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.datasets import open_split  # noqa: E402
 from zoomshot.extract.decode import first_resize  # noqa: E402
@@ -102,7 +101,7 @@ def main() -> None:
         t_dec_one = timed(lambda: [None for _ in loader([])])
         t_dec_sep = sum(timed(lambda: [None for _ in loader([])]) for _ in transforms)
     k = len(names)
-    rec = {"benchmark": "extract_speed", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    rec = {"benchmark": "extract_speed", "date": timestamps.now(),
            "device": args.device, "real_size": args.real_size, "images": args.images, "batch": args.batch,
            "encoders": names, "bare_img_s": args.images / t_bare, "stage_img_s": args.images / t_stage,
            "stage_vs_bare": t_bare / t_stage, "decode_one_pass_s": t_one, "decode_k_passes_s": t_sep,

@@ -20,7 +20,6 @@ Each measurement is printed and appended as a JSON line to benchmarks/results/fi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoomshot.cache import timestamps
 from zoomshot.fit.spaces import variance_scale
 from zoomshot.fit.trainer import TrainConfig, batch_for, train_maps
 
@@ -115,7 +115,7 @@ def run_width(n: int, m: int, d: int, k: int, args: argparse.Namespace) -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": timestamps.now(),
     }
     common = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
     mse_cfg = TrainConfig(**common, w_cyc=0, w_cyc_text=0, w_kd=0)

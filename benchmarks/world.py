@@ -8,7 +8,6 @@ folder and sizes extracts nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from zoomshot.cache import layout, store  # noqa: E402
+from zoomshot.cache import layout, store, timestamps  # noqa: E402
 from zoomshot.cache.runs import Maps  # noqa: E402
 from zoomshot.cache.subsets import subset_indices  # noqa: E402
 from zoomshot.cli.config import Config, load  # noqa: E402
@@ -120,5 +119,5 @@ def append_result(benchmark: str, record: dict) -> None:
     path = Path(__file__).resolve().parent / "results" / f"{benchmark}.jsonl"
     path.parent.mkdir(exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps({"benchmark": benchmark, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        f.write(json.dumps({"benchmark": benchmark, "date": timestamps.now(),
                             **record}) + "\n")

@@ -14,7 +14,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import timestamps
 from .atomic import replacing
 from .errors import PipelineError
 
@@ -39,10 +39,6 @@ def _attr(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True)
     return value
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def sha256_rows(data: h5py.Dataset | np.ndarray) -> str:
@@ -207,7 +203,7 @@ class FeatureWriter:
             f.attrs[k] = _attr(v)
         f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": self.dim, "resume": _attr(self.resume),
                         "batch_size": self.resume.get("batch_size", 0), "rows_done": 0, "items_done": 0,
-                        "complete": False, "created": _now(), "bad_items": "[]"})
+                        "complete": False, "created": timestamps.now(), "bad_items": "[]"})
         f.flush()
         return f
 
@@ -424,7 +420,7 @@ def _create_text(f: h5py.File, dim: int, prompts: list[str], class_of_prompt: np
     f.create_dataset("classnames", data=np.array(classnames, dtype=object), dtype=str_dt)
     for k, v in attrs.items():
         f.attrs[k] = _attr(v)
-    f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": dim, "created": _now(), "complete": False})
+    f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": dim, "created": timestamps.now(), "complete": False})
 
 
 def write_text(path: Path, emb: TextEmbeddings) -> Path:

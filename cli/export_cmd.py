@@ -25,6 +25,11 @@ def writable_out(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def export_dir(cfg: Config, run: str) -> Path:
+    """Where `pipeline export RUN` puts a run without --out (and where `predict --model RUN` looks)."""
+    return cfg.project.path("runs_dir").parent / "exports" / run
+
+
 @click.command("export", cls=StageCommand)
 @click.argument("run")
 @click.option("--out", type=click.Path(file_okay=False), help="Export folder [default: exports/RUN beside runs_dir].")
@@ -34,6 +39,6 @@ def export(ctx: click.Context, run: str, out: str | None) -> None:
     CLIP's references, the maps and their provenance; load it with `zoomshot.load_model(DIR)`."""
     from zoomshot.export.package import export_model
     cfg: Config = ctx.obj
-    target = Path(out) if out else cfg.project.path("runs_dir").parent / "exports" / run
+    target = Path(out) if out else export_dir(cfg, run)
     export_model(cfg.project, run, writable_out(target), say)
     click.echo(f"export: {run} -> {target} (load it with zoomshot.load_model({str(target)!r}))")

@@ -34,6 +34,7 @@ COMMANDS = {
     "export-wds": "zoomshot.cli.benchmark_cmd:export_wds",
     "clip-benchmark": "zoomshot.cli.benchmark_cmd:clip_benchmark",
     "rehearse": "zoomshot.cli.rehearse_cmd:rehearse",
+    "runs": "zoomshot.cli.runs_cmd:runs",
 }
 
 
@@ -80,9 +81,10 @@ def cli(config: str | None) -> None:
     \b
       pipeline extract    run CLIP and the encoders over the images once -> HDF5 cache
       pipeline fit        train the maps from cached tensors (a sweep on dask)
-      pipeline evaluate   zero-shot scores of every run from cached test features
-      pipeline report     one table (CSV / Markdown / JSON) over every result
+      pipeline evaluate   zero-shot scores of the config's runs from cached test features
+      pipeline report     tables and figures over the config's results
       pipeline run        all four in turn
+      pipeline runs       the runs: settings, status, top-1; --prune the ones the config no longer names
       pipeline cache ...  ls | info | verify | rm | import
       pipeline list       dataset kinds, encoder families, fit variants, adapters, metrics
       pipeline export     a run (or CLIP) as a folder that zoomshot.load_model reads
@@ -177,7 +179,8 @@ def _print_run(specs: list[dict]):
 
 @cli.command(cls=StageCommand, section="evaluate")
 @multi("--test", help="Test data DATASET:SPLIT")
-@multi("--runs", help="Run names to evaluate (default: every finished run)")
+@multi("--runs", help="Run names to evaluate (default: the runs of the config's grid)")
+@click.option("--all-runs", is_flag=True, default=None, help="Every run folder, also those the grid no longer names.")
 @click.option("--chunk-rows", type=int, help="Rows per streamed chunk of test features.")
 @click.option("--per-class/--no-per-class", default=None, help="Also write each class's accuracy.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
@@ -197,7 +200,10 @@ def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> in
     from zoomshot.evaluate.summary import summary_table
     project, ev = cfg.project, cfg.evaluate
     writable(project.path("results_dir"), "results_dir")
-    runs, skipped = open_runs(project, ev.runs, say)
+    from .runs_cmd import runs_to_evaluate
+    names, skipped = runs_to_evaluate(cfg)
+    runs, unreadable = open_runs(project, names, say)
+    skipped += unreadable
     outcome = run_evaluate(project, ev, runs, say=say, progress=progress)
     skipped += outcome.skipped
     written = list(outcome.written)
@@ -226,6 +232,7 @@ def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> in
 @click.option("--fraction", type=float, help="The fraction shown where it is not pivoted (0 = the largest).")
 @click.option("--epochs", type=int, help="The epochs shown where they are not pivoted (0 = the most).")
 @multi("--runs", help="Runs whose loss terms to draw (default: per encoder and variant, the first seed)")
+@click.option("--all-runs", is_flag=True, default=None, help="Also runs outside the grid (labelled old run).")
 @click.option("--plots/--no-plots", default=True, help="Figures (PNG and PDF) beside the tables.")
 @click.pass_context
 def report(ctx: click.Context, plots: bool, **values) -> None:
@@ -234,14 +241,16 @@ def report(ctx: click.Context, plots: bool, **values) -> None:
 
 
 def do_report(cfg: Config, plots: bool = True) -> None:
-    from zoomshot.evaluate.report import load_results, replace_outputs, summary_rows, write_summary
+    from zoomshot.evaluate.report import load_results, replace_outputs, select_results, summary_rows, write_summary
     from zoomshot.evaluate.tables import Pivot, build_tables, to_markdown, write_tables
     project = cfg.project
     results_dir = project.path("results_dir")
     if not results_dir.is_dir():
         raise PipelineError(f"no results under {results_dir}: run `pipeline evaluate` first")
     r = cfg.report
-    results = load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None)
+    from .runs_cmd import grid_names
+    results = select_results(load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None),
+                             grid_names(cfg), r.all_runs)
     if not results:
         raise PipelineError(f"no result matches the filters under {results_dir}")
     rows = summary_rows(results)

@@ -14,7 +14,6 @@ Equations and their sources: `evaluate/adapters.py`. Reads only the cache (throu
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -161,7 +160,6 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
         return Outcome([], 0)
     _check(project, ev)
     out_dir, written, skipped = project.path("results_dir"), [], 0
-    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     def emit(result: dict, folder: str, dataset: str, split: str, method: str) -> None:
         name = f"{dataset}-{split}+{method}" + (f"-{ev.shots}shot" if ev.shots else "") + ".json"
@@ -174,7 +172,7 @@ def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
     for ref in ev.test:
         dataset, split = parse_ref(ref)
         inputs = Inputs(project, ref)
-        base = {"dataset": dataset, "split": split, "task": TASK, "created": created}
+        base = {"dataset": dataset, "split": split, "task": TASK}
         try:
             clip = inputs.clip()
             clip_sup_file = layout.feature_path(project, clip_cfg.name, ev.support)

@@ -1,7 +1,9 @@
 """Merge per-(run, dataset) result JSON files into one table: CSV, Markdown and JSON (DESIGN.md section 6).
 
 Runs write their own files from any process or machine; the report only reads them, so merging is a
-directory walk. Seeds of the same configuration collapse into mean and sample std.
+directory walk. Seeds of the same configuration collapse into mean and sample std. One run fills one
+cell: the report shows the config's grid (`select_results`), results of other runs only when asked and
+then under their own label, and two results that would fill one cell are an error naming both runs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zoomshot.cache import atomic
+from zoomshot.cache.errors import PipelineError
 
 RECALL_K = (1, 5, 10)
 #: The retrieval metrics (`evaluate/retrieval.py`), CLIP_benchmark's names.
@@ -81,6 +84,21 @@ def load_results(
     return kept
 
 
+def select_results(results: list[dict[str, Any]], grid: set[str], all_runs: bool = False
+                   ) -> list[dict[str, Any]]:
+    """CLIP's results and those of the runs named `grid` (the config's); with `all_runs` also every other
+    run's, its variant labelled `<variant> [old run NAME]` so that it has a row of its own."""
+    kept = []
+    for result in results:
+        if is_teacher(result) or result.get("run") in grid:
+            kept.append(result)
+        elif all_runs:
+            label = f"[old run {result.get('run')}]"
+            kept.append({**result, "variant": f"{result['variant']} {label}", "old_run": True,
+                         **({"base_variant": f"{result['base_variant']} {label}"} if "base_variant" in result else {})})
+    return kept
+
+
 def _group_key(result: dict[str, Any]) -> tuple:
     """CLIP is one row per dataset whatever run evaluated it; other rows keep their fraction and epochs."""
     if _is_clip(result):
@@ -94,19 +112,22 @@ def _metric(result: dict[str, Any], name: str) -> float:
 
 
 def _one_per_seed(key: tuple, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest result per seed: a re-evaluation supersedes the old file. Duplicates are expected for
-    CLIP (every run may score the teacher) and suspicious otherwise: two configurations under one label."""
-    newest: dict[Any, dict[str, Any]] = {}
+    """One result per seed. CLIP's zero-shot row keeps its newest result (files of an older layout may
+    score it twice); any other cell filled by two results is an error naming both runs, never settled by
+    time stamp or file order."""
+    one: dict[Any, dict[str, Any]] = {}
     for result in sorted(results, key=lambda r: str(r.get("created", ""))):
         seed = None if _is_clip(result) else result.get("seed")
-        newest[seed] = result
-    if len(newest) < len(results) and key[1] != CLIP:
-        warnings.warn(
-            f"{dict(zip(GROUP_FIELDS, key))}: {len(results)} results for {len(newest)} seeds; "
-            "kept the newest per seed (give differing configurations different variant labels)",
-            stacklevel=3,
-        )
-    return list(newest.values())
+        if seed in one and not _is_clip(result):
+            cell = ", ".join(f"{k} {v}" for k, v in zip(GROUP_FIELDS, key) if k != "method" and v is not None)
+            both = sorted((one[seed], result), key=lambda r: str(r.get("run")))
+            raise PipelineError(
+                f"two results fill one cell ({cell}, seed {seed}): run {both[0].get('run')} (split "
+                f"{both[0].get('split')}) and run {both[1].get('run')} (split {both[1].get('split')}); give "
+                "differing configurations different variant names ([fit.definitions]), or remove one "
+                "(`pipeline runs --prune`)")
+        one[seed] = result
+    return list(one.values())
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -149,6 +170,18 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{name}_std"] = statistics.stdev(values) if finite else math.nan
         rows.append(row)
     return sorted(rows, key=_sort_key)
+
+
+SETTING_FIELDS = ("run", "dataset", "split", "encoder", "method", "variant", "base_variant", "fraction", "epochs",
+                  "seed", "rows", "created")
+
+
+def tidy_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per result file, for a notebook: the run's settings (its train data joined by `+`, each
+    method setting as `params.<name>`), then every scalar metric (per-class lists left out)."""
+    return [{**{k: r.get(k) for k in SETTING_FIELDS}, "train": "+".join(r.get("train_data") or []) or None,
+             **{f"params.{k}": v for k, v in (r.get("params") or {}).items()},
+             **{k: v for k, v in r["metrics"].items() if not isinstance(v, (list, dict))}} for r in results]
 
 
 def _plain(value: Any) -> Any:

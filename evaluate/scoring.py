@@ -12,7 +12,6 @@ Test sets stream in chunks of rows, so memory stays bounded whatever their size.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoomshot.cache import atomic, layout, locks, store
+from zoomshot.cache import atomic, layout, locks, store, timestamps
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run, read_run, run_dirs
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
@@ -105,7 +104,8 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
 
 
 def write_result(result: dict, path: Path) -> Path:
-    return atomic.write_json(path, result)
+    """Each result file is stamped as it is written: its `created` is unique and orders re-evaluations."""
+    return atomic.write_json(path, {**result, "created": timestamps.now()})
 
 
 def run_fields(run: Run) -> dict:
@@ -118,11 +118,11 @@ def run_fields(run: Run) -> dict:
             "seed": r["seed"], "train_data": r["train"], "rows": r.get("rows"), "versions": r.get("versions", {})}
 
 
-def open_runs(project: Project, names: list[str], say: Say) -> tuple[list[tuple[Run, Maps]], int]:
-    """Every run folder (or the named ones) with its checked maps; a damaged run, or one another process
-    is writing, is one line and left out. Returns the runs and how many were left out."""
+def open_runs(project: Project, names: list[str] | None, say: Say) -> tuple[list[tuple[Run, Maps]], int]:
+    """The named runs (None: every run folder) with their checked maps; a damaged run, or one another
+    process is writing, is one line and left out. Returns the runs and how many were left out."""
     opened, skipped = [], 0
-    for run_dir in run_dirs(project.path("runs_dir"), names):
+    for run_dir in [] if names == [] else run_dirs(project.path("runs_dir"), names):
         try:
             with locks.trying(run_dir) as free:
                 if not free:
@@ -221,7 +221,7 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
         dataset, split = parse_ref(ref)
         inputs = Inputs(project, ref)
         retrieval = Retrieval(project, ref, ev.retrieval, ev.chunk_rows, say)
-        base = {"dataset": dataset, "split": split, "task": TASK, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        base = {"dataset": dataset, "split": split, "task": TASK}
         try:
             clip = inputs.clip()
             if ev.per_class:   # the names that per_class_acc's entries belong to, for the per-class figure

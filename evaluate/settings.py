@@ -29,8 +29,9 @@ def support_ref(v: str) -> str | None:
 class EvaluateCfg:
     """`pipeline evaluate`: the test splits every run (and CLIP) is scored on, and the training-free adapters."""
     test: list[str] = setting(lambda: ["shapes:test"], each(split_ref))   # the test splits
-    runs: list[str] = setting(list, each(name_like))                   # runs to score ([] = every finished run)
+    runs: list[str] = setting(list, each(name_like))                   # runs to score ([] = the runs of the config's [fit] grid)
     chunk_rows: int = setting(65536, at_least(1))   # test rows read and scored at once (bounds the memory)
+    all_runs: bool = False           # score every run folder, also those the config's grid no longer names
     per_class: bool = False          # also write each class's accuracy (metrics.per_class_acc)
     # training-free adaptation with a labelled support set (evaluate/adaptation.py)
     adapters: list[str] = setting(list, each(adapter_name))            # adapters to run with the support set ([] = off)
@@ -68,4 +69,5 @@ class ReportCfg:
     fraction: float = setting(0.0, at_least(0))    # the fraction shown where not pivoted (0 = the largest)
     epochs: int = setting(0, at_least(0))          # the epochs shown where not pivoted (0 = the most)
     runs: list[str] = setting(list, each(name_like))   # runs whose loss terms to draw ([] = the slice's first seeds)
+    all_runs: bool = False           # also results of runs outside the config's grid, labelled `[old run NAME]`
 

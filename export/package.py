@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zoomshot.cache import atomic, keys
+from zoomshot.cache import atomic, keys, timestamps
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.outputs import check_out_folder
 from zoomshot.cache.runs import read_run, run_dirs
@@ -108,7 +107,7 @@ def export_model(project: Project, name: str, out: Path, say: Callable[[str], No
             if manifest["maps"]["sha256"] != record["maps_sha256"]:
                 raise PipelineError(f"{MAPS_FILE} of run {name} changed while it was copied: export it again")
         manifest.update(run=record or None, evaluated=evaluated, versions=versions(),
-                        exported=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        exported=timestamps.now())
         built = assemble(tmp, manifest)   # builds both models: the export loads before it is in place
         for role, tower in built.towers.items():
             manifest[role]["preprocess"] = tower.preprocess

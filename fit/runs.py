@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoomshot.cache import faults, locks, runs, store
+from zoomshot.cache import faults, locks, runs, store, timestamps
 from zoomshot.cache.compute import resolve_device
 from zoomshot.cache.errors import PipelineError, refused_write
 from zoomshot.cache.subsets import rows_of_subset
@@ -115,7 +115,7 @@ def execute(spec: dict) -> dict:
                 "device": device, "threads": spec["threads"],
                 "versions": {"torch": torch.__version__, "numpy": np.__version__,
                              "project": version("zoomshot-pipeline")},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, maps)
+                "created": timestamps.now()}, maps)
             failure_file(run_dir).unlink(missing_ok=True)
         faults.point("fit.run_done")
         return {"name": name, "status": "done", "wall_time_s": round(wall, 3)}

@@ -248,7 +248,7 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.C
 
 
 def _runs(cfg):
-    opened, skipped = open_runs(cfg.project, [], say=print)
+    opened, skipped = open_runs(cfg.project, None, say=print)
     assert skipped == 0
     return opened
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from zoomshot.cache.errors import PipelineError
 from zoomshot.evaluate.report import load_results, replace_outputs, summary_rows, write_summary
 
 WRITER = """
@@ -145,9 +146,8 @@ def test_a_new_report_removes_only_the_files_the_previous_one_wrote(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "notes.md", "report_files.json"]
 
 
-def test_duplicate_seed_keeps_newest_and_warns():
-    old = result("resnet", "mse", "shapes", 0.40, created="2024-01-01")
-    new = result("resnet", "mse", "shapes", 0.60, created="2024-02-01")
-    with pytest.warns(UserWarning, match="2 results for 1 seeds"):
-        rows = summary_rows([new, old])
-    assert rows[0]["n_seeds"] == 1 and rows[0]["acc1_mean"] == pytest.approx(0.60)
+def test_two_runs_in_one_cell_are_refused_naming_both():
+    old = {**result("resnet", "mse", "shapes", 0.40, created="2024-01-01"), "run": "aaaa"}
+    new = {**result("resnet", "mse", "shapes", 0.60, created="2024-01-01"), "run": "bbbb"}
+    with pytest.raises(PipelineError, match=r"two results fill one cell .*seed 0.*run aaaa.*run bbbb"):
+        summary_rows([new, old])

@@ -157,14 +157,14 @@ def test_changed_weights_never_score_old_runs_on_new_features(tmp_path):
     save_file({k: (v + 0.3 * v.std() if v.is_floating_point() and v.numel() > 1 else v) for k, v in weights.items()},
               str(folder / "cnn.safetensors"))                             # the file rewritten in place
     assert "2 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout   # new cnn features
-    inproc(folder, "evaluate", "--no-progress")
+    inproc(folder, "evaluate", "--no-progress", "--all-runs")
     assert _acc(folder) == {old_run: acc}          # the old run is still scored on the features it was fitted on
     assert "1 done, 0 already finished" in inproc(folder, "fit").stdout  # the new weights: a new run
     record = json.loads((folder / "out/runs" / old_run / "run.json").read_text())
     (old_features,) = [p for p in (folder / "out/cache/features").glob("shapes_test_cnn_*.h5")
                        if _attr(p, "encoder_key") == record["encoder_key"]]
     inproc(folder, "cache", "rm", old_features.name)
-    ev = inproc(folder, "evaluate", "--no-progress", check=False)
+    ev = inproc(folder, "evaluate", "--no-progress", "--all-runs", check=False)
     assert ev.returncode == 1 and f"skip run {old_run} (cnn, lstsq)" in ev.stdout
     assert "fitted with encoder 'cnn' of other weights or settings than the config's" in ev.stdout
     new = _acc(folder)
