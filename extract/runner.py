@@ -30,7 +30,7 @@ from .decode import DevicePixels, decode_views, encoded_jpeg, first_resize, uint
 from .encoders import Encoder, build_encoder
 from .prompts import class_prompts, load_templates
 from .settings import ExtractCfg
-from .shards import batch_plan
+from .shards import batch_plan, run_sharded
 
 Say = Callable[[str], None]
 
@@ -274,6 +274,21 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
             w.close()
 
 
+def extract_range(project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str],
+                  items: tuple[int, int]) -> list[str]:
+    """One dask task of a sharded extraction (`shards.run_sharded`): build the encoders on this worker's
+    device and extract one range of the split's subset into the shard files `targets`."""
+    device = resolve_device(settings.device, "extract.device")
+    paths = {n: Path(p) for n, p in targets.items()}
+    with locks.holding(list(paths.values())):
+        todo = {n: p for n, p in paths.items() if not p.exists()}
+        if not todo:
+            return []
+        models = Models(project, device, say=lambda line: None)
+        return [str(p) for p in extract_split(project, settings, SplitJob(ref, todo, items), models, device,
+                                              progress=False)]
+
+
 def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Callable[[], tuple]]]:
     """(target, how to make its prompts) of every text file the extraction still lacks."""
     jobs = []
@@ -408,8 +423,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
         jobs = [SplitJob(j.ref, {n: p for n, p in j.targets.items() if not p.exists()}) for j in jobs]
         jobs = [j for j in jobs if j.targets]
         if settings.distributed and jobs:
-            from .shards import run_sharded
-            written["features"] = run_sharded(project, settings, jobs, say)
+            written["features"] = run_sharded(project, settings, jobs, extract_range, say)
             jobs = []
         for job in jobs:
             written["features"] += extract_split(project, settings, job, models, device, progress, say)
