@@ -67,7 +67,7 @@ def _split_tree(split: str) -> Measure:
     def measure(root: Path) -> tuple[str, list[str]]:
         folder = keys.data_folder(str(root), split)
         state = keys.tree_state(folder)
-        paths = [d for d, _, _ in state] + [os.path.join(d, f) for d, _, shards in state for f, _, _ in shards]
+        paths = [d for d, _, _ in state] + [os.path.join(d, f) for d, _, shards in state for f, *_ in shards]
         return keys.tree_fingerprint(folder, state), [os.path.relpath(p, root) for p in paths]
     return measure
 
