@@ -179,22 +179,32 @@ def _tar_headers(path: str) -> str:
         return "unreadable"    # the dataset reader says what is wrong with it
 
 
-@lru_cache(maxsize=64)
-def _tree_listing(folder: str, state: tuple) -> str:
+def _listing(folder: str, content: bool) -> str:
     entries = []
     for d, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             path = os.path.join(d, name)
-            st = os.stat(path)
-            entry = (os.path.relpath(path, folder), st.st_size)
-            entries.append((*entry, _tar_headers(path)) if name.endswith(".tar") else entry)
-    return "tree-sha256:" + digest(entries, 64)
+            entry = (os.path.relpath(path, folder), os.stat(path).st_size)
+            if content:
+                entries.append((*entry, file_checksum(path)))
+            else:
+                entries.append((*entry, _tar_headers(path)) if name.endswith(".tar") else entry)
+    return ("content-sha256:" if content else "tree-sha256:") + digest(entries, 64)
 
 
-def tree_fingerprint(folder: Path, state: tuple | None = None) -> str:
+@lru_cache(maxsize=64)
+def _tree_listing(folder: str, state: tuple) -> str:
+    return _listing(folder, content=False)
+
+
+def tree_fingerprint(folder: Path, state: tuple | None = None, content: bool = False) -> str:
     """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
     renaming an image changes it, hashing every image of ImageNet on each command would not pay. A tar
-    shard (webdataset) also counts by its member headers and labels. `state`: the tree's `tree_state`, if taken."""
+    shard (webdataset) also counts by its member headers and labels. `state`: the tree's `tree_state`,
+    if taken. With `content` (`[extract] content_hash`), every file also counts by the sha256 of its
+    bytes (an image rewritten in place with the same size is seen; docs/cache.md says what it costs)."""
+    if content:
+        return _listing(str(folder), content=True)
     return _tree_listing(str(folder), state or tree_state(Path(folder)))
 
 

@@ -386,12 +386,17 @@ def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
             open_split(ds.spec(), parse_ref(ref)[1])
 
 
-def _record_data(project: Project, settings: ExtractCfg) -> None:
+def _record_data(project: Project, settings: ExtractCfg, say: Say) -> None:
     """The data fingerprint is taken here, once, from the files, and recorded in the cache: later
-    commands find their files from the record, also where the images are not (`cache/records.py`)."""
+    commands find their files from the record, also where the images are not (`cache/records.py`).
+    A split whose files changed since the last extraction is said, with what showed it."""
     for ref in settings.splits:
         name, split = parse_ref(ref)
-        project.data_record(name).split_data(split, fresh=True)
+        record = project.data_record(name)
+        before = record.recorded_split(split)
+        if before not in (None, record.split_data(split, fresh=True)):
+            shown = "the bytes of its files (content_hash)" if record.content_hash else "the listing of its files"
+            say(f"{ref}: {shown} changed since the last extraction: its features are extracted anew")
     for name in dict.fromkeys(parse_ref(r)[0] for r in settings.splits):
         project.data_record(name).classes(fresh=True)
 
@@ -409,7 +414,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     if not settings.distributed:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
-    _record_data(project, settings)
+    _record_data(project, settings, say)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []
     for ref in settings.splits:

@@ -397,9 +397,24 @@ def test_a_label_changed_in_place_is_a_new_input(tmp_path):
     assert shard.read_bytes()[offset:offset + size] == b"1"
     _edit_in_place(shard, offset, b"2")
     proc = pipeline(tmp_path, "extract", "--no-progress")
+    assert "wds:train: the listing of its files changed since the last extraction" in proc.stdout, proc.stdout
     assert "2 cache file(s) written" in proc.stdout, proc.stdout
     newest = max((tmp_path / "out/cache/features").glob("wds_train_cnn_*.h5"), key=lambda p: p.stat().st_mtime_ns)
     with h5py.File(newest) as f:
         labels = f["labels"][:]
     assert len(labels) == 3 * PER_CLASS and labels[9] == 2 and labels[8] == 1
 
+
+def test_the_fingerprint_of_shards_holds_their_labels_and_with_content_hash_their_bytes(tmp_path):
+    from zoomshot.cache import keys
+
+    make_data(tmp_path)
+    folder, shard = tmp_path / "shards/train", tmp_path / "shards/train/1.tar"
+    before = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    offset, size = _member(shard, "s00010.jpg")
+    _edit_in_place(shard, offset + size // 2, bytes([shard.read_bytes()[offset + size // 2] ^ 0xFF]))
+    image = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    assert image[False] == before[False] and image[True] != before[True]    # an image's bytes: content_hash only
+    _edit_in_place(shard, _member(shard, "s00009.cls")[0], b"0")
+    label = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    assert label[False] != image[False] and label[True] != image[True]      # a label: either way
