@@ -12,7 +12,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 FEATURE_DTYPE = "float16"
 LOCAL_DIR = "local-dir:"   # open_clip's prefix of a folder with a config and weights
@@ -34,15 +34,21 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _stamp(path: str | Path) -> tuple[int, int, int]:
+    """(size, mtime, ctime) of a file, what a memo of its content is keyed on: a write changes the
+    ctime, which no `os.utime` can set back."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 @lru_cache(maxsize=256)
-def _file_sha256_at(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256_at(path: str, stamp: tuple[int, int, int]) -> str:
     return file_sha256(path)
 
 
 def file_checksum(path: str | Path) -> str:
-    """`file_sha256`, memoised on (path, size, mtime) for keys: a file rewritten in place is hashed again."""
-    st = os.stat(path)
-    return _file_sha256_at(str(path), st.st_size, st.st_mtime_ns)
+    """`file_sha256`, memoised on (path, size, mtime, ctime) for keys: a file rewritten in place is hashed again."""
+    return _file_sha256_at(str(path), _stamp(path))
 
 
 def weights_fingerprint(location: str) -> str:
@@ -60,9 +66,9 @@ def weights_fingerprint(location: str) -> str:
 
 def tree_state(folder: Path) -> tuple:
     """Every directory of a tree with its mtime: files added or removed change some directory's mtime;
-    and every tar shard's size and mtime, since a shard is often rewritten in place."""
+    and every tar shard's size, mtime and ctime, since a shard is often rewritten in place."""
     def shards(d: str, files: list[str]) -> tuple:
-        return tuple((f, st.st_size, st.st_mtime_ns) for f in sorted(files) if f.endswith(".tar")
+        return tuple((f, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f in sorted(files) if f.endswith(".tar")
                      for st in [os.stat(os.path.join(d, f))])
     return tuple((d, os.stat(d).st_mtime_ns, shards(d, fs)) for d, _, fs in sorted(os.walk(folder)))
 
@@ -84,38 +90,74 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+class TarMember(NamedTuple):
+    """One file of a tar: its name, the offset of its first header, its size and mtime, and for a
+    `.cls` member (a webdataset label) its bytes."""
+    name: str
+    offset: int
+    size: int
+    mtime: int
+    label: bytes | None
+
+
+#: Members whose bytes are read with the headers (and hashed with them): a webdataset's labels, small
+#: and edited in place without changing any header. At most LABEL_BYTES of each (a longer one is no label).
+LABEL_SUFFIX, LABEL_BYTES = ".cls", 1024
+
+
+class TruncatedTar(OSError):
+    """A tar that ends inside a member or without its end-of-archive blocks: cut short."""
+
+
+def _data(fd: int, block: bytes, offset: int, n: int) -> bytes:
+    """The first `n` bytes of the data of the header at `offset`; `block` holds its first 512."""
+    return block[512:512 + n] if n <= 512 else os.pread(fd, n, offset + 512)
+
+
 @lru_cache(maxsize=4096)
-def _tar_scan(path: str, size: int, mtime_ns: int) -> tuple[tuple[tuple[str, int, int, int], ...], str]:
-    """The members of a tar and the sha256 of all its headers (pax records included), in one pass."""
+def _tar_scan(path: str, stamp: tuple[int, int, int]) -> tuple[tuple[TarMember, ...], str]:
+    """The members of a tar and the sha256 of all its headers (pax records included) and labels, in one
+    pass that seeks over the other members' data."""
     import tarfile
 
     members, offset, start, extended, headers = [], 0, None, {}, hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
         while True:
-            header = os.pread(fd, 512, offset)
-            if len(header) < 512 or header == bytes(512):       # the end-of-archive blocks
+            block = os.pread(fd, 1024, offset)     # a header and the start of its data: one read for most
+            header = block[:512]
+            if header == bytes(512):       # the end-of-archive blocks
                 break
+            if len(header) < 512:
+                where = f"after {members[-1].name}" if members else "before its first member"
+                raise TruncatedTar(f"it ends {where}, without the end-of-archive blocks")
             if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
                 raise tarfile.ReadError(f"invalid tar header at byte {offset}")
             kind, length = header[156:157], _octal(header[124:136])
-            headers.update(header)
-            start = offset if start is None else start          # a member starts at its first header
-            if kind in (b"x", b"L"):     # pax extended header (webdataset writes one per member), GNU long name
-                data = os.pread(fd, length, offset + 512)
-                headers.update(data)
-                if kind == b"L":
-                    extended = {"path": data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
-                else:    # the header's own fields hold the rest (mtime to the second)
-                    extended = _pax_records(data) if b" path=" in data or b" size=" in data else {}
-            elif kind not in (b"g", b"K"):
+            extension = kind in (b"x", b"L", b"g", b"K")       # about the next member, or the archive
+            if not extension:
                 name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
                 if header[257:262] == b"ustar" and header[345:500].strip(b"\0"):
                     name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
-                length = int(extended.get("size", length))
+                name, length = extended.get("path", name), int(extended.get("size", length))
+            if offset + 512 + length > stamp[0]:
+                raise TruncatedTar(f"it ends inside {'an extended header' if extension else name} "
+                                   f"({stamp[0] - offset - 512} of its {length} bytes are there)")
+            headers.update(header)
+            start = offset if start is None else start          # a member starts at its first header
+            if kind in (b"x", b"L"):     # pax extended header (webdataset writes one per member), GNU long name
+                record = _data(fd, block, offset, length)
+                headers.update(record)
+                if kind == b"L":
+                    extended = {"path": record.rstrip(b"\0").decode("utf-8", "surrogateescape")}
+                else:    # the header's own fields hold the rest (mtime to the second)
+                    extended = _pax_records(record) if b" path=" in record or b" size=" in record else {}
+            elif not extension:
                 if kind in (b"0", b"\0", b"7"):
-                    members.append((extended.get("path", name), start, length,
-                                    int(float(extended.get("mtime", _octal(header[136:148]))))))
+                    label = _data(fd, block, offset, min(length, LABEL_BYTES)) if name.endswith(LABEL_SUFFIX) else None
+                    headers.update(label or b"")
+                    members.append(TarMember(name, start, length, int(float(extended.get("mtime", _octal(
+                        header[136:148])))), label))
                 start, extended = None, {}
             offset += 512 + -(-length // 512) * 512
     finally:
@@ -123,42 +165,51 @@ def _tar_scan(path: str, size: int, mtime_ns: int) -> tuple[tuple[tuple[str, int
     return tuple(members), headers.hexdigest()
 
 
-def tar_members(path: str | Path) -> tuple[tuple[str, int, int, int], ...]:
-    """(name, offset of its first header, size, mtime) of each file in an uncompressed tar, from the
-    headers alone (the data is skipped, not read; several times faster than `tarfile`), memoised on
-    (path, size, mtime). Raises `tarfile.ReadError` for what is not an uncompressed tar."""
-    st = os.stat(path)
-    return _tar_scan(str(path), st.st_size, st.st_mtime_ns)[0]
+def tar_members(path: str | Path) -> tuple[TarMember, ...]:
+    """Each file of an uncompressed tar, from the headers alone (the data is skipped, not read; several
+    times faster than `tarfile`; labels are read), memoised on (path, size, mtime, ctime). Raises
+    `TruncatedTar` for a tar cut short, `tarfile.ReadError` for what is not an uncompressed tar."""
+    return _tar_scan(str(path), _stamp(path))[0]
 
 
 def _tar_headers(path: str) -> str:
     """sha256 of a tar file's headers (names, sizes, times to the microsecond in webdataset's pax
-    records): a re-packed shard keeps its size (512-byte blocks) more often than its headers."""
+    records) and labels: a re-packed shard keeps its size (512-byte blocks) more often than its headers,
+    and a label edited in place keeps every header."""
     import tarfile
 
-    st = os.stat(path)
     try:
-        return _tar_scan(path, st.st_size, st.st_mtime_ns)[1]
-    except tarfile.TarError:
+        return _tar_scan(path, _stamp(path))[1]
+    except (tarfile.TarError, TruncatedTar):
         return "unreadable"    # the dataset reader says what is wrong with it
 
 
-@lru_cache(maxsize=64)
-def _tree_listing(folder: str, state: tuple) -> str:
+def _listing(folder: str, content: bool) -> str:
     entries = []
     for d, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             path = os.path.join(d, name)
-            st = os.stat(path)
-            entry = (os.path.relpath(path, folder), st.st_size)
-            entries.append((*entry, _tar_headers(path)) if name.endswith(".tar") else entry)
-    return "tree-sha256:" + digest(entries, 64)
+            entry = (os.path.relpath(path, folder), os.stat(path).st_size)
+            if content:
+                entries.append((*entry, file_checksum(path)))
+            else:
+                entries.append((*entry, _tar_headers(path)) if name.endswith(".tar") else entry)
+    return ("content-sha256:" if content else "tree-sha256:") + digest(entries, 64)
 
 
-def tree_fingerprint(folder: Path, state: tuple | None = None) -> str:
+@lru_cache(maxsize=64)
+def _tree_listing(folder: str, state: tuple) -> str:
+    return _listing(folder, content=False)
+
+
+def tree_fingerprint(folder: Path, state: tuple | None = None, content: bool = False) -> str:
     """The listing of an image tree (relative paths and sizes), not its bytes: adding, removing or
     renaming an image changes it, hashing every image of ImageNet on each command would not pay. A tar
-    shard (webdataset) also counts by its member headers. `state`: the tree's `tree_state`, if taken."""
+    shard (webdataset) also counts by its member headers and labels. `state`: the tree's `tree_state`,
+    if taken. With `content` (`[extract] content_hash`), every file also counts by the sha256 of its
+    bytes (an image rewritten in place with the same size is seen; docs/cache.md says what it costs)."""
+    if content:
+        return _listing(str(folder), content=True)
     return _tree_listing(str(folder), state or tree_state(Path(folder)))
 
 

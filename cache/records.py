@@ -4,6 +4,7 @@ travels without the images and later commands never walk the image tree (DESIGN.
     <cache_dir>/data/<dataset>.json
     {"schema": 1, "dataset": "inet", "root": "/data/imagenet",          # the root as configured, for people
      "splits": {"train": {"value": "tree-sha256:...", "state": {...}, "taken_ns": ...}},
+     "content": {"train": {"value": "content-sha256:...", ...}},           # with [extract] content_hash
      "classes": {"value": {"folders": [...]}, "state": {...}, "taken_ns": ...}}
 
 Each entry holds a value that is costly to measure (a split's listing fingerprint, a tree's class
@@ -63,12 +64,12 @@ def _unchanged(root: Path, entry: dict) -> bool:
     return True
 
 
-def _split_tree(split: str) -> Measure:
+def _split_tree(split: str, content: bool) -> Measure:
     def measure(root: Path) -> tuple[str, list[str]]:
         folder = keys.data_folder(str(root), split)
         state = keys.tree_state(folder)
-        paths = [d for d, _, _ in state] + [os.path.join(d, f) for d, _, shards in state for f, _, _ in shards]
-        return keys.tree_fingerprint(folder, state), [os.path.relpath(p, root) for p in paths]
+        paths = [d for d, _, _ in state] + [os.path.join(d, f) for d, _, shards in state for f, *_ in shards]
+        return keys.tree_fingerprint(folder, state, content), [os.path.relpath(p, root) for p in paths]
     return measure
 
 
@@ -83,15 +84,25 @@ def _class_folders(root: Path) -> tuple[dict, list[str]]:
 class DataRecord:
     """The record of one dataset (its `root` as configured) in one cache."""
 
-    def __init__(self, path: Path, dataset: str, root: str):
-        self.path, self.dataset, self.root = Path(path), dataset, root
+    def __init__(self, path: Path, dataset: str, root: str, content_hash: bool = False):
+        self.path, self.dataset, self.root, self.content_hash = Path(path), dataset, root, content_hash
+
+    def _split_entry(self, split: str) -> tuple[str, str]:
+        """Where a split's fingerprint is recorded: by listing, or with `content_hash` by the files' bytes
+        (each kind its own entry, so neither is ever taken for the other)."""
+        return ("content" if self.content_hash else "splits", split)
 
     def split_data(self, split: str, fresh: bool = False) -> str:
         """The fingerprint of a split's files: "" for a dataset without files, "missing" for a root that
         is absent here and was never recorded."""
         if not self.root:
             return ""
-        return self._value(("splits", split), _split_tree(split), fresh) or "missing"
+        return self._value(self._split_entry(split), _split_tree(split, self.content_hash), fresh) or "missing"
+
+    def recorded_split(self, split: str) -> str | None:
+        """The split's fingerprint as the last extraction recorded it (None: never), without measuring."""
+        entry = self._entry(self._split_entry(split))
+        return entry["value"] if entry else None
 
     def classes(self, fresh: bool = False) -> dict:
         """What of the files names the classes: the folders one and two levels under the root (an

@@ -263,6 +263,7 @@ class Subsets:
     jpeg_draft: bool = True          # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
     gpu_preprocess: bool = False     # CUDA: resize, crop and normalize on the GPU after a uint8 upload
     gpu_decode: bool = False         # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess
+    content_hash: bool = False       # the split's key holds every file's sha256, not only its listing (docs/cache.md)
 
     def fraction_of(self, ref: str) -> float:
         return float(self.split_fractions.get(ref, self.fraction))
@@ -305,7 +306,8 @@ class Project:
     def data_record(self, dataset: str) -> DataRecord:
         """What extraction saw of a dataset's files, recorded in the cache (`cache/records.py`): keys
         are found from it without walking the image tree, and without the images at all."""
-        return DataRecord(records.record_path(self.path("cache_dir"), dataset), dataset, self.dataset(dataset).root)
+        return DataRecord(records.record_path(self.path("cache_dir"), dataset), dataset, self.dataset(dataset).root,
+                          self.subsets.content_hash)
 
     def split_identity(self, dataset: str, split: str) -> dict:
         return self.dataset(dataset).identity(split, self.data_record(dataset))

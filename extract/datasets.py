@@ -217,15 +217,17 @@ def _webdataset(spec: dict, split: str) -> Split:
     `options.classnames_file` gives."""
     from .webdataset_kind import TarShards, find_shards
 
-    ds = TarShards(find_shards(spec["name"], spec.get("root", ""), split, _opts(spec)["shards"]))
+    shards = find_shards(spec["name"], spec.get("root", ""), split, _opts(spec)["shards"])
     if not _opts(spec).get("classnames_file"):
         path = Path(spec["root"]) / "classnames.txt"
         if not path.is_file():
             raise PipelineError(f"dataset {spec['name']!r}: no {path} (one class name a line, in label order); "
                                 f"write it or set options.classnames_file")
         spec = {**spec, "options": {**_opts(spec), "classnames_file": str(path)}}
-    # the labels are in the .cls members, so the class count comes from the names
-    return Split(ds, user_classnames(spec, None), groups=[int(s) for s in ds.starts[:-1]])
+    # the labels are in the .cls members, so the class count comes from the names, and checks them
+    names = user_classnames(spec, None)
+    ds = TarShards(shards, len(names))
+    return Split(ds, names, groups=[int(s) for s in ds.starts[:-1]])
 
 
 def _imported(spec: dict, split: str) -> Split:

@@ -30,7 +30,7 @@ from .decode import DevicePixels, decode_views, encoded_jpeg, first_resize, uint
 from .encoders import Encoder, build_encoder
 from .prompts import class_prompts, load_templates
 from .settings import ExtractCfg
-from .shards import batch_plan
+from .shards import batch_plan, run_sharded
 
 Say = Callable[[str], None]
 
@@ -279,6 +279,21 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
             w.close()
 
 
+def extract_range(project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str],
+                  items: tuple[int, int]) -> list[str]:
+    """One dask task of a sharded extraction (`shards.run_sharded`): build the encoders on this worker's
+    device and extract one range of the split's subset into the shard files `targets`."""
+    device = resolve_device(settings.device, "extract.device")
+    paths = {n: Path(p) for n, p in targets.items()}
+    with locks.holding(list(paths.values())):
+        todo = {n: p for n, p in paths.items() if not p.exists()}
+        if not todo:
+            return []
+        models = Models(project, device, say=lambda line: None)
+        return [str(p) for p in extract_split(project, settings, SplitJob(ref, todo, items), models, device,
+                                              progress=False)]
+
+
 def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Callable[[], tuple]]]:
     """(target, how to make its prompts) of every text file the extraction still lacks."""
     jobs = []
@@ -376,12 +391,17 @@ def _prepare(project: Project, settings: ExtractCfg, say: Say) -> None:
             open_split(ds.spec(), parse_ref(ref)[1])
 
 
-def _record_data(project: Project, settings: ExtractCfg) -> None:
+def _record_data(project: Project, settings: ExtractCfg, say: Say) -> None:
     """The data fingerprint is taken here, once, from the files, and recorded in the cache: later
-    commands find their files from the record, also where the images are not (`cache/records.py`)."""
+    commands find their files from the record, also where the images are not (`cache/records.py`).
+    A split whose files changed since the last extraction is said, with what showed it."""
     for ref in settings.splits:
         name, split = parse_ref(ref)
-        project.data_record(name).split_data(split, fresh=True)
+        record = project.data_record(name)
+        before = record.recorded_split(split)
+        if before not in (None, record.split_data(split, fresh=True)):
+            shown = "the bytes of its files (content_hash)" if record.content_hash else "the listing of its files"
+            say(f"{ref}: {shown} changed since the last extraction: its features are extracted anew")
     for name in dict.fromkeys(parse_ref(r)[0] for r in settings.splits):
         project.data_record(name).classes(fresh=True)
 
@@ -399,7 +419,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     if not settings.distributed:     # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
-    _record_data(project, settings)
+    _record_data(project, settings, say)
     names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
     jobs = []
     for ref in settings.splits:
@@ -413,8 +433,7 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
         jobs = [SplitJob(j.ref, {n: p for n, p in j.targets.items() if not p.exists()}) for j in jobs]
         jobs = [j for j in jobs if j.targets]
         if settings.distributed and jobs:
-            from .shards import run_sharded
-            written["features"] = run_sharded(project, settings, jobs, say)
+            written["features"] = run_sharded(project, settings, jobs, extract_range, say)
             jobs = []
         for job in jobs:
             written["features"] += extract_split(project, settings, job, models, device, progress, say)

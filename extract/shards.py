@@ -2,18 +2,21 @@
 per GPU worker; whole tar shards of a webdataset), each writing its own resumable shard file; the shards are then joined into the
 cache file with an HDF5 virtual dataset, without copying. A failed shard is re-run alone: finished
 shard files are skipped. Readers check that every shard is there and complete (`store.open_complete`).
+
+This module plans and joins; what a task runs is the runner's (`runner.extract_range`, handed in), so
+the runner imports this module and never the other way round.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from zoomshot.cache import layout, locks, store
-from zoomshot.cache.compute import resolve_device
+from zoomshot.cache import layout, store
 from zoomshot.cache.atomic import replacing
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.settings import Project, parse_ref
@@ -47,22 +50,6 @@ def shard_ranges(plan: list[tuple[int, int]], n_shards: int, cuts: list[int]) ->
     picked = sorted({0, n, *cuts_[np.abs(cuts_[None, :] - wanted[:, None]).argmin(1)].tolist()}) if n_shards > 1 \
         else [0, n]
     return [(a, b) for a, b in zip(picked, picked[1:]) if b > a]
-
-
-def extract_shard(project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str],
-                  items: tuple[int, int]) -> list[str]:
-    """One dask task: build the encoders on this worker's device and extract one range."""
-    from .runner import Models, SplitJob, extract_split
-
-    device = resolve_device(settings.device, "extract.device")
-    paths = {n: Path(p) for n, p in targets.items()}
-    with locks.holding(list(paths.values())):
-        todo = {n: p for n, p in paths.items() if not p.exists()}
-        if not todo:
-            return []
-        job = SplitJob(ref, todo, items)
-        models = Models(project, device, say=lambda line: None)
-        return [str(p) for p in extract_split(project, settings, job, models, device, progress=False)]
 
 
 def join(target: Path, shards: list[Path]) -> Path:
@@ -104,9 +91,16 @@ def anchored(project: Project) -> Project:
         k: absolute(v) for k, v in d.options.items()}) for d in project.datasets])
 
 
-def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -> list[Path]:
+#: A dask task: (project, settings, split ref, encoder name -> shard file, range of the subset) -> the
+#: shard files it wrote.
+ExtractRange = Callable[[Project, ExtractCfg, str, dict[str, str], tuple[int, int]], list[str]]
+
+
+def run_sharded(project: Project, settings: ExtractCfg, jobs: list, extract_range: ExtractRange,
+                say=print) -> list[Path]:
     """Extract every job's split on the dask cluster at `settings.scheduler` (or one started as
-    `settings.cluster` says), then join the shards (the caller holds the targets' locks)."""
+    `settings.cluster` says), one `extract_range` task per shard, then join the shards (the caller
+    holds the targets' locks)."""
     from dask.distributed import as_completed
 
     from zoomshot.cache.compute import client, dask_cluster
@@ -130,7 +124,7 @@ def run_sharded(project: Project, settings: ExtractCfg, jobs: list, say=print) -
             for i, items in enumerate(ranges):
                 targets = {n: str(parts[t][i]) for n, t in job.targets.items()}
                 plan.append((job, targets, items))
-        futures = {c.submit(extract_shard, anchored(project), settings, job.ref, targets, items, pure=False,
+        futures = {c.submit(extract_range, anchored(project), settings, job.ref, targets, items, pure=False,
                             resources=workers.resources or None): job
                    for job, targets, items in plan}
         failed = []

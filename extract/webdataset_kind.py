@@ -1,7 +1,7 @@
 """The `webdataset` dataset kind: local tar shards in the layout CLIP_benchmark and clip-retrieval use,
 
     <root>/<split>/0.tar, 1.tar, ...   samples <key>.jpg|jpeg|png|webp + <key>.cls (the label, an integer)
-    <root>/<split>/nshards.txt         optional: the number of shards (one it counts that is missing: an error)
+    <root>/<split>/nshards.txt         optional: the number of shards (as CLIP_benchmark reads it)
     <root>/classnames.txt              one class name a line, in label order
 
 or any brace pattern under `root` (`options.shards = "{split}-{000..099}.tar"`).
@@ -12,6 +12,12 @@ and sample i is read by seeking to its first header and handing the stream to we
 iterator and key grouping: the same samples, keys and bytes as `webdataset.WebDataset` streams. Item i
 is the i-th sample in shard order; `Split.groups` holds where each shard starts, so batches and dask
 shards never cross a tar file (a worker reads whole tar shards).
+
+Shards are checked like files before anything is extracted, each problem one line naming the shard
+(and sample): a shard missing from its sequence, from a brace pattern or from what `nshards.txt`
+counts (or one it does not count), a shard cut short, a sample without a label or image, a label that
+is not a class index (read with the headers, not with the images). A corrupt image is a bad image
+(`on_bad_image`), named `<shard>:<key>`.
 """
 from __future__ import annotations
 
@@ -28,16 +34,17 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.keys import tar_members
+from zoomshot.cache.keys import TruncatedTar, tar_members
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """Where each sample of one tar file starts and how many members it has."""
+    """Where each sample of one tar file starts, how many members it has, and its label."""
     offsets: tuple[int, ...]
     members: tuple[int, ...]
+    labels: tuple[int, ...]
 
 
 def _meta(name: str) -> bool:
@@ -45,28 +52,42 @@ def _meta(name: str) -> bool:
     return bool(re.match(r"__[^/]*__($|/)", name))
 
 
-def _index(path: Path) -> ShardIndex:
+def _index(path: Path, n_classes: int) -> ShardIndex:
     from webdataset.tariterators import base_plus_ext
 
-    offsets, members, suffixes, key = [], [], [], None
+    offsets, members, labels, suffixes, key = [], [], [], [], None
     try:
         listing = tar_members(path)
+    except TruncatedTar as e:
+        raise PipelineError(f"tar shard {path.name} is truncated: {e}; copy or write it again") from None
     except tarfile.ReadError as e:
         raise PipelineError(f"{path.name} is not a readable uncompressed tar shard ({e}): write the "
                             f"shards as plain .tar files") from None
-    for name, offset, _, _ in listing:
-        prefix, suffix = base_plus_ext(name)
-        if _meta(name) or prefix is None:
+    for m in listing:
+        prefix, suffix = base_plus_ext(m.name)
+        if _meta(m.name) or prefix is None:
             continue
         if prefix != key:
             _check_sample(path, key, suffixes)
             key, suffixes = prefix, []
-            offsets.append(offset)
+            offsets.append(m.offset)
             members.append(0)
+            labels.append(None)
         members[-1] += 1
         suffixes.append(suffix.lower())
+        if suffix.lower() == "cls":
+            labels[-1] = _label(path, key, m.label, n_classes)
     _check_sample(path, key, suffixes)
-    return ShardIndex(tuple(offsets), tuple(members))
+    return ShardIndex(tuple(offsets), tuple(members), tuple(labels))
+
+
+def _label(path: Path, key: str, data: bytes, n_classes: int) -> int:
+    """A sample's `.cls`: a class index, 0 to n_classes - 1 (as webdataset writes it: the decimal digits)."""
+    text = data.decode("utf-8", "replace").strip()
+    if not re.fullmatch(r"[+-]?\d+", text) or not 0 <= int(text) < n_classes:
+        raise PipelineError(f"{path.name}:{key}: its .cls is {text[:20]!r}, not a class index 0..{n_classes - 1} "
+                            f"(the dataset has {n_classes} class names): fix the label or the class names")
+    return int(text)
 
 
 def _check_sample(path: Path, key: str | None, suffixes: list[str]) -> None:
@@ -83,9 +104,40 @@ def _natural(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
+def _gap(paths: list[Path]) -> str | None:
+    """The first name missing from a numbered sequence of shards (`3.tar` between `2.tar` and
+    `4.tar`, zero-padded names alike), or None: names that form no one sequence are left as they are."""
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", p.name) for p in paths]
+    if not all(parts) or len({(m[1], m[3]) for m in parts}) != 1:
+        return None
+    numbers = sorted(int(m[2]) for m in parts)
+    width = len(parts[0][2]) if len({len(m[2]) for m in parts}) == 1 else 0
+    return next((f"{parts[0][1]}{n + 1:0{width}d}{parts[0][3]}" for n, after in zip(numbers, numbers[1:])
+                 if after != n + 1), None)
+
+
+def _counted(name: str, folder: Path, paths: list[Path]) -> list[Path]:
+    """The shards `nshards.txt` counts (`0.tar` .. `<n-1>.tar`, as CLIP_benchmark reads them): every one
+    there and no other."""
+    counted = folder / "nshards.txt"
+    text = counted.read_text().strip()
+    if not text.isdigit():
+        raise PipelineError(f"dataset {name!r}: {counted} holds {text[:20]!r}, not a number of shards: write the "
+                            f"number of .tar files in {folder}")
+    expected = [folder / f"{i}.tar" for i in range(int(text))]
+    if lost := [p.name for p in expected if not p.is_file()]:
+        raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {len(lost)} missing "
+                            f"(first: {lost[0]})")
+    if extra := sorted({p.name for p in paths} - {p.name for p in expected}, key=lambda n: _natural(Path(n))):
+        raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {folder} holds "
+                            f"{len(extra)} more (first: {extra[0]}): fix the count or move them away")
+    return expected
+
+
 def find_shards(name: str, root: str, split: str, pattern: str) -> list[Path]:
     """The split's tar shards: `pattern` (braces expanded by webdataset, `{split}` filled in) under
-    `root`, or every `.tar` of `<root>/<split>` in numeric order, checked against its `nshards.txt`."""
+    `root`, or every `.tar` of `<root>/<split>` in numeric order, checked against its `nshards.txt`
+    and for a gap in their numbers."""
     from webdataset.shardlists import expand_urls
 
     if not root:
@@ -105,22 +157,21 @@ def find_shards(name: str, root: str, split: str, pattern: str) -> list[Path]:
     paths = sorted(folder.glob("*.tar"), key=_natural)
     if not paths:
         raise PipelineError(f"dataset {name!r}: no .tar shards in {folder}")
-    counted = folder / "nshards.txt"
-    if counted.is_file():
-        expected = [folder / f"{i}.tar" for i in range(int(counted.read_text().split()[0]))]
-        if lost := [p.name for p in expected if not p.is_file()]:
-            raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {len(lost)} missing "
-                                f"(first: {lost[0]})")
-        paths = expected
+    if (folder / "nshards.txt").is_file():
+        return _counted(name, folder, paths)
+    if lost := _gap(paths):
+        raise PipelineError(f"dataset {name!r}: shard {folder / lost} is missing from the sequence "
+                            f"{paths[0].name} .. {paths[-1].name}: restore it, or list the shards in "
+                            f"options.shards (a brace pattern)")
     return paths
 
 
 class TarShards(Dataset):
     """Samples of local tar shards as (lazily decoded PIL image, label); item i is the i-th sample."""
 
-    def __init__(self, shards: list[Path]):
+    def __init__(self, shards: list[Path], n_classes: int):
         self.shards = [str(p) for p in shards]
-        self.index = [_index(Path(p)) for p in shards]
+        self.index = [_index(Path(p), n_classes) for p in shards]
         self.starts = np.cumsum([0] + [len(ix.offsets) for ix in self.index])
         self._file: tuple[int, int, object] | None = None    # (process, shard, open file)
 
@@ -158,8 +209,5 @@ class TarShards(Dataset):
     def __getitem__(self, i: int):
         s = self.sample(i)
         image = next(s[e] for e in IMAGE_EXTENSIONS if e in s)
-        try:
-            label = int(s["cls"].decode().strip())
-        except ValueError:
-            raise ValueError(f"sample {s['__key__']!r} has a .cls that is not an integer: {s['cls'][:20]!r}") from None
-        return Image.open(io.BytesIO(image)), label
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return Image.open(io.BytesIO(image)), self.index[shard].labels[i - int(self.starts[shard])]

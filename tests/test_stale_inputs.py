@@ -1,7 +1,9 @@
 """Every cached number is the one its settings ask for: keys and run names are content, not place;
 what changed on disk (weights, class names, images, feature or run files) is noticed; damaged files
 are one line each and the rest goes on; interrupted or failed extractions recover."""
+import io
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -240,3 +242,57 @@ def test_resuming_with_other_settings_starts_again(tmp_path):
     assert again.stdout.count("again: its settings differ (batch_size: 32 -> 16)") == 2, again.stdout
     inproc(whole, "extract", "--no-progress", "--batch-size", "16")
     assert feature_rows(killed) == feature_rows(whole)
+
+
+# ------------------------------------------------- [extract] content_hash: images rewritten in place
+CONTENT_CONFIG = PATHS + CLIP.format(templates="shapes") + """
+[[datasets]]
+name = "mine"
+kind = "imagefolder"
+root = "data"
+
+[extract]
+splits = ["mine:train"]
+batch_size = 4
+device = "cpu"
+num_workers = 0
+content_hash = {content_hash}
+"""
+
+
+@pytest.mark.parametrize("content_hash", [True, False])
+def test_an_image_rewritten_in_place_is_stale_only_with_content_hash(tmp_path, content_hash):
+    """One image rewritten with other pixels and the same byte size (uncompressed PNG), its mtime set back:
+    no directory changes. With content_hash the next extraction says why and extracts anew; without, the
+    listing is the same and everything is cached (the trade-off docs/cache.md states)."""
+    from PIL import Image
+
+    from zoomshot.extract.world import ShapesWorld
+
+    world = ShapesWorld("train", size=8, seed=0)
+    for i in range(6):
+        (tmp_path / "data/train" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        world.image(i).save(tmp_path / "data/train" / "ab"[i % 2] / f"{i}.png", compress_level=0)
+    (tmp_path / "pipeline.toml").write_text(CONTENT_CONFIG.format(content_hash=str(content_hash).lower()))
+    inproc(tmp_path, "extract", "--no-progress")
+    image = tmp_path / "data/train/a/0.png"
+    st, other = image.stat(), io.BytesIO()
+    Image.fromarray(255 - np.asarray(world.image(0))).save(other, format="PNG", compress_level=0)
+    assert len(other.getvalue()) == st.st_size and other.getvalue() != image.read_bytes()
+    with image.open("r+b") as f:         # in place: the same file, no directory entry changes
+        f.write(other.getvalue())
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = pipeline(tmp_path, "extract", "--no-progress")
+    if content_hash:
+        assert "mine:train: the bytes of its files (content_hash) changed since the last extraction: its " \
+               "features are extracted anew" in proc.stdout and "1 cache file(s) written" in proc.stdout, proc.stdout
+    else:
+        assert "everything was cached already" in proc.stdout and "changed" not in proc.stdout, proc.stdout
+
+
+def test_a_bad_content_hash_setting_is_one_line(tmp_path):
+    (tmp_path / "pipeline.toml").write_text(CONTENT_CONFIG.format(content_hash='"yes"'))
+    proc = pipeline(tmp_path, "extract", "--no-progress", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "content_hash" in lines[0] and "Traceback" not in proc.stderr, \
+        proc.stderr

@@ -3,6 +3,7 @@ the same images in an ImageFolder tree, the same samples as webdataset's own rea
 kill at a known batch, whole tar shards per dask worker, content keys, and bad input as one line."""
 import io
 import json
+import os
 import signal
 import tarfile
 
@@ -12,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from helpers import CLIP, CNN, PATHS, Stopped, inproc, run_main, write_config
+from helpers import CLIP, CNN, PATHS, Stopped, inproc, pipeline, run_main, write_config
 
 CLASSES = ["cat", "owl", "red fox"]   # the sorted order of ImageFolder's class folders
 PER_CLASS = 7
@@ -273,7 +274,10 @@ def test_a_corrupt_image_in_a_shard_is_skipped_or_fatal(tmp_path):
     code, _, err = run_main(tmp_path, "extract", "--no-progress", "--on-bad-image", "fail")
     assert code == 2 and "unreadable image 1.tar:s00010 in wds:train" in err and "Traceback" not in err
     assert not list((tmp_path / "out/cache/features").glob("*.h5"))
-    inproc(tmp_path, "extract", "--no-progress")
+    proc = pipeline(tmp_path, "extract", "--no-progress")
+    skipped = [ln for ln in proc.stdout.splitlines() if "skipped" in ln]
+    assert skipped == [ln for ln in skipped if ln.startswith("wds:train: skipped 1 unreadable image(s) for every "
+                                                             "encoder: 1.tar:s00010 (")] and len(skipped) == 1
     files = read(tmp_path, "wds")
     for f in files.values():
         assert 10 not in f["index"] and len(f["index"]) == 20 and json.loads(f["attrs"]["bad_items"]) == [10]
@@ -302,3 +306,115 @@ def test_the_documented_cluster_example_runs(tmp_path):
     assert set(files) == {"clip", "cnn"}
     for enc, f in files.items():
         assert f["index"].tolist() == list(range(21)) and len(json.loads(f["attrs"]["shards"])) == 2
+
+
+# ---- shards checked like files: each wrong way one line and exit 2 from the real CLI, in a subprocess ----
+def _cut(path, size):
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+
+
+def _member(shard, name):
+    """(offset of the data, size) of member `name` of a tar."""
+    with tarfile.open(shard) as tf:
+        info = tf.getmember(name)
+        return info.offset_data, info.size
+
+
+def _edit_in_place(path, offset, data):
+    """Overwrite bytes of a file in place and set its times back: the same size, the same mtime."""
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("cut inside an image", "tar shard 1.tar is truncated: it ends inside s00011.jpg (100 of its "),
+    ("cut between samples", "tar shard 1.tar is truncated: it ends after s00011.jpg, without the end-of-archive"),
+    ("missing from a brace pattern", "1 of the 3 shards of options.shards = '{split}-{000000..000002}.tar' are "
+                                     "missing (first: "),
+    ("missing from the sequence", "shard shards/train/1.tar is missing from the sequence 0.tar .. 2.tar"),
+    ("nshards.txt counts more", "nshards.txt says 4 shards, 1 missing (first: 3.tar)"),
+    ("nshards.txt counts fewer", "nshards.txt says 2 shards, "),
+    ("nshards.txt is no number", "nshards.txt holds 'three', not a number of shards"),
+    ("label not an integer", "1.tar:s00009: its .cls is 'owl', not a class index 0..2"),
+    ("negative label", "1.tar:s00009: its .cls is '-1', not a class index 0..2"),
+    ("label beyond the classes", "1.tar:s00009: its .cls is '3', not a class index 0..2 (the dataset has 3 class "
+                                 "names)"),
+])
+def test_bad_shards_from_the_cli_are_one_line_and_exit_2(tmp_path, case, expected):
+    make_data(tmp_path)                      # shards 0.tar, 1.tar, 2.tar of 8, 8, 5 samples
+    config(tmp_path, splits=("wds:train",))
+    shards = tmp_path / "shards/train"
+    if case == "cut inside an image":
+        _cut(shards / "1.tar", _member(shards / "1.tar", "s00011.jpg")[0] + 100)
+    elif case == "cut between samples":
+        offset, size = _member(shards / "1.tar", "s00011.jpg")
+        _cut(shards / "1.tar", offset + -(-size // 512) * 512)
+    elif case == "missing from a brace pattern":
+        for i in range(3):
+            (shards / f"{i}.tar").rename(tmp_path / f"shards/train-{i:06d}.tar")
+        (tmp_path / "shards/train-000001.tar").unlink()
+        config(tmp_path, splits=("wds:train",), options="{ shards = \"{split}-{000000..000002}.tar\" }")
+    elif case == "missing from the sequence":
+        (shards / "1.tar").unlink()
+    elif case.startswith("nshards.txt"):
+        (shards / "nshards.txt").write_text({"counts more": "4\n", "counts fewer": "2\n",
+                                             "is no number": "three\n"}[case.removeprefix("nshards.txt ")])
+    else:
+        label = {"label not an integer": b"owl", "negative label": b"-1", "label beyond the classes": b"3"}[case]
+        with tarfile.open(shards / "1.tar") as tf:
+            members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]
+        _tar(shards / "1.tar", [(n, label if n == "s00009.cls" else d) for n, d in members])
+    proc = pipeline(tmp_path, "extract", "--no-progress", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (proc.stdout, proc.stderr)
+    assert not list((tmp_path / "out/cache/features").glob("*.h5"))
+
+
+def test_a_truncated_shard_loses_nothing_already_cached(tmp_path):
+    make_data(tmp_path)
+    config(tmp_path, splits=("wds:train",))
+    inproc(tmp_path, "extract", "--no-progress")
+    cached = {p: p.read_bytes() for p in (tmp_path / "out/cache").rglob("*.h5")}
+    _cut(tmp_path / "shards/train/2.tar", 3000)
+    proc = pipeline(tmp_path, "extract", "--no-progress", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: tar shard 2.tar is truncated: it ends "), \
+        proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "out/cache").rglob("*.h5")} == cached
+
+
+def test_a_label_changed_in_place_is_a_new_input(tmp_path):
+    """One .cls byte rewritten inside a tar: the same size, the same headers, the same mtime."""
+    make_data(tmp_path)
+    config(tmp_path, splits=("wds:train",))
+    inproc(tmp_path, "extract", "--no-progress")
+    shard = tmp_path / "shards/train/1.tar"
+    offset, size = _member(shard, "s00009.cls")
+    assert shard.read_bytes()[offset:offset + size] == b"1"
+    _edit_in_place(shard, offset, b"2")
+    proc = pipeline(tmp_path, "extract", "--no-progress")
+    assert "wds:train: the listing of its files changed since the last extraction" in proc.stdout, proc.stdout
+    assert "2 cache file(s) written" in proc.stdout, proc.stdout
+    newest = max((tmp_path / "out/cache/features").glob("wds_train_cnn_*.h5"), key=lambda p: p.stat().st_mtime_ns)
+    with h5py.File(newest) as f:
+        labels = f["labels"][:]
+    assert len(labels) == 3 * PER_CLASS and labels[9] == 2 and labels[8] == 1
+
+
+def test_the_fingerprint_of_shards_holds_their_labels_and_with_content_hash_their_bytes(tmp_path):
+    from zoomshot.cache import keys
+
+    make_data(tmp_path)
+    folder, shard = tmp_path / "shards/train", tmp_path / "shards/train/1.tar"
+    before = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    offset, size = _member(shard, "s00010.jpg")
+    _edit_in_place(shard, offset + size // 2, bytes([shard.read_bytes()[offset + size // 2] ^ 0xFF]))
+    image = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    assert image[False] == before[False] and image[True] != before[True]    # an image's bytes: content_hash only
+    _edit_in_place(shard, _member(shard, "s00009.cls")[0], b"0")
+    label = {c: keys.tree_fingerprint(folder, content=c) for c in (False, True)}
+    assert label[False] != image[False] and label[True] != image[True]      # a label: either way
