@@ -28,6 +28,7 @@ def _imported_by(folder, *args: str) -> tuple[int, str, list[str]]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["evaluate", "--help"], ["rehearse", "--help"],
+                                  ["runs", "--help"],
                                   ["list", "datasets"], ["list", "adapters"], ["list", "metrics"],
                                   ["list", "presets"], ["list", "encoders"]])
 def test_help_and_list_import_nothing_heavy(tmp_path, args):
