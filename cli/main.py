@@ -154,7 +154,7 @@ def do_evaluate(cfg: Config, progress: bool = True) -> int:
     if ev.adapters:
         adapted = run_adapters(project, ev, runs, lambda path, result: click.echo(summary_line(result)), say=say)
         click.echo(f"evaluate: {len(adapted.written)} adapter result file(s) written "
-                   f"({', '.join(ev.adapters)}; support {ev.support})")
+                   f"({', '.join(ev.adapters)}; support {', '.join(ev.supports)})")
         skipped += adapted.skipped
     return skipped
 

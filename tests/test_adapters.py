@@ -156,17 +156,38 @@ def test_support_set_is_rendered_from_the_class_name_alone():
     assert np.array_equal(split.dataset.labels(), np.repeat(np.arange(64), 3))
     img, label = split.dataset[3 * W.CLASSNAMES.index("red triangle") + 2]
     assert label == W.CLASSNAMES.index("red triangle")
-    again = W.render_from_classname("red triangle", seed=1, index=2)
+    again = W.render_from_classname("red triangle", seed=1, index=2, style="sketch")   # sketch by default
     assert np.array_equal(np.asarray(img), np.asarray(again))                          # seeded, addressable
-    assert not np.array_equal(np.asarray(again), np.asarray(W.render_from_classname("red triangle", 1, 3)))
-    pixels = np.asarray(again).reshape(-1, 3).astype(int)
-    red = np.abs(pixels - np.array(W.COLOUR_RGB["red"])).max(axis=1) <= 12           # the shape, jittered
-    assert 0.02 < red.mean() < 0.6
+    assert not np.array_equal(np.asarray(again), np.asarray(W.render_from_classname("red triangle", 1, 3, 64, "sketch")))
+    photo = open_split({"name": "sus", "kind": "shapes-support", "options": {"per_class": 3, "seed": 1, "style": "photo"}},
+                       "train").dataset[3 * W.CLASSNAMES.index("red triangle") + 2][0]
+    assert np.array_equal(np.asarray(photo), np.asarray(W.render_from_classname("red triangle", 1, 2)))
+    for image in (again, photo):
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        red = np.abs(pixels - np.array(W.COLOUR_RGB["red"])).max(axis=1) <= 12       # the shape, jittered
+        assert 0.02 < red.mean() < 0.6
     assert W.classname_factors("a Blue  hexagon") == (W.COLOURS.index("blue"), W.SHAPES.index("hexagon"))
     with pytest.raises(ValueError):
         W.render_from_classname("red or blue triangle", 0, 0)
     with pytest.raises(PipelineError, match="only the split 'train'"):
         open_split({"name": "sus", "kind": "shapes-support", "options": {}}, "test")
+
+
+def test_in_distribution_shots_are_the_first_images_of_each_class_of_the_train_split():
+    from zoomshot.extract import world as W
+    from zoomshot.extract.datasets import open_split
+
+    shots = open_split({"name": "k", "kind": "shapes-shots", "options": {"per_class": 2, "seed": 3}}, "train").dataset
+    assert len(shots) == 128 and np.array_equal(shots.labels(), np.repeat(np.arange(64), 2))
+    train = W.ShapesWorld("train", 2000, seed=3)
+    labels = train.labels()
+    for c in (0, 17, 63):
+        first = np.flatnonzero(labels == c)[:2]
+        for k, i in enumerate(first):
+            img, label = shots[2 * c + k]
+            assert label == c and np.array_equal(np.asarray(img), np.asarray(train[int(i)][0]))   # the same image
+    with pytest.raises(PipelineError, match="only the split 'train'"):
+        open_split({"name": "k", "kind": "shapes-shots", "options": {}}, "test")
 
 
 # ------------------------------------------------------------------- a synthetic world, known answer
@@ -217,7 +238,8 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.C
         "paths": {k: str(folder / k) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},
         "clip": {"name": "clip", "model": "imported"},
         "encoders": [{"name": "enc", "model": "imported"}],
-        "datasets": [{"name": "syn", "kind": "imported"}, {"name": "sus", "kind": "imported"}],
+        "datasets": [{"name": "syn", "kind": "imported"}, {"name": "sus", "kind": "imported"},
+                     {"name": "sus2", "kind": "imported"}],
         "evaluate": {"test": ["syn:test"], "adapters": ["tip-adapter", "tip-x"], "support": "sus:train",
                      "chunk_rows": 150}})
     text, (sup, sy), (test, ty) = _world(0)
@@ -227,7 +249,8 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.C
         labels = np.random.default_rng(9).permutation(labels)
     mix = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))[0]
     for enc, fn in (("clip", lambda x: x), ("enc", lambda x: x @ mix)):     # enc = a rotation of CLIP
-        for ds, split, feats, lab in (("syn", "test", test, labels), ("sus", "train", sup, sy.numpy())):
+        for ds, split, feats, lab in (("syn", "test", test, labels), ("sus", "train", sup, sy.numpy()),
+                                      ("sus2", "train", sup[::2], sy.numpy()[::2])):
             target = layout.feature_path(cfg.project, enc, f"{ds}:{split}")
             if target.exists():
                 target.unlink()
@@ -307,8 +330,46 @@ def test_shots_write_their_own_files_and_variants(tmp_path):
     cfg.evaluate.shots, cfg.evaluate.adapters = 2, ["tip-x"]
     (path,) = _adapt(cfg, with_runs=False)
     r = json.loads(path.read_text())
-    assert path.name == "syn-test+tip-x-2shot.json" and r["variant"] == "clip+tip-x-2shot"
+    assert path.name == "syn-test+tip-x-2shot@sus-train.json" and r["variant"] == "clip+tip-x-2shot (support sus:train)"
     assert r["shots"] == 2 and r["support_size"] == 16 and r["val_size"] == 64 and r["method"] == "tip-x"
+
+
+def test_each_support_set_makes_its_own_labelled_rows(tmp_path):
+    """Two support sets: their own files, variants that name them, and two rows under each variant in
+    the report's table (one adapter, two support sets must not share a row)."""
+    from zoomshot.evaluate.report import summary_rows
+    from zoomshot.evaluate.tables import ADAPTED, build_tables, to_markdown
+
+    cfg = _synthetic_cache(tmp_path)
+    cfg.evaluate.support, cfg.evaluate.adapters = ["sus:train", "sus2:train"], ["tip-x"]
+    written = _adapt(cfg)
+    results = [json.loads(p.read_text()) for p in written]
+    assert sorted(p.name for p in written) == ["syn-test+tip-x@sus-train.json", "syn-test+tip-x@sus-train.json",
+                                               "syn-test+tip-x@sus2-train.json", "syn-test+tip-x@sus2-train.json"]
+    assert {(r["variant"], r["support_size"]) for r in results} == {
+        ("clip+tip-x (support sus:train)", 64), ("clip+tip-x (support sus2:train)", 32),
+        ("lstsq+tip-x (support sus:train)", 64), ("lstsq+tip-x (support sus2:train)", 32)}
+    zero_shot = {**results[0], "method": "lstsq", "variant": "lstsq", "run": "run0", "encoder": "enc",
+                 "fraction": 1.0, "epochs": None, "seed": 0}
+    for key in ("base_variant", "support", "support_label", "hparams"):
+        zero_shot.pop(key)
+    table = to_markdown(next(iter(build_tables(summary_rows([*results, zero_shot])).values())))
+    labels = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ↳")]
+    assert sorted(labels) == sorted([f"{ADAPTED}tip-x (support {s}:train)" for s in ("sus", "sus2")] * 2), table
+    cfg.evaluate.support = ["sus:train", "sus:train"]
+    with pytest.raises(PipelineError, match="both labelled"):
+        _adapt(cfg)
+
+
+def test_support_labels_say_what_each_world_support_set_is():
+    data = shipped_config()
+    project = config.from_dict(data).project
+    assert adaptation.support_label(project, "shapes-sus:train") == "name-only support"
+    assert adaptation.support_label(project, "shapes-shots:train") == "16-shot, in-distribution"
+    assert adaptation.support_label(project, "shapes:train") == "support shapes:train"
+    data["datasets"][1]["options"]["style"] = "photo"
+    assert adaptation.support_label(config.from_dict(data).project, "shapes-sus:train") == \
+        "name-only support, photo style"
 
 
 # ------------------------------------------------------------------------ the default world, end to end
