@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from world import SKETCH_TRAIN, World, append_result, arguments, extract, mean_std, pct
 
 from zoomshot.fit.presets import PRESETS
@@ -183,13 +184,29 @@ def claim_5(c: Claims, preset: str, fractions: tuple[float, ...]) -> None:
 
 def run(world: World, seeds: list[int]) -> Claims:
     c = Claims(world, seeds)
-    for preset in PRESETS:
-        claim_1(c, preset, (0.01, 0.2))
-        claim_2(c, preset, (0.01, 0.2))
-        claim_3(c, preset, 0.01, 0.2)
-        claim_4(c, preset, 1.0)
-        claim_5(c, preset, (0.01, 0.05, 0.2, 0.5, 1.0))
+    for claim, args in ((claim_1, ((0.01, 0.2),)), (claim_2, ((0.01, 0.2),)), (claim_3, (0.01, 0.2)),
+                        (claim_4, (1.0,)), (claim_5, ((0.01, 0.05, 0.2, 0.5, 1.0),))):
+        for preset in PRESETS:
+            claim(c, preset, *args)
     return c
+
+
+def style_gap(world: World) -> dict[str, float]:
+    """How far apart the two styles are for CLIP: its zero-shot top-1 on each style's training images,
+    and the mean over classes of the cosine between a class's mean CLIP feature in one style and in the
+    other (beside the same cosine between different classes of one style, for scale)."""
+    clip = world.project.clip.name
+    means = {}
+    for ref in (TRAIN, SKETCH_TRAIN):
+        ff = world.features(clip, ref)
+        x, y = F.normalize(torch.from_numpy(ff.features), dim=-1), torch.from_numpy(ff.labels)
+        means[ref] = F.normalize(torch.stack([x[y == k].mean(0) for k in range(len(world.classes.emb))]), dim=-1)
+    cross = means[TRAIN] @ means[TRAIN].T
+    off = ~torch.eye(len(cross), dtype=torch.bool)
+    return {"clip_top1_test_style": world.top1(None, "cnn", TRAIN),
+            "clip_top1_sketch": world.top1(None, "cnn", SKETCH_TRAIN),
+            "same_class_cosine": float((means[TRAIN] * means[SKETCH_TRAIN]).sum(-1).mean()),
+            "other_class_cosine": float(cross[off].mean())}
 
 
 def run_absolute(world: World, seeds: list[int]) -> Claims:
@@ -212,10 +229,17 @@ def main() -> None:
                               sketch_train=0 if args.absolute else train))
         print(f"CLIP zero-shot top-1 on the test split: {100 * world.top1(None, 'cnn'):.1f} %; {train:,} training "
               f"images a style, seeds {seeds}; extracted in {time.perf_counter() - start:.0f} s", flush=True)
+        gap = {} if args.absolute else style_gap(world)
+        if gap:
+            print(f"the two styles for CLIP: zero-shot top-1 {100 * gap['clip_top1_test_style']:.1f} % on the test "
+                  f"style's training images, {100 * gap['clip_top1_sketch']:.1f} % on the sketch style's; a class's "
+                  f"mean features in the two styles: cosine {gap['same_class_cosine']:.3f} (two classes of one "
+                  f"style: {gap['other_class_cosine']:.3f})", flush=True)
         claims = (run_absolute if args.absolute else run)(world, seeds)
     print("\n" + "\n".join(claims.rows))    # the table of docs/method.md
     print(f"\n{time.perf_counter() - start:.0f} s in all")
     append_result("claims", {"quick": args.quick, "absolute": args.absolute, "train": train, "seeds": seeds,
+                             "style_gap": gap,
                              "claims": claims.numbers, "aligner_epochs": claims.aligner_epochs,
                              "lines": claims.lines})
 

@@ -104,15 +104,16 @@ def _records(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dic
             if math.isnan(mean):
                 continue
             out.append({"encoder": WILDCARD if r["teacher"] else r["encoder"], "dataset": r["dataset"],
-                        "variant": (r["base_variant"], _adapter_label(r)), "fraction": r["fraction"],
+                        "variant": (r["base_variant"], adapter_label(r)), "fraction": r["fraction"],
                         "epochs": r["epochs"], "metric": metric, "kind": _kind(r, methods),
                         "cell": Cell(mean, r[f"{metric}_std"], r["n_seeds"])})
     return out
 
 
-def _adapter_label(row: dict[str, Any]) -> str | None:
-    """An adapter row's label: its variant less the adapted one ('tip-x (name-only support)'), so that
-    one adapter with two support sets makes two rows; None for a zero-shot row."""
+def adapter_label(row: dict[str, Any]) -> str | None:
+    """A summary row's adapter with its support set: its variant less the adapted one ('tip-x (name-only
+    support)'), so that one adapter with two support sets makes two rows (and two figures); None for a
+    zero-shot row."""
     if row["adapter"] is None:
         return None
     return row["variant"].removeprefix(f"{row['base_variant']}+")
