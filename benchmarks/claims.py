@@ -12,7 +12,7 @@ trained until its objective stops falling, and with `lstsq` (the same map, close
 terms). Claim 3 compares 1 % of the world for 20 epochs with 20 % for 1 epoch; `--absolute` runs it alone
 at the paper's row counts (12,800 x 20 epochs against 256,000 x 1, on a world of 256,000 training images).
 Claim 4 trains on the test images' style, on the sketch style and on half of each, at equal rows.
-`--quick`: 10,000 training images a style, 3 seeds (25,024 images to extract, then about 250 fits).
+`--quick`: 10,000 training images a style, 3 seeds (23,024 images to extract, then about 250 fits).
 """
 from __future__ import annotations
 
