@@ -34,21 +34,31 @@ from zoomshot.fit.methods import fit_method  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def extract(work: Path, train: int, test: int, per_class: int, encoders: Iterable[str] = ("cnn", "vit")) -> Config:
-    """The world (train / test splits and a name-only support set of `per_class` images a class)
-    extracted into `work` with CLIP and `encoders`; returns the config."""
+#: a training split of the world in its second style (`extract/world.py` STYLES), of other images (seed 1)
+SKETCH_TRAIN = "shapes-sketch:train"
+
+
+def extract(work: Path, train: int, test: int, per_class: int, encoders: Iterable[str] = ("cnn", "vit"),
+            sketch_train: int = 0) -> Config:
+    """The world (train / test splits and a name-only support set of `per_class` images a class, in the
+    sketch style) extracted into `work` with CLIP and `encoders`, and with `sketch_train` > 0 also
+    `SKETCH_TRAIN`, that many training images in the sketch style; returns the config."""
     work.mkdir(parents=True, exist_ok=True)
     base = tomllib.loads((ROOT / "pipeline.toml").read_text())
-    shapes = {"name": "shapes", "kind": "shapes", "options": {"train_size": train, "test_size": test, "seed": 0,
-                                                              "image_size": 64}}
-    support = {"name": "shapes-sus", "kind": "shapes-support", "options": {"per_class": per_class, "seed": 0,
-                                                                           "image_size": 64}}
+    world = {"seed": 0, "image_size": 64}
+    datasets = [{"name": "shapes", "kind": "shapes", "options": {"train_size": train, "test_size": test, **world}},
+                {"name": "shapes-sus", "kind": "shapes-support", "options": {"per_class": per_class, **world,
+                                                                             "style": "sketch"}}]
+    splits = ["shapes:train", "shapes:test", "shapes-sus:train"]
+    if sketch_train:
+        datasets.append({"name": "shapes-sketch", "kind": "shapes", "options": {
+            "train_size": sketch_train, "test_size": 0, "seed": 1, "image_size": 64, "style": "sketch"}})
+        splits.append(SKETCH_TRAIN)
     config = {"paths": {k: str(work / "out" / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir",
                                                                                 "results_dir", "report_dir")},
               "clip": base["clip"], "encoders": [e for e in base["encoders"] if e["name"] in encoders],
-              "datasets": [shapes, support],
-              "extract": {"splits": ["shapes:train", "shapes:test", "shapes-sus:train"], "batch_size": 256,
-                          "device": "cpu"}}
+              "datasets": datasets,
+              "extract": {"splits": splits, "batch_size": 256, "device": "cpu"}}
     path = work / "pipeline.toml"
     path.write_text(tomli_w.dumps(config))
     subprocess.run([sys.executable, "-c", "from zoomshot.cli.main import main; main()", "extract", "--no-progress",
@@ -82,8 +92,14 @@ class World:
         return torch.from_numpy(np.concatenate(s_parts)), torch.from_numpy(np.concatenate(t_parts))
 
     def fit(self, method: str, params: dict, encoder: str, refs: list[str], fraction: float, seed: int) -> Maps:
-        s, t = self.pairs(encoder, refs, fraction, seed)
-        return fit_method(method, s, t, self.prompts, params, seed, "cpu")[0]
+        return self.fit_pairs(method, params, *self.pairs(encoder, refs, fraction, seed), seed)
+
+    def fit_pairs(self, method: str, params: dict, s: torch.Tensor, t: torch.Tensor, seed: int,
+                  with_history: bool = False) -> Maps | tuple[Maps, list[dict]]:
+        """The maps of `method` fitted on row-aligned (source, CLIP) rows; with their per-epoch losses
+        when `with_history`."""
+        maps, history = fit_method(method, s, t, self.prompts, params, seed, "cpu")
+        return (maps, history) if with_history else maps
 
     def top1(self, maps: Maps | None, encoder: str, ref: str = "shapes:test") -> float:
         """Zero-shot top-1 of `maps` (None: CLIP itself) on `ref`."""
@@ -104,10 +120,13 @@ def pct(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def arguments(doc: str, quick: str) -> argparse.Namespace:
-    """The options every study takes: --quick, --seeds, --work; torch set to the machine's 2 cores."""
+def arguments(doc: str, quick: str, **flags: str) -> argparse.Namespace:
+    """The options every study takes: --quick, --seeds, --work, and a switch `--NAME` for each of
+    `flags` (NAME: its help); torch set to the machine's 2 cores."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=quick)
+    for name, text in flags.items():
+        ap.add_argument(f"--{name}", action="store_true", help=text)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--work", type=Path, help="study folder (kept; default: a temporary one)")
     torch.set_num_threads(2)

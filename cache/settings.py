@@ -239,8 +239,10 @@ class DatasetCfg:
         return {"name": self.name, "kind": self.kind, "root": self.root, "options": self.options}
 
     def _options(self) -> dict:
-        """The options by content (files by their sha256), without `download`, which changes no number."""
-        return keys.content_of_options({k: v for k, v in self.options.items() if k != "download"})
+        """The options by content (files by their sha256), without `download`, which changes no number, and
+        without a `style` of "photo": the world's images before it had styles, so their caches stay valid."""
+        return keys.content_of_options({k: v for k, v in self.options.items()
+                                        if k != "download" and (k, v) != ("style", "photo")})
 
     def identity(self, split: str, record: DataRecord) -> dict:
         """What changes a split's images, labels or names: kind, options, split, and the files under

@@ -87,7 +87,7 @@ def _check_names(cfg: Config, data: dict) -> None:
         [("extract.captions", r) for r in cfg.extract.captions] + \
         [("fit.train", part) for r in cfg.fit.train for part in r.split("+")] + \
         [("evaluate.test", r) for r in cfg.evaluate.test] + \
-        ([("evaluate.support", cfg.evaluate.support)] if cfg.evaluate.support else [])
+        [("evaluate.support", r) for r in cfg.evaluate.supports]
     for key, ref in refs:
         if tuple(key.split(".")) not in given:
             continue

@@ -213,7 +213,7 @@ def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> in
         adapted = run_adapters(project, ev, runs, (lambda path, result: click.echo(summary_line(result))) if verbose
                                else None, say=say)
         click.echo(f"evaluate: {len(adapted.written)} adapter result file(s) written "
-                   f"({', '.join(ev.adapters)}; support {ev.support})")
+                   f"({', '.join(ev.adapters)}; support {', '.join(ev.supports)})")
         skipped += adapted.skipped
         written += adapted.written
     if written:

@@ -1,12 +1,15 @@
 """Stage 3, training-free adaptation: Tip-Adapter and TIP-X (SuS-X) on cached features.
 
 For CLIP itself and for every finished run (its encoder's features mapped into CLIP's space by the
-run's h), a labelled support set (`[evaluate] support`, a cached DATASET:SPLIT: a name-only support
-set such as the world's `shapes-support`, an ImageFolder of your own, or k shots of a train split)
-is split per class, seeded, into support rows and validation rows. The hyper-parameters of each
+run's h), each labelled support set (`[evaluate] support`, one cached DATASET:SPLIT or a list: a
+name-only support set such as the world's `shapes-support`, k in-distribution shots such as its
+`shapes-shots`, an ImageFolder of your own, or k shots of a train split) is split per class, seeded,
+into support rows and validation rows. The hyper-parameters of each
 method are searched on the validation rows only; the test split never reaches the search. Then the
-test split is scored, streamed in chunks, and one result JSON per (run, dataset, method) is written
-with the fields of `scoring.py` plus the adapter's own (hyper-parameters, support split, shots, sizes).
+test split is scored, streamed in chunks, and one result JSON per (run, dataset, method, support set)
+is written with the fields of `scoring.py` plus the adapter's own (hyper-parameters, support split and
+its label, shots, sizes). The label says what kind of support set it is ("name-only support", "16-shot,
+in-distribution"), and the variant carries it, so the report shows each support set's rows apart.
 
 Equations and their sources: `evaluate/adapters.py`. Reads only the cache (through
 `zoomshot.cache.store`) and saved maps: never an image, an encoder or `fit` internals.
@@ -23,7 +26,8 @@ import torch
 from zoomshot.cache import layout, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run
-from zoomshot.cache.settings import IMPORTED, Project, parse_ref
+from zoomshot.cache.settings import IMPORTED, Project, build, parse_ref
+from zoomshot.extract.settings import DATASET_KINDS
 
 from .adapters import ADAPTERS, clip_logits, search_hparams, support_val_split, tipx_ranges
 from .grids import GRIDS
@@ -32,9 +36,27 @@ from .scoring import TASK, Inputs, Outcome, Say, Skips, TestInputs, aligned_chun
 from .settings import EvaluateCfg
 
 
-def variant_name(base: str, method: str, shots: int) -> str:
-    """'mse' + 'tip-x' -> 'mse+tip-x'; with k shots 'mse+tip-x-4shot'."""
-    return f"{base}+{method}" + (f"-{shots}shot" if shots else "")
+def variant_name(base: str, method: str, shots: int, label: str) -> str:
+    """'mse' + 'tip-x' -> 'mse+tip-x (name-only support)'; with k shots 'mse+tip-x-4shot (name-only support)'."""
+    return f"{base}+{method}" + (f"-{shots}shot" if shots else "") + f" ({label})"
+
+
+def support_label(project: Project, ref: str) -> str:
+    """What a support set is, for the rows it makes: the world's name-only set ("name-only support"),
+    its k-shot set ("16-shot, in-distribution", or the style when it is not the test images' "photo"),
+    or any other split by its reference ("support shapes:train")."""
+    dataset = project.dataset(parse_ref(ref)[0])
+    if dataset.kind not in ("shapes-support", "shapes-shots"):
+        return f"support {ref}"
+    options = build(DATASET_KINDS[dataset.kind], dataset.options, f"dataset {dataset.name} options")
+    if dataset.kind == "shapes-support":
+        return "name-only support" + ("" if options.style == "sketch" else f", {options.style} style")
+    return f"{options.per_class}-shot, " + ("in-distribution" if options.style == "photo" else f"{options.style} style")
+
+
+def result_name(dataset: str, split: str, method: str, shots: int, support: str) -> str:
+    """'shapes-test+tip-x@shapes-sus-train.json': one file per (test split, method, shots, support set)."""
+    return f"{dataset}-{split}+{method}" + (f"-{shots}shot" if shots else "") + f"@{support.replace(':', '-')}.json"
 
 
 def summary_line(result: dict) -> str:
@@ -68,14 +90,14 @@ def _labels_in(ff: store.FeatureFile, classnames: list[str], what: str) -> np.nd
     return np.where(labels >= 0, remap[np.clip(labels, 0, None)], -1)
 
 
-def _support(path: Path, maps: Maps | None, classnames: list[str], ev: EvaluateCfg) -> dict:
-    """Support and validation rows of the support file (mapped), by the seeded per-class split."""
+def _support(path: Path, maps: Maps | None, classnames: list[str], ev: EvaluateCfg, ref: str) -> dict:
+    """Support and validation rows of the support file of `ref` (mapped), by the seeded per-class split."""
     ff = store.read_features(path)
-    labels = _labels_in(ff, classnames, f"support set {ev.support} ({path.name})")
+    labels = _labels_in(ff, classnames, f"support set {ref} ({path.name})")
     support_rows, val_rows = support_val_split(labels, len(classnames), ev.val_per_class, ev.shots,
                                                  ev.support_seed)
     if len(val_rows) == 0 or len(support_rows) == 0:
-        raise PipelineError(f"support set {ev.support} is too small to hold out validation rows "
+        raise PipelineError(f"support set {ref} is too small to hold out validation rows "
                             f"(needs 2 or more labelled rows in a class)")
     feats = torch.from_numpy(ff.features)
     if maps is not None:
@@ -128,92 +150,107 @@ def _evaluate(inputs: TestInputs, maps: Maps | None, sup: dict, methods: list[st
     return chosen, {m: a.compute(groups=groups) for m, a in acc.items()}, zero_shot
 
 
-def _adapter_fields(ev: EvaluateCfg, hp: dict, sup: dict) -> dict:
+def _adapter_fields(ev: EvaluateCfg, hp: dict, sup: dict, ref: str, label: str) -> dict:
     return {"hparams": {k: hp[k] for k in ("alpha", "beta", "gamma", "temperature") if k in hp},
-            "support": ev.support, "shots": ev.shots, "val_per_class": ev.val_per_class,
+            "support": ref, "support_label": label, "shots": ev.shots, "val_per_class": ev.val_per_class,
             "support_seed": ev.support_seed, "support_size": int(len(sup["labels"])), "val_size": hp["val_size"],
             "val_acc1": hp["val_acc1"], "val_zero_shot_acc1": hp["val_zero_shot_acc1"],
             "classes_without_support": sup["classes_without_support"],
             "search": {"grid": ev.adapter_grid, "ranges": hp["grid"], "at_grid_edge": hp["at_grid_edge"]}}
 
 
-def _check(project: Project, ev: EvaluateCfg) -> None:
-    if not ev.support:
+def _check(project: Project, ev: EvaluateCfg) -> dict[str, str]:
+    """Each support set's label; a support set that is missing or is a test split is an error."""
+    if not ev.supports:
         raise PipelineError("config key 'evaluate.support' is empty: name the cached support set of the "
                             "adapters, e.g. support = \"shapes-sus:train\" (or a train split with shots = k)")
-    project.dataset(parse_ref(ev.support)[0])
-    if ev.support in ev.test:
-        raise PipelineError(f"evaluate.support {ev.support!r} is also a test split: the support set (and the "
-                            f"validation rows of the search) must not come from the test data")
+    for ref in ev.supports:
+        if ref in ev.test:
+            raise PipelineError(f"evaluate.support {ref!r} is also a test split: the support set (and the "
+                                f"validation rows of the search) must not come from the test data")
+    labels = {ref: support_label(project, ref) for ref in ev.supports}
+    same = [ref for ref in labels if list(labels.values()).count(labels[ref]) > 1]
+    if same:
+        raise PipelineError(f"evaluate.support: {' and '.join(same)} are both labelled {labels[same[0]]!r}, so "
+                            f"their rows would read alike; keep one")
+    return labels
 
 
 def run_adapters(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]],
                  written_callback: Callable[[Path, dict], None] | None = None, say: Say = print) -> Outcome:
-    """`ev.adapters` for CLIP and every given run on every test split.
+    """`ev.adapters` for CLIP and every given run on every test split, with each support set.
 
-    Writes `<results_dir>/<run or clip>/<dataset>-<split>+<method>[-<k>shot].json`; calls
+    Writes `<results_dir>/<run or clip>/<dataset>-<split>+<method>[-<k>shot]@<support>.json`; calls
     `written_callback(path, result)` after each. A run whose inputs the cache lacks is one line and is
     skipped, as `pipeline evaluate` does.
     """
     methods = [m for m in ADAPTERS if m in ev.adapters]
     if not methods:
         return Outcome([], 0)
-    _check(project, ev)
+    labels = _check(project, ev)
     out_dir, written, skipped = project.path("results_dir"), [], 0
 
     def emit(result: dict, folder: str, dataset: str, split: str, method: str) -> None:
-        name = f"{dataset}-{split}+{method}" + (f"-{ev.shots}shot" if ev.shots else "") + ".json"
-        path = write_result(result, out_dir / folder / name)
+        path = write_result(result, out_dir / folder / result_name(dataset, split, method, ev.shots, result["support"]))
+        # the file of the same result from before support sets were named (its rows would read unlabelled)
+        (out_dir / folder / f"{dataset}-{split}+{method}{f'-{ev.shots}shot' if ev.shots else ''}.json").unlink(
+            missing_ok=True)
         written.append(path)
         if written_callback is not None:
             written_callback(path, result)
 
-    clip_cfg = project.clip
     for ref in ev.test:
-        dataset, split = parse_ref(ref)
-        inputs = Inputs(project, ref)
-        base = {"dataset": dataset, "split": split, "task": TASK}
-        try:
-            clip = inputs.clip()
-            clip_sup_file = layout.feature_path(project, clip_cfg.name, ev.support)
-            clip_support = _support(clip_sup_file, None, clip.classes.names, ev)
-            chosen, metrics, zero_shot = _evaluate(clip, None, clip_support, methods, ev.adapter_grid,
-                                                   ev.chunk_rows)
-        except PipelineError as e:
-            say(f"skip adapters on {ref} (CLIP and every run): {e}")
-            skipped += 1 + len(runs)
-            continue
-        clip_acc1 = zero_shot["acc1"]
-        for m in methods:
-            result = {**base, "model": clip_cfg.model, "pretrained": clip_cfg.pretrained,
-                      "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": clip_acc1},
-                      "encoder": clip_cfg.name, "method": m, "variant": variant_name("clip", m, ev.shots),
-                      "base_variant": "clip",
-                      "run": "clip", "cache_keys": [clip.test_file.name, clip_sup_file.name],
-                      **_adapter_fields(ev, chosen[m], clip_support)}
-            emit(result, "clip", dataset, split, m)
-
-        skips = Skips("adapters of ", ref)
-        for run, maps in runs:
-            r = run.record
-            try:
-                got = inputs.of_run(run)
-                sup_file = Inputs(project, ev.support).features("encoder", r["encoder"], r["encoder_key"],
-                                                                r["encoder_identity"].get("family") == IMPORTED)
-                sup = _support(sup_file, maps, got.classes.names, ev)
-                if not np.array_equal(sup["index"], clip_support["index"]):
-                    raise PipelineError(f"its support file {sup_file.name} and CLIP's hold different rows: "
-                                        f"extract {ev.support} for every encoder together")
-                chosen, metrics, zero_shot = _evaluate(got, maps, sup, methods, ev.adapter_grid, ev.chunk_rows)
-            except PipelineError as e:
-                skips.add(run, str(e))
-                continue
-            for m in methods:
-                result = {**base, **run_fields(run),
-                          "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": zero_shot["acc1"]},
-                          "method": m, "variant": variant_name(r["variant"], m, ev.shots), "base_variant": r["variant"],
-                          "cache_keys": r["inputs"]["files"] + [got.test_file.name, got.clip_file.name, sup_file.name],
-                          **_adapter_fields(ev, chosen[m], sup)}
-                emit(result, run.name, dataset, split, m)
-        skipped += skips.report(say)
+        for support, label in labels.items():
+            skipped += _adapt_split(project, ev, runs, ref, support, label, methods, emit, say)
     return Outcome(written, skipped)
+
+
+def _adapt_split(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]], ref: str, support: str,
+                 label: str, methods: list[str], emit: Callable[..., None], say: Say) -> int:
+    """CLIP and every run adapted with one support set on one test split; returns how many it skipped."""
+    clip_cfg = project.clip
+    dataset, split = parse_ref(ref)
+    inputs = Inputs(project, ref)
+    base = {"dataset": dataset, "split": split, "task": TASK}
+    try:
+        clip = inputs.clip()
+        clip_sup_file = layout.feature_path(project, clip_cfg.name, support)
+        clip_support = _support(clip_sup_file, None, clip.classes.names, ev, support)
+        chosen, metrics, zero_shot = _evaluate(clip, None, clip_support, methods, ev.adapter_grid, ev.chunk_rows)
+    except PipelineError as e:
+        say(f"skip adapters with {support} on {ref} (CLIP and every run): {e}")
+        return 1 + len(runs)
+    clip_acc1 = zero_shot["acc1"]
+    for m in methods:
+        result = {**base, "model": clip_cfg.model, "pretrained": clip_cfg.pretrained,
+                  "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": clip_acc1},
+                  "encoder": clip_cfg.name, "method": m, "variant": variant_name("clip", m, ev.shots, label),
+                  "base_variant": "clip",
+                  "run": "clip", "cache_keys": [clip.test_file.name, clip_sup_file.name],
+                  **_adapter_fields(ev, chosen[m], clip_support, support, label)}
+        emit(result, "clip", dataset, split, m)
+
+    skips = Skips(f"adapters ({support}) of ", ref)
+    for run, maps in runs:
+        r = run.record
+        try:
+            got = inputs.of_run(run)
+            sup_file = Inputs(project, support).features("encoder", r["encoder"], r["encoder_key"],
+                                                         r["encoder_identity"].get("family") == IMPORTED)
+            sup = _support(sup_file, maps, got.classes.names, ev, support)
+            if not np.array_equal(sup["index"], clip_support["index"]):
+                raise PipelineError(f"its support file {sup_file.name} and CLIP's hold different rows: "
+                                    f"extract {support} for every encoder together")
+            chosen, metrics, zero_shot = _evaluate(got, maps, sup, methods, ev.adapter_grid, ev.chunk_rows)
+        except PipelineError as e:
+            skips.add(run, str(e))
+            continue
+        for m in methods:
+            result = {**base, **run_fields(run),
+                      "metrics": {**metrics[m], "clip_acc1": clip_acc1, "zero_shot_acc1": zero_shot["acc1"]},
+                      "method": m, "variant": variant_name(r["variant"], m, ev.shots, label),
+                      "base_variant": r["variant"],
+                      "cache_keys": r["inputs"]["files"] + [got.test_file.name, got.clip_file.name, sup_file.name],
+                      **_adapter_fields(ev, chosen[m], sup, support, label)}
+            emit(result, run.name, dataset, split, m)
+    return skips.report(say)

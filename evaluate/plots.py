@@ -32,11 +32,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 
 from zoomshot.cache import atomic  # noqa: E402
+from zoomshot.cache.keys import slug  # noqa: E402
 from zoomshot.cache.errors import PipelineError  # noqa: E402
 from zoomshot.cache.runs import read_run  # noqa: E402
 
 from .gap import GapView  # noqa: E402
 from .report import summary_rows  # noqa: E402
+from .tables import adapter_label  # noqa: E402
 
 COLUMN_WIDTH = 3.4          # inches: one column of a two-column paper
 FULL_WIDTH = 7.0            # both columns
@@ -169,18 +171,18 @@ def sweeps(rows: list[dict[str, Any]], dataset: str, x_field: str,
         return []
     at = chosen.get(other) or max((r[other] for r in students if r[other] is not None), default=None)
     students = [r for r in students if r[other] in (None, at)]
-    clip = {r["adapter"]: r["acc1_mean"] for r in mine if r["teacher"]}
+    clip = {adapter_label(r): r["acc1_mean"] for r in mine if r["teacher"]}
     where = f" ({other} {at})" if at is not None else ""
-    zero_shot = sorted((r for r in students if r["adapter"] is None), key=_variant_order)
+    zero_shot = sorted((r for r in students if adapter_label(r) is None), key=_variant_order)
     kinds = {r["variant"]: r["method"] == "zoomshot" for r in zero_shot}   # adapted lines keep their colours
     refs = {"CLIP zero-shot": clip[None]} if None in clip else {}
     out = _parts(f"acc_vs_{x_field}_{dataset}", x_field, zero_shot, "variant", refs,
                  f"{dataset}: zero-shot top-1 against {x_field}{where}")
-    for adapter in sorted({r["adapter"] for r in students} - {None}):
-        adapted = sorted((r for r in students if r["adapter"] == adapter),
+    for adapter in sorted({adapter_label(r) for r in students} - {None}):     # one figure per support set too
+        adapted = sorted((r for r in students if adapter_label(r) == adapter),
                          key=lambda r: (kinds.get(r["base_variant"], True), r["base_variant"]))
         with_clip = {**refs, **({f"CLIP + {adapter}": clip[adapter]} if adapter in clip else {})}
-        out += _parts(f"acc_vs_{x_field}_{dataset}_{adapter}", x_field, adapted, "base_variant", with_clip,
+        out += _parts(f"acc_vs_{x_field}_{dataset}_{slug(adapter)}", x_field, adapted, "base_variant", with_clip,
                       f"{dataset}: top-1 with {adapter} against {x_field}{where}", f" + {adapter}")
     return out
 

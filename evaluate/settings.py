@@ -20,9 +20,13 @@ def grid_name(v: str) -> str | None:
     return None if v in GRIDS else f"must be one of {', '.join(map(repr, GRIDS))}, got {v!r}"
 
 
-@allows("DATASET:SPLIT, or empty")
-def support_ref(v: str) -> str | None:
-    return split_ref(v) if v else None
+@allows("DATASET:SPLIT, a list of them, or empty")
+def support_refs(v: str | list) -> str | None:
+    """One DATASET:SPLIT, or a list of them; "" = none."""
+    refs = [v] if isinstance(v, str) else v
+    if not all(isinstance(r, str) for r in refs):
+        return f"must be DATASET:SPLIT or a list of them, got {v!r}"
+    return next((p for r in refs if r and (p := split_ref(r))), None)
 
 
 @dataclass
@@ -34,13 +38,18 @@ class EvaluateCfg:
     all_runs: bool = False           # score every run folder, also those the config's grid no longer names
     per_class: bool = False          # also write each class's accuracy (metrics.per_class_acc)
     # training-free adaptation with a labelled support set (evaluate/adaptation.py)
-    adapters: list[str] = setting(list, each(adapter_name))            # adapters to run with the support set ([] = off)
-    support: str = setting("", support_ref)   # DATASET:SPLIT of the cached support set, e.g. "shapes-sus:train"
+    adapters: list[str] = setting(list, each(adapter_name))            # adapters to run with the support sets ([] = off)
+    support: str | list = setting("", support_refs)   # cached support set(s) DATASET:SPLIT: each gives its own rows
     shots: int = setting(0, at_least(0))           # support images per class, seeded and nested (0 = all)
     val_per_class: int = setting(0, at_least(0))   # rows per class held out of the support for the search (0 = half)
     support_seed: int = 0            # seed of the support / validation split and of the k-shot draw
     adapter_grid: str = setting("wide", grid_name)  # hyper-parameter grid of the search
     retrieval: bool = False          # also text<->image Recall@1/5/10 against the test split's cached captions
+
+    @property
+    def supports(self) -> list[str]:
+        """The support sets, as a list (`support` may be one)."""
+        return [r for r in ([self.support] if isinstance(self.support, str) else self.support) if r]
 
 
 @allows(f"ROWS:COLUMNS, each a comma-separated list of fields among {', '.join(FIELDS)}")

@@ -103,10 +103,19 @@ def _records(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dic
             if math.isnan(mean):
                 continue
             out.append({"encoder": WILDCARD if r["teacher"] else r["encoder"], "dataset": r["dataset"],
-                        "variant": (r["base_variant"], r["adapter"]), "fraction": r["fraction"],
+                        "variant": (r["base_variant"], adapter_label(r)), "fraction": r["fraction"],
                         "epochs": r["epochs"], "metric": metric, "kind": _kind(r, methods),
                         "cell": Cell(mean, r[f"{metric}_std"], r["n_seeds"])})
     return out
+
+
+def adapter_label(row: dict[str, Any]) -> str | None:
+    """A summary row's adapter with its support set: its variant less the adapted one ('tip-x (name-only
+    support)'), so that one adapter with two support sets makes two rows (and two figures); None for a
+    zero-shot row."""
+    if row["adapter"] is None:
+        return None
+    return row["variant"].removeprefix(f"{row['base_variant']}+")
 
 
 def _slice(records: list[dict[str, Any]], pivot: Pivot,
@@ -208,7 +217,7 @@ def _caption(metrics: Sequence[str], records: list[dict[str, Any]], used: dict[s
     if percent:
         parts.append("bold: best zero-shot student per column")
         if any(r["variant"][1] for r in records):
-            parts.append("↳ rows: a training-free adapter on the support set")
+            parts.append("↳ rows: a training-free adapter on the support set in brackets")
         if share and any(r["kind"] == TEACHER for r in records):
             parts.append("% of CLIP: the mean share of CLIP's zero-shot cell over the row's columns")
     return "; ".join(parts) + "."

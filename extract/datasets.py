@@ -1,7 +1,8 @@
 """Datasets by kind: one entry point, a registry of builders. Each returns a torch Dataset of
 (PIL image, label) with clean class names; extraction never needs more than that.
 
-Kinds: the generated `shapes` world; torchvision datasets from a local `root` (`cifar10`, `cifar100`,
+Kinds: the generated `shapes` world and its support sets (`shapes-support`: name-only, `shapes-shots`:
+k images a class of its train split); torchvision datasets from a local `root` (`cifar10`, `cifar100`,
 `flowers102`, `pets`, `cars`; `options.download = true` fetches them where there is network);
 ImageFolder trees `<root>/<split>/<class>/<image>` (`imagefolder`, `imagenet` (and ImageNet-100 through
 `options.class_list`), `cub200`, `herbarium19`); local tar shards in CLIP_benchmark's layout
@@ -52,23 +53,40 @@ def _shapes(spec: dict, split: str) -> Split:
                             f"(with options.{split}_size > 0)")
     held_out = list(HELD_OUT_LABELS)
     seen = [c for c in range(len(CLASSNAMES)) if c not in held_out]
-    world = ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"])
+    world = ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"],
+                        style=opts["style"])
     return Split(world, list(CLASSNAMES), {"held_out": held_out, "seen": seen}, lambda i: [world.caption(i)])
+
+
+def _support_set(spec: dict, split: str, make: Callable[[dict], Dataset]) -> Split:
+    """A support set of the world, one split (`train`), made by `make(options)`."""
+    from .world import CLASSNAMES
+
+    if split != "train":
+        raise PipelineError(f"dataset {spec['name']!r} ({spec['kind']}) has only the split 'train', not {split!r}")
+    try:
+        ds = make(_opts(spec))
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"dataset {spec['name']!r} ({spec['kind']}): {e}") from None
+    return Split(ds, list(CLASSNAMES))
 
 
 def _shapes_support(spec: dict, split: str) -> Split:
     """A name-only support set of the world (SuS-X's SuS): `options.per_class` images of each class,
-    rendered from its class name alone (`extract/world.py` `render_from_classname`); one split, `train`."""
+    rendered from its class name alone (`extract/world.py` `render_from_classname`) in `options.style`."""
     from .world import CLASSNAMES, ClassNameSupportSet
 
-    opts = _opts(spec)
-    if split != "train":
-        raise PipelineError(f"dataset {spec['name']!r} (shapes-support) has only the split 'train', not {split!r}")
-    try:
-        ds = ClassNameSupportSet(opts["per_class"], opts["seed"], opts["image_size"], CLASSNAMES)
-    except (TypeError, ValueError) as e:
-        raise PipelineError(f"dataset {spec['name']!r} (shapes-support): {e}") from None
-    return Split(ds, list(CLASSNAMES))
+    return _support_set(spec, split, lambda o: ClassNameSupportSet(o["per_class"], o["seed"], o["image_size"],
+                                                                   CLASSNAMES, style=o["style"]))
+
+
+def _shapes_shots(spec: dict, split: str) -> Split:
+    """An in-distribution k-shot support set: the first `options.per_class` images of each class of the
+    world's train split (`extract/world.py` `KShotSet`), in the test images' style unless told."""
+    from .world import KShotSet
+
+    return _support_set(spec, split, lambda o: KShotSet(o["per_class"], o["seed"], o["image_size"],
+                                                        style=o["style"]))
 
 
 def user_classnames(spec: dict, count: int | None) -> list[str] | None:
@@ -240,6 +258,7 @@ def _imported(spec: dict, split: str) -> Split:
 DATASETS: dict[str, Callable[[dict, str], Split]] = {
     "shapes": _shapes,
     "shapes-support": _shapes_support,
+    "shapes-shots": _shapes_shots,
     **{kind: _torchvision for kind in _TV},
     "imagefolder": _imagefolder,
     "imagenet": _imagenet,

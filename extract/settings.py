@@ -49,13 +49,23 @@ def existing_file(v: str) -> str | None:
 
 # ---- options of each dataset kind ----------------------------------------------------------------
 
+#: the world's rendering styles, as `extract/world.py` STYLES names them (here without importing torch)
+STYLES = ("photo", "sketch")
+
+
+@allows(", ".join(STYLES))
+def world_style(v: str) -> str | None:
+    return None if v in STYLES else f"must be one of {', '.join(map(repr, STYLES))}, got {v!r}"
+
+
 @dataclass
 class ShapesOptions:
-    """The generated world (`extract/world.py`): sizes of its splits, seed and image size."""
+    """The generated world (`extract/world.py`): sizes of its splits, seed, image size and style."""
     train_size: int = setting(2000, at_least(0))   # images of the train split
     test_size: int = setting(640, at_least(0))     # images of the test split
     seed: int = setting(0, at_least(0))            # seed of the generator
     image_size: int = setting(64, at_least(32))    # side of the square images, in pixels
+    style: str = setting("photo", world_style)     # how it is drawn: photo (the default) or sketch
 
 
 @dataclass
@@ -64,6 +74,17 @@ class SupportOptions:
     per_class: int = setting(16, at_least(1))      # images rendered per class name
     seed: int = setting(0, at_least(0))            # seed of the generator
     image_size: int = setting(64, at_least(32))    # side of the square images, in pixels
+    style: str = setting("sketch", world_style)    # unlike the test images, as SuS-X's generated ones
+
+
+@dataclass
+class ShotsOptions:
+    """An in-distribution k-shot support set: the first `per_class` images of each class of the world's
+    train split (`seed`, `image_size` and `style` as the world's; one split, `train`)."""
+    per_class: int = setting(16, at_least(1))      # images taken per class
+    seed: int = setting(0, at_least(0))            # seed of the world whose train split they come from
+    image_size: int = setting(64, at_least(32))    # side of the square images, in pixels
+    style: str = setting("photo", world_style)     # the world's style they are drawn in
 
 
 @dataclass
@@ -102,6 +123,7 @@ class NoOptions:
 DATASET_KINDS: dict[str, type] = {
     "shapes": ShapesOptions,
     "shapes-support": SupportOptions,
+    "shapes-shots": ShotsOptions,
     "cifar10": TorchvisionOptions,
     "cifar100": TorchvisionOptions,
     "flowers102": TorchvisionOptions,

@@ -21,7 +21,7 @@ MODEL_CONFIGS = ASSETS / "model_configs"
 TEMPLATES = ASSETS / "world_templates.json"        # CLIP_benchmark JSON format, key "shapes"
 CLASSFREE_PROMPTS = ASSETS / "classfree_prompts.txt"   # the world's vocabulary ("something red")
 GENERIC_PROMPTS = ASSETS / "generic_prompts.txt"       # real data: scripts/make_generic_prompts.py
-WORLD_KINDS = ("shapes", "shapes-support")
+WORLD_KINDS = ("shapes", "shapes-support", "shapes-shots")
 
 
 def default_classfree_prompts(kinds: list[str]) -> Path:

@@ -8,6 +8,13 @@ Every image shows one coloured shape on a textured background. The generating fa
 * background  (3): ``BACKGROUNDS`` (plain, striped, dotted; random muted tints)
 * nuisances:  position, rotation (for shapes that are not rotation invariant), stripe and dot layout.
 
+Two rendering styles (``STYLES``) draw the same factors. ``"photo"`` (the default: the world's train and
+test images) fills the shape flat on a striped, dotted or plain backdrop. ``"sketch"`` draws it as a
+hand-drawn outline (jittered vertices) filled with hatch strokes of the same colour, on a grainy,
+shaded gradient: the class stays readable by name (colour and shape), the image statistics do not
+(a training or support set from another distribution than the test images, as SuS-X's generated images
+are to the test photos).
+
 The zero-shot classes are the 64 colour-shape combinations (``CLASSNAMES``, e.g. ``"red triangle"``,
 label ``colour * 8 + shape``). ``HELD_OUT`` names 10 fixed combinations that a CLIP-training script can
 leave out of its captions (see :func:`is_held_out`).
@@ -36,6 +43,7 @@ __all__ = [
     "COLOUR_RGB",
     "SIZES",
     "BACKGROUNDS",
+    "STYLES",
     "CLASSNAMES",
     "HELD_OUT",
     "HELD_OUT_LABELS",
@@ -49,6 +57,9 @@ __all__ = [
     "classname_factors",
     "render_from_classname",
     "ClassNameSupportSet",
+    "KShotSet",
+    "first_per_class",
+    "check_style",
     "caption_for",
 ]
 
@@ -69,6 +80,7 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 }
 SIZES: tuple[str, ...] = ("small", "large")
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted")
+STYLES: tuple[str, ...] = ("photo", "sketch")
 
 N_SHAPES, N_COLOURS = len(SHAPES), len(COLOURS)
 N_CLASSES = N_SHAPES * N_COLOURS
@@ -179,22 +191,34 @@ def _draw_label(seed: int, split: str, index: int, include_held_out: bool) -> in
                 return label
 
 
-def sample_spec(seed: int, split: str, index: int, image_size: int = 64, include_held_out: bool = True) -> dict:
+def sample_spec(seed: int, split: str, index: int, image_size: int = 64, include_held_out: bool = True,
+                style: str = "photo") -> dict:
     """All parameters of sample ``index`` of ``(seed, split)``; :func:`render` turns them into an image.
 
     The returned dict holds the factor ids ``shape``, ``colour``, ``size``, ``background``, the
-    ``label``, the caption ``template`` id, and the nuisance parameters (position, rotation, colours,
-    texture layout). It does not depend on ``image_size`` except through the pixel geometry.
+    ``label``, the caption ``template`` id, the rendering ``style`` and the nuisance parameters (position,
+    rotation, colours, texture layout). It does not depend on ``image_size`` except through the pixel
+    geometry. The style changes no factor and no nuisance the photo style draws: a sketch of sample ``i``
+    shows the same class, size, place and rotation as its photo.
     """
     seed, index = int(seed), int(index)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
     label = _draw_label(seed, split, index, include_held_out)
-    return _spec_for_label(label, _rng(seed, split, index, 1), image_size)
+    return _spec_for_label(label, _rng(seed, split, index, 1), image_size, style)
 
 
-def _spec_for_label(label: int, rng: np.random.Generator, image_size: int) -> dict:
-    """The parameters of one image of class ``label``, every nuisance drawn from ``rng``."""
+def check_style(style: str) -> str:
+    """``style`` when it is one of ``STYLES``; a ``ValueError`` that lists them otherwise."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(map(repr, STYLES))}, got {style!r}")
+    return style
+
+
+def _spec_for_label(label: int, rng: np.random.Generator, image_size: int, style: str = "photo") -> dict:
+    """The parameters of one image of class ``label``, every nuisance drawn from ``rng`` (the sketch
+    style's own after the photo style's, so both styles share every photo parameter)."""
+    check_style(style)
     colour, shape = divmod(label, N_SHAPES)
     u = rng.random(16)
     ints = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
@@ -237,6 +261,23 @@ def _spec_for_label(label: int, rng: np.random.Generator, image_size: int) -> di
         "texture_period": float(7.0 + 6.0 * u[12]),  # pixels at 64 px, scaled with image_size
         "texture_angle": float(np.pi * u[13]),
         "texture_phase": (float(u[14]), float(u[15])),
+        "style": style,
+        **(_sketch_spec(rng, bg) if style == "sketch" else {}),
+    }
+
+
+def _sketch_spec(rng: np.random.Generator, bg: np.ndarray) -> dict:
+    """The sketch style's own parameters: a shaded gradient backdrop from ``bg`` to a lighter or darker
+    end, its grain, and the hatch strokes and outline jitter of the shape."""
+    v = rng.random(6)
+    shade = (40.0 + 35.0 * v[0]) * (1.0 if bg.mean() < 140.0 else -1.0)
+    return {
+        "gradient_rgb": tuple(int(round(x)) for x in np.clip(bg + shade, 0, 255)),
+        "gradient_angle": float(2.0 * np.pi * v[1]),
+        "hatch_angle": float(np.pi * v[2]),
+        "hatch_period": float(2.6 + 1.6 * v[3]),      # pixels at 64 px, scaled with image_size
+        "stroke_jitter": float(0.03 + 0.05 * v[4]),   # outline vertex jitter, a fraction of the radius
+        "noise_seed": int(rng.integers(0, 2**32)),    # grain and jitter: any sample renders alone
     }
 
 
@@ -298,33 +339,69 @@ def _make_unit_polygons() -> dict[str, np.ndarray]:
 _UNIT_POLYGONS = _make_unit_polygons()
 
 
-def _background(spec: dict) -> np.ndarray:
-    n = spec["image_size"]
-    base = np.array(spec["bg_rgb"], dtype=np.uint8)
+def _pattern(spec: dict, stripe: float, dot: float) -> np.ndarray | None:
+    """Where the backdrop's pattern lies (None for a plain one): stripes covering ``stripe`` of their
+    period, or dots of radius ``dot`` periods (plus 0.6 px)."""
     kind = BACKGROUNDS[spec["background"]]
     if kind == "plain":
-        return np.broadcast_to(base, (n, n, 3)).copy()
-    xx, yy = _grid(n)
-    scale = n / 64.0
-    period = spec["texture_period"] * scale
+        return None
+    xx, yy = _grid(spec["image_size"])
+    period = spec["texture_period"] * spec["image_size"] / 64.0
     px, py = spec["texture_phase"]
     if kind == "striped":
         a = spec["texture_angle"]
         proj = xx * np.cos(a) + yy * np.sin(a)
-        mask = ((proj / period + px) % 1.0) < 0.5
-    else:  # dotted: a square grid of round dots
-        r = 0.22 * period + 0.6
-        dx = (xx / period + px) % 1.0 - 0.5
-        dy = (yy / period + py) % 1.0 - 0.5
-        mask = (dx * dx + dy * dy) * (period * period) < r * r
+        return ((proj / period + px) % 1.0) < stripe
+    r = dot * period + 0.6   # dotted: a square grid of round dots
+    dx = (xx / period + px) % 1.0 - 0.5
+    dy = (yy / period + py) % 1.0 - 0.5
+    return (dx * dx + dy * dy) * (period * period) < r * r
+
+
+def _background(spec: dict) -> np.ndarray:
+    """The photo style's backdrop: flat, with stripes or dots of a second tone."""
+    n = spec["image_size"]
     out = np.empty((n, n, 3), dtype=np.uint8)
-    out[...] = base
-    out[mask] = np.array(spec["bg_rgb2"], dtype=np.uint8)
+    out[...] = np.array(spec["bg_rgb"], dtype=np.uint8)
+    mask = _pattern(spec, 0.5, 0.22)
+    if mask is not None:
+        out[mask] = np.array(spec["bg_rgb2"], dtype=np.uint8)
     return out
 
 
-def render(spec: dict) -> Image.Image:
-    """Draw the RGB image described by ``spec`` (from :func:`sample_spec`)."""
+def _sketch_background(spec: dict, noise: np.random.Generator) -> np.ndarray:
+    """The sketch style's backdrop: a linear gradient, thin pencil lines or specks where the photo has
+    stripes or dots, and per-pixel grain."""
+    n = spec["image_size"]
+    xx, yy = _grid(n)
+    a = spec["gradient_angle"]
+    t = ((xx - n / 2) * np.cos(a) + (yy - n / 2) * np.sin(a)) / (n * 0.71) + 0.5
+    start, end = np.array(spec["bg_rgb"], np.float32), np.array(spec["gradient_rgb"], np.float32)
+    out = start + np.clip(t, 0.0, 1.0)[..., None] * (end - start)
+    mask = _pattern(spec, 0.14, 0.08)
+    if mask is not None:
+        out[mask] = 0.55 * out[mask] + 0.45 * np.array(spec["bg_rgb2"], np.float32)
+    out += noise.normal(0.0, 9.0, size=(n, n, 1)).astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _outline(spec: dict, scale: float = 1.0, points: int = 48) -> list[tuple[float, float]]:
+    """The shape's outline in pixels (a circle or ring as a ``points``-gon), ``scale`` times its size."""
+    kind = SHAPES[spec["shape"]]
+    if kind in ("circle", "ring"):
+        t = 2.0 * np.pi * np.arange(points) / points
+        pts = (0.92 if kind == "circle" else 0.98) * np.stack([np.cos(t), np.sin(t)], axis=1)
+    else:
+        pts = _unit_polygon(kind)
+    a = np.deg2rad(spec["rotation"])
+    c, s = np.cos(a), np.sin(a)
+    r = spec["radius"] * scale
+    x = (pts[:, 0] * c - pts[:, 1] * s) * r + spec["cx"]
+    y = (pts[:, 0] * s + pts[:, 1] * c) * r + spec["cy"]
+    return list(zip(x.tolist(), y.tolist()))
+
+
+def _render_photo(spec: dict) -> Image.Image:
     img = Image.fromarray(_background(spec), "RGB")
     draw = ImageDraw.Draw(img)
     kind = SHAPES[spec["shape"]]
@@ -337,13 +414,41 @@ def render(spec: dict) -> Image.Image:
         width = max(2, int(round(0.32 * r)))
         draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), outline=rgb, width=width)
     else:
-        pts = _unit_polygon(kind)
-        a = np.deg2rad(spec["rotation"])
-        c, s = np.cos(a), np.sin(a)
-        x = (pts[:, 0] * c - pts[:, 1] * s) * r + cx
-        y = (pts[:, 0] * s + pts[:, 1] * c) * r + cy
-        draw.polygon(list(zip(x.tolist(), y.tolist())), fill=rgb)
+        draw.polygon(_outline(spec), fill=rgb)
     return img
+
+
+def _render_sketch(spec: dict) -> Image.Image:
+    """Hatch strokes inside the shape, a jittered hand-drawn outline around it, both in its colour."""
+    n, r, rgb = spec["image_size"], spec["radius"], spec["rgb"]
+    noise = np.random.default_rng(spec["noise_seed"])
+    inside = Image.new("L", (n, n), 0)
+    draw_inside = ImageDraw.Draw(inside)
+    outer = _outline(spec)
+    draw_inside.polygon(outer, fill=255)
+    rings = [outer]
+    if SHAPES[spec["shape"]] == "ring":
+        hole = _outline(spec, 0.66 / 0.98)
+        draw_inside.polygon(hole, fill=0)
+        rings.append(hole)
+    xx, yy = _grid(n)
+    a, period = spec["hatch_angle"], spec["hatch_period"] * n / 64.0
+    hatch = (((xx * np.cos(a) + yy * np.sin(a)) / period) % 1.0) < 0.45
+    out = _sketch_background(spec, noise)
+    out[(np.asarray(inside) > 0) & hatch] = np.array(rgb, dtype=np.uint8)
+    img = Image.fromarray(out, "RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(1, int(round(0.1 * r)))
+    for ring in rings:
+        pts = np.array(ring) + noise.normal(0.0, spec["stroke_jitter"] * r, size=(len(ring), 2))
+        pts = [tuple(p) for p in pts.tolist()]
+        draw.line(pts + pts[:1], fill=rgb, width=width, joint="curve")
+    return img
+
+
+def render(spec: dict) -> Image.Image:
+    """Draw the RGB image described by ``spec`` (from :func:`sample_spec`) in its style."""
+    return _render_sketch(spec) if spec.get("style") == "sketch" else _render_photo(spec)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -360,8 +465,9 @@ def classname_factors(name: str) -> tuple[int, int]:
     return COLOURS.index(colours.pop()), SHAPES.index(shapes.pop())
 
 
-def render_from_classname(name: str, seed: int, index: int, image_size: int = 64) -> Image.Image:
-    """Image ``index`` of a support set rendered from the class name alone.
+def render_from_classname(name: str, seed: int, index: int, image_size: int = 64,
+                          style: str = "photo") -> Image.Image:
+    """Image ``index`` of a support set rendered from the class name alone, in ``style``.
 
     The world generator plays the part of SuS-X's text-to-image model: only the colour and the shape
     come from ``name``; size, background, position, rotation, tints and texture are drawn at random
@@ -374,7 +480,7 @@ def render_from_classname(name: str, seed: int, index: int, image_size: int = 64
     colour, shape = classname_factors(name)
     key = " ".join(name.lower().split())
     rng = _rng(seed, f"support-set:{key}", index, 1)
-    return render(_spec_for_label(colour * N_SHAPES + shape, rng, int(image_size)))
+    return render(_spec_for_label(colour * N_SHAPES + shape, rng, int(image_size), style))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -407,11 +513,13 @@ class ShapesWorld(torch.utils.data.Dataset):
         include_held_out: bool = True,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
+        style: str = "photo",
     ) -> None:
         _split_code(split)
         if int(size) < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         _check_seed_and_size(seed, image_size)
+        self.style = check_style(style)
         self.split = split
         self.size = int(size)
         self.seed = int(seed)
@@ -435,7 +543,7 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def spec(self, i: int) -> dict:
         """All generation parameters of sample ``i`` (see :func:`sample_spec`)."""
-        return sample_spec(self.seed, self.split, self._index(i), self.image_size, self.include_held_out)
+        return sample_spec(self.seed, self.split, self._index(i), self.image_size, self.include_held_out, self.style)
 
     def image(self, i: int) -> Image.Image:
         return render(self.spec(i))
@@ -480,7 +588,7 @@ class ShapesWorld(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"ShapesWorld(split={self.split!r}, size={self.size}, seed={self.seed}, "
-            f"image_size={self.image_size}, include_held_out={self.include_held_out})"
+            f"image_size={self.image_size}, include_held_out={self.include_held_out}, style={self.style!r})"
         )
 
 
@@ -490,10 +598,12 @@ class ClassNameSupportSet(torch.utils.data.Dataset):
     ``label = i // per_class`` (class-major order), the index of the name in ``classnames``."""
 
     def __init__(self, per_class: int = 16, seed: int = 0, image_size: int = 64,
-                 classnames: Iterable[str] = CLASSNAMES, transform: Callable | None = None) -> None:
+                 classnames: Iterable[str] = CLASSNAMES, transform: Callable | None = None,
+                 style: str = "sketch") -> None:
         if int(per_class) < 1:
             raise ValueError(f"per_class must be >= 1, got {per_class}")
         _check_seed_and_size(seed, image_size)
+        self.style = check_style(style)
         self.classes = list(classnames)
         for name in self.classes:
             classname_factors(name)  # fail early on a name the generator cannot draw
@@ -508,8 +618,46 @@ class ClassNameSupportSet(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a support set of {len(self)} images")
         label, k = divmod(i, self.per_class)
-        img = render_from_classname(self.classes[label], self.seed, k, self.image_size)
+        img = render_from_classname(self.classes[label], self.seed, k, self.image_size, self.style)
         return (self.transform(img) if self.transform is not None else img), label
 
     def labels(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.classes), dtype=np.int64), self.per_class)
+
+
+def first_per_class(world: ShapesWorld, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of every class of ``world``, class-major (label 0's
+    first, then label 1's, ...), from its labels alone; a ``ValueError`` when the world is too small."""
+    labels = world.labels()
+    rows = [np.flatnonzero(labels == c)[:per_class] for c in range(N_CLASSES)]
+    short = [CLASSNAMES[c] for c, r in enumerate(rows) if len(r) < per_class]
+    if short:
+        raise ValueError(f"{world!r} holds fewer than {per_class} images of {len(short)} classes (e.g. "
+                         f"{short[0]!r}); make it larger")
+    return np.concatenate(rows)
+
+
+class KShotSet(torch.utils.data.Dataset):
+    """An in-distribution k-shot support set: the first ``per_class`` images of each class that the
+    world's generator draws for split ``split`` (the train split by default: the same images, and the
+    same style, as the world's own training images); ``ds[i] -> (PIL RGB image, label)``, class-major
+    like :class:`ClassNameSupportSet`. Only labels are drawn to find them, never images."""
+
+    def __init__(self, per_class: int = 16, seed: int = 0, image_size: int = 64, split: str = "train",
+                 style: str = "photo", transform: Callable | None = None) -> None:
+        if int(per_class) < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        # enough draws that every class is found with near certainty (a class's count is binomial)
+        size = N_CLASSES * int(per_class) * 3 + 400
+        self.world = ShapesWorld(split, size, seed, image_size, style=style, transform=transform)
+        self.classes, self.per_class = list(CLASSNAMES), int(per_class)
+        self.indices = first_per_class(self.world, self.per_class)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.world[int(self.indices[i])]
+
+    def labels(self) -> np.ndarray:
+        return np.repeat(np.arange(N_CLASSES, dtype=np.int64), self.per_class)

@@ -18,6 +18,7 @@ import io
 import json
 import textwrap
 import tokenize
+import types
 import typing
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
@@ -95,6 +96,8 @@ def _type_name(tp: Any) -> str:
         return type(typing.get_args(tp)[0]).__name__
     if typing.get_origin(tp) is list:
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if isinstance(tp, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
     return tp.__name__
 
 

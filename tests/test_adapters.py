@@ -156,17 +156,38 @@ def test_support_set_is_rendered_from_the_class_name_alone():
     assert np.array_equal(split.dataset.labels(), np.repeat(np.arange(64), 3))
     img, label = split.dataset[3 * W.CLASSNAMES.index("red triangle") + 2]
     assert label == W.CLASSNAMES.index("red triangle")
-    again = W.render_from_classname("red triangle", seed=1, index=2)
+    again = W.render_from_classname("red triangle", seed=1, index=2, style="sketch")   # sketch by default
     assert np.array_equal(np.asarray(img), np.asarray(again))                          # seeded, addressable
-    assert not np.array_equal(np.asarray(again), np.asarray(W.render_from_classname("red triangle", 1, 3)))
-    pixels = np.asarray(again).reshape(-1, 3).astype(int)
-    red = np.abs(pixels - np.array(W.COLOUR_RGB["red"])).max(axis=1) <= 12           # the shape, jittered
-    assert 0.02 < red.mean() < 0.6
+    assert not np.array_equal(np.asarray(again), np.asarray(W.render_from_classname("red triangle", 1, 3, 64, "sketch")))
+    photo = open_split({"name": "sus", "kind": "shapes-support", "options": {"per_class": 3, "seed": 1, "style": "photo"}},
+                       "train").dataset[3 * W.CLASSNAMES.index("red triangle") + 2][0]
+    assert np.array_equal(np.asarray(photo), np.asarray(W.render_from_classname("red triangle", 1, 2)))
+    for image in (again, photo):
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        red = np.abs(pixels - np.array(W.COLOUR_RGB["red"])).max(axis=1) <= 12       # the shape, jittered
+        assert 0.02 < red.mean() < 0.6
     assert W.classname_factors("a Blue  hexagon") == (W.COLOURS.index("blue"), W.SHAPES.index("hexagon"))
     with pytest.raises(ValueError):
         W.render_from_classname("red or blue triangle", 0, 0)
     with pytest.raises(PipelineError, match="only the split 'train'"):
         open_split({"name": "sus", "kind": "shapes-support", "options": {}}, "test")
+
+
+def test_in_distribution_shots_are_the_first_images_of_each_class_of_the_train_split():
+    from zoomshot.extract import world as W
+    from zoomshot.extract.datasets import open_split
+
+    shots = open_split({"name": "k", "kind": "shapes-shots", "options": {"per_class": 2, "seed": 3}}, "train").dataset
+    assert len(shots) == 128 and np.array_equal(shots.labels(), np.repeat(np.arange(64), 2))
+    train = W.ShapesWorld("train", 2000, seed=3)
+    labels = train.labels()
+    for c in (0, 17, 63):
+        first = np.flatnonzero(labels == c)[:2]
+        for k, i in enumerate(first):
+            img, label = shots[2 * c + k]
+            assert label == c and np.array_equal(np.asarray(img), np.asarray(train[int(i)][0]))   # the same image
+    with pytest.raises(PipelineError, match="only the split 'train'"):
+        open_split({"name": "k", "kind": "shapes-shots", "options": {}}, "test")
 
 
 # ------------------------------------------------------------------- a synthetic world, known answer
@@ -217,7 +238,8 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.C
         "paths": {k: str(folder / k) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},
         "clip": {"name": "clip", "model": "imported"},
         "encoders": [{"name": "enc", "model": "imported"}],
-        "datasets": [{"name": "syn", "kind": "imported"}, {"name": "sus", "kind": "imported"}],
+        "datasets": [{"name": "syn", "kind": "imported"}, {"name": "sus", "kind": "imported"},
+                     {"name": "sus2", "kind": "imported"}],
         "evaluate": {"test": ["syn:test"], "adapters": ["tip-adapter", "tip-x"], "support": "sus:train",
                      "chunk_rows": 150}})
     text, (sup, sy), (test, ty) = _world(0)
@@ -227,7 +249,8 @@ def _synthetic_cache(folder: Path, test_labels_poison: bool = False) -> config.C
         labels = np.random.default_rng(9).permutation(labels)
     mix = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))[0]
     for enc, fn in (("clip", lambda x: x), ("enc", lambda x: x @ mix)):     # enc = a rotation of CLIP
-        for ds, split, feats, lab in (("syn", "test", test, labels), ("sus", "train", sup, sy.numpy())):
+        for ds, split, feats, lab in (("syn", "test", test, labels), ("sus", "train", sup, sy.numpy()),
+                                      ("sus2", "train", sup[::2], sy.numpy()[::2])):
             target = layout.feature_path(cfg.project, enc, f"{ds}:{split}")
             if target.exists():
                 target.unlink()
@@ -307,28 +330,70 @@ def test_shots_write_their_own_files_and_variants(tmp_path):
     cfg.evaluate.shots, cfg.evaluate.adapters = 2, ["tip-x"]
     (path,) = _adapt(cfg, with_runs=False)
     r = json.loads(path.read_text())
-    assert path.name == "syn-test+tip-x-2shot.json" and r["variant"] == "clip+tip-x-2shot"
+    assert path.name == "syn-test+tip-x-2shot@sus-train.json" and r["variant"] == "clip+tip-x-2shot (support sus:train)"
     assert r["shots"] == 2 and r["support_size"] == 16 and r["val_size"] == 64 and r["method"] == "tip-x"
 
 
+def test_each_support_set_makes_its_own_labelled_rows(tmp_path):
+    """Two support sets: their own files, variants that name them, and two rows under each variant in
+    the report's table (one adapter, two support sets must not share a row)."""
+    from zoomshot.evaluate.report import summary_rows
+    from zoomshot.evaluate.tables import ADAPTED, build_tables, to_markdown
+
+    cfg = _synthetic_cache(tmp_path)
+    cfg.evaluate.support, cfg.evaluate.adapters = ["sus:train", "sus2:train"], ["tip-x"]
+    written = _adapt(cfg)
+    results = [json.loads(p.read_text()) for p in written]
+    assert sorted(p.name for p in written) == ["syn-test+tip-x@sus-train.json", "syn-test+tip-x@sus-train.json",
+                                               "syn-test+tip-x@sus2-train.json", "syn-test+tip-x@sus2-train.json"]
+    assert {(r["variant"], r["support_size"]) for r in results} == {
+        ("clip+tip-x (support sus:train)", 64), ("clip+tip-x (support sus2:train)", 32),
+        ("lstsq+tip-x (support sus:train)", 64), ("lstsq+tip-x (support sus2:train)", 32)}
+    zero_shot = {**results[0], "method": "lstsq", "variant": "lstsq", "run": "run0", "encoder": "enc",
+                 "fraction": 1.0, "epochs": None, "seed": 0}
+    for key in ("base_variant", "support", "support_label", "hparams"):
+        zero_shot.pop(key)
+    table = to_markdown(next(iter(build_tables(summary_rows([*results, zero_shot])).values())))
+    labels = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ↳")]
+    assert sorted(labels) == sorted([f"{ADAPTED}tip-x (support {s}:train)" for s in ("sus", "sus2")] * 2), table
+    cfg.evaluate.support = ["sus:train", "sus:train"]
+    with pytest.raises(PipelineError, match="both labelled"):
+        _adapt(cfg)
+
+
+def test_support_labels_say_what_each_world_support_set_is():
+    data = shipped_config()
+    project = config.from_dict(data).project
+    assert adaptation.support_label(project, "shapes-sus:train") == "name-only support"
+    assert adaptation.support_label(project, "shapes-shots:train") == "16-shot, in-distribution"
+    assert adaptation.support_label(project, "shapes:train") == "support shapes:train"
+    data["datasets"][1]["options"]["style"] = "photo"
+    assert adaptation.support_label(config.from_dict(data).project, "shapes-sus:train") == \
+        "name-only support, photo style"
+
+
 # ------------------------------------------------------------------------ the default world, end to end
-#: Measured on this world (train 1,000 / test 640 / 16 name-only support images a class, 8 of them held
-#: out for the search) with the shipped tiny CLIP (sha256 8e859240...): top-1 zero-shot 89.7, Tip-Adapter
-#: 97.7, TIP-X 98.0 (+8.3 points); cnn lstsq 78.1 -> 87.0 / 87.8. The floor sits 3 points under the gain.
+#: Measured on this world (train 1,000 / test 640 / 16 support images a class, 8 of them held out for the
+#: search) with the shipped tiny CLIP (sha256 8e859240...): top-1 zero-shot 89.7; with the in-distribution
+#: 16 shots Tip-Adapter 97.3, TIP-X 98.1 (+8.4 points); with the name-only (sketch) set 85.9 and 39.8: the
+#: search, on sketch rows, picks settings that lift sketches and sink photos. cnn lstsq 78.3 -> 87.3 / 74.5.
+#: The floor sits 3 points under the in-distribution gain.
 TIPX_GAIN_FLOOR = 0.05
+NAME_ONLY, SHOTS = "name-only support", "16-shot, in-distribution"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sus_world")
-    data = shipped_config()     # it has the name-only support set `shapes-sus` and the adapters on
+    data = shipped_config()     # it has both support sets and the adapters on
     assert Path(resolve(data["clip"]["pretrained"])).resolve() == TINY_CLIP.resolve()
     shapes = next(d for d in data["datasets"] if d["name"] == "shapes")
     shapes["options"].update(train_size=1000, test_size=640)
-    assert "shapes-sus:train" in data["extract"]["splits"]
+    assert data["evaluate"]["support"] == ["shapes-sus:train", "shapes-shots:train"]
+    assert {"shapes-sus:train", "shapes-shots:train"} <= set(data["extract"]["splits"])
     data["extract"].update(device="cpu")
     data["fit"].update(variants=["lstsq"], fractions=[1.0], encoders=["cnn"])
-    data["evaluate"].update(adapters=["tip-adapter", "tip-x"], support="shapes-sus:train")
+    data["evaluate"].update(adapters=["tip-adapter", "tip-x"])
     write_toml(folder, data)
     env = {"OMP_NUM_THREADS": "1"}     # a shared 2-core machine: one thread is faster than two fighting
     pipeline(folder, "extract", "--no-progress", env=env)
@@ -341,32 +406,38 @@ def _results(folder: Path) -> dict[str, dict]:
     return {r["variant"]: r for r in (json.loads(p.read_text()) for p in (folder / "zoomshot-out/results").rglob("*.json"))}
 
 
-def test_world_end_to_end_tipx_with_a_name_only_support_set(world):
+def test_world_end_to_end_tipx_with_a_name_only_and_an_in_distribution_support_set(world):
     folder, proc = world
-    assert "evaluate: 4 adapter result file(s) written" in proc.stdout, proc.stdout
+    assert "evaluate: 8 adapter result file(s) written" in proc.stdout, proc.stdout
     res = _results(folder)
-    assert {"clip", "lstsq", "clip+tip-adapter", "clip+tip-x", "lstsq+tip-adapter", "lstsq+tip-x"} <= set(res)
+    adapted = {f"{base}+{m} ({label})" for base in ("clip", "lstsq") for m in ("tip-adapter", "tip-x")
+               for label in (NAME_ONLY, SHOTS)}
+    assert {"clip", "lstsq"} | adapted <= set(res), set(res)
     plain = res["lstsq"]
-    for variant in ("lstsq+tip-adapter", "lstsq+tip-x"):
+    for variant in (v for v in adapted if v.startswith("lstsq")):
         r = res[variant]
         # scoring.py's fields, and more (classnames go with per_class_acc, which adapters do not write)
         assert set(plain) - {"metrics", "classnames"} <= set(r), set(plain) - set(r)
         assert r["encoder"] == "cnn" and r["run"] == plain["run"] and r["metrics"]["zero_shot_acc1"] == plain["metrics"]["acc1"]
-    for variant in ("clip+tip-adapter", "clip+tip-x"):
-        r = res[variant]
-        assert r["encoder"] == "clip" and r["run"] == "clip"
-        assert r["metrics"]["zero_shot_acc1"] == res["clip"]["metrics"]["acc1"] == r["metrics"]["clip_acc1"]
-        assert r["support"] == "shapes-sus:train" and r["shots"] == 0
-        assert r["val_size"] == 64 * 8 and r["support_size"] == 64 * 8     # half of 16 a class held out
-        assert {"alpha", "beta"} <= set(r["hparams"]) and r["metrics"]["n"] == 640
-    assert set(res["clip+tip-x"]["hparams"]) == {"alpha", "beta", "gamma", "temperature"}
-    zs, tx = res["clip"]["metrics"]["acc1"], res["clip+tip-x"]["metrics"]["acc1"]
-    assert tx >= zs + TIPX_GAIN_FLOOR, (zs, tx)
-    assert res["lstsq+tip-x"]["metrics"]["acc1"] > res["lstsq"]["metrics"]["acc1"]
+    for label, support in ((NAME_ONLY, "shapes-sus:train"), (SHOTS, "shapes-shots:train")):
+        for m in ("tip-adapter", "tip-x"):
+            r = res[f"clip+{m} ({label})"]
+            assert r["encoder"] == "clip" and r["run"] == "clip"
+            assert r["metrics"]["zero_shot_acc1"] == res["clip"]["metrics"]["acc1"] == r["metrics"]["clip_acc1"]
+            assert r["support"] == support and r["support_label"] == label and r["shots"] == 0
+            assert r["val_size"] == 64 * 8 and r["support_size"] == 64 * 8     # half of 16 a class held out
+            assert {"alpha", "beta"} <= set(r["hparams"]) and r["metrics"]["n"] == 640
+        assert set(res[f"clip+tip-x ({label})"]["hparams"]) == {"alpha", "beta", "gamma", "temperature"}
+    top1 = {v: r["metrics"]["acc1"] for v, r in res.items()}
+    assert top1[f"clip+tip-x ({SHOTS})"] >= top1["clip"] + TIPX_GAIN_FLOOR, top1
+    assert top1[f"lstsq+tip-x ({SHOTS})"] > top1["lstsq"], top1
+    # the name-only set is drawn unlike the test images: it helps less than shots of the test images' own kind
+    assert top1[f"clip+tip-x ({NAME_ONLY})"] < top1[f"clip+tip-x ({SHOTS})"], top1
     table = pipeline(folder, "report", "--no-plots").stdout
     lines = table.splitlines()
     clip = next(i for i, line in enumerate(lines) if line.startswith("| CLIP |"))
-    assert any(line.startswith("| ↳ + tip-x |") for line in lines[clip + 1:clip + 3]), table   # under CLIP
+    under = [line.split("|")[1].strip() for line in lines[clip + 1:clip + 5]]
+    assert {f"↳ + {m} ({label})" for m in ("tip-adapter", "tip-x") for label in (NAME_ONLY, SHOTS)} == set(under), table
 
 
 def test_world_poisoned_test_labels_do_not_move_the_search(world, tmp_path):
@@ -379,7 +450,7 @@ def test_world_poisoned_test_labels_do_not_move_the_search(world, tmp_path):
             f["labels"][...] = np.random.default_rng(0).permutation(f["labels"][:])
     pipeline(copy, "evaluate", env={"OMP_NUM_THREADS": "1"})
     after = _results(copy)
-    for variant in ("clip+tip-adapter", "clip+tip-x", "lstsq+tip-x"):
+    for variant in (f"clip+tip-adapter ({NAME_ONLY})", f"clip+tip-x ({SHOTS})", f"lstsq+tip-x ({NAME_ONLY})"):
         assert after[variant]["hparams"] == before[variant]["hparams"]
         assert after[variant]["val_acc1"] == before[variant]["val_acc1"]
         assert after[variant]["metrics"]["acc1"] < before[variant]["metrics"]["acc1"]

@@ -270,6 +270,74 @@ def _to_tensor(img):
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
+# --- rendering styles --------------------------------------------------------------------------------
+#: sha256 of the first 24 images of ShapesWorld(split="test", seed=0), as the world drew them before it had
+#: styles: the default style must keep every cache and the default test split as they were
+PHOTO_TEST_SHA256 = "4342e84d5c9b815ea0d9f3ede14fda91489949c85234897f994b0242c7521017"
+
+
+def test_the_photo_style_is_the_default_and_draws_the_images_it_drew_before_styles():
+    import hashlib
+
+    for ds in (ShapesWorld(split="test", size=24, seed=0), ShapesWorld(split="test", size=24, seed=0, style="photo")):
+        h = hashlib.sha256()
+        for i in range(24):
+            h.update(ds[i][0].tobytes())
+        assert h.hexdigest() == PHOTO_TEST_SHA256
+
+
+def test_a_sketch_shows_the_same_sample_in_other_image_statistics():
+    """Same factors and nuisances as the photo of the same index (only the sketch's own parameters are
+    added), the shape still in its colour, large still larger than small; but no pixel in common with the
+    photo and far more high-frequency energy (grain, hatching, strokes)."""
+    photo, sketch = ShapesWorld(size=200, seed=5), ShapesWorld(size=200, seed=5, style="sketch")
+    area, energy = {}, {"photo": [], "sketch": []}
+    for i in range(200):
+        p_spec, s_spec = photo.spec(i), sketch.spec(i)
+        assert {k: v for k, v in s_spec.items() if k in p_spec and k != "style"} == \
+            {k: v for k, v in p_spec.items() if k != "style"}
+        img = np.asarray(sketch[i][0]).astype(int)
+        assert sketch[i][1] == photo[i][1] and not np.array_equal(img, np.asarray(photo[i][0]))
+        close = (np.abs(img - np.array(s_spec["rgb"])).max(axis=2) == 0).sum()
+        assert close >= 25, (i, sketch.factors(i))
+        area.setdefault(s_spec["shape"], {0: [], 1: []})[s_spec["size"]].append(close)
+        for style, ds in (("photo", photo), ("sketch", sketch)):
+            grey = np.asarray(ds[i][0].convert("L")).astype(float)
+            energy[style].append(np.abs(np.diff(grey, axis=1)).mean())
+    for shape, by_size in area.items():
+        assert np.median(by_size[0]) < np.median(by_size[1]), SHAPES[shape]
+    assert np.mean(energy["sketch"]) > 2 * np.mean(energy["photo"]), {k: np.mean(v) for k, v in energy.items()}
+
+
+def test_sketches_are_deterministic_and_styles_are_checked():
+    a, b = ShapesWorld(size=8, seed=2, style="sketch"), ShapesWorld(size=30, seed=2, style="sketch")
+    for i in (7, 0, 3):
+        assert _bytes(a[i][0]) == _bytes(b[i][0]) == _bytes(pickle.loads(pickle.dumps(a))[i][0])
+    with pytest.raises(ValueError, match="style must be one of 'photo', 'sketch'"):
+        ShapesWorld(style="watercolour")
+    from zoomshot.extract.settings import STYLES
+    assert STYLES == W.STYLES                     # the config checks the names the world draws
+
+
+def test_the_style_is_part_of_a_cache_key_unless_it_is_the_photo_style(tmp_path):
+    from zoomshot.cache.records import DataRecord
+    from zoomshot.cache.settings import DatasetCfg
+
+    def identity(**extra):
+        options = {"train_size": 10, "test_size": 10, "seed": 0, "image_size": 64, **extra}
+        return DatasetCfg("shapes", "shapes", "", options).identity("train", DataRecord(tmp_path / "r", "shapes", ""))
+
+    assert identity(style="photo") == identity()              # caches made before styles stay valid
+    assert identity(style="sketch") != identity()
+
+
+def test_a_bad_style_is_one_config_error():
+    from zoomshot.cli import config
+
+    with pytest.raises(PipelineError, match=r"options.style' must be one of 'photo', 'sketch', got 'oil'"):
+        config.from_dict({"datasets": [{"name": "s", "kind": "shapes-support", "options": {"style": "oil"}}]})
+
+
 # --- prompt assets -----------------------------------------------------------------------------------
 def test_templates_json():
     data = json.loads(shipped.TEMPLATES.read_text(encoding="utf-8"))
