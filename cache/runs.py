@@ -15,7 +15,6 @@ A run that failed leaves `<name>.failed.txt` beside the folders: its full traceb
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, fields, replace
@@ -116,11 +115,6 @@ class Maps:
                        scale_clip=get("scale_clip").item())
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def record_digest(record: dict) -> str:
     """The sha256 of a run record without its own `record_sha256`, as JSON with sorted keys (so it is
     the same for the record written and the record read back)."""
@@ -143,7 +137,7 @@ class Run:
         path = self.dir / MAPS_FILE
         if not path.is_file():
             raise DamagedRun(self.name, f"{MAPS_FILE} is missing")
-        if _sha256(path) != self.record["maps_sha256"]:
+        if keys.file_sha256(path) != self.record["maps_sha256"]:
             raise DamagedRun(self.name, f"{MAPS_FILE} is damaged (its checksum does not match run.json)")
         try:
             return Maps.load(path)
@@ -194,7 +188,7 @@ def write_run(run_dir: Path, record: dict, maps: Maps) -> Path:
     with replacing(run_dir) as tmp:
         tmp.mkdir()
         maps.save(tmp / MAPS_FILE, {"run": run_dir.name, "method": str(record.get("method", ""))})
-        record = json.loads(json.dumps({**record, "maps_sha256": _sha256(tmp / MAPS_FILE)}, default=str))
+        record = json.loads(json.dumps({**record, "maps_sha256": keys.file_sha256(tmp / MAPS_FILE)}, default=str))
         record["record_sha256"] = record_digest(record)
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=1, default=str))
         if run_dir.exists():

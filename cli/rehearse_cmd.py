@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.outputs import check_out_folder
 
 from .config import from_dict, read_toml
 from .stage import say, writable
@@ -100,9 +101,7 @@ def config_problems(raw: dict, cfg_kinds: list[str]) -> list[str]:
 
 def _prepare_out(out: Path) -> None:
     """A fresh folder: an earlier rehearsal's is replaced (its timings would be cache hits), anything else kept."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise PipelineError(f"--out {out} exists and is not a rehearsal folder: give a new or empty folder")
+    if check_out_folder(out, MARKER, "a rehearsal folder"):
         shutil.rmtree(out)
     writable(out, "rehearse --out")
 

@@ -27,9 +27,10 @@ from zoomshot.cache import layout, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run
 from zoomshot.cache.settings import IMPORTED, Project, build, parse_ref
+from zoomshot.cache.zero_shot import clip_logits
 from zoomshot.extract.settings import DATASET_KINDS
 
-from .adapters import ADAPTERS, clip_logits, search_hparams, support_val_split, tipx_ranges
+from .adapters import ADAPTERS, search_hparams, support_val_split, tipx_ranges
 from .grids import GRIDS
 from .metrics import MetricAccumulator
 from .scoring import TASK, Inputs, Outcome, Say, Skips, TestInputs, aligned_chunks, run_fields, write_result
@@ -238,9 +239,8 @@ def _adapt_split(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             sup_file = Inputs(project, support).features("encoder", r["encoder"], r["encoder_key"],
                                                          r["encoder_identity"].get("family") == IMPORTED)
             sup = _support(sup_file, maps, got.classes.names, ev, support)
-            if not np.array_equal(sup["index"], clip_support["index"]):
-                raise PipelineError(f"its support file {sup_file.name} and CLIP's hold different rows: "
-                                    f"extract {support} for every encoder together")
+            store.check_same_rows(f"its support file {sup_file.name} and CLIP's", sup["index"],
+                                  clip_support["index"], f"extract {support} for every encoder together")
             chosen, metrics, zero_shot = _evaluate(got, maps, sup, methods, ev.adapter_grid, ev.chunk_rows)
         except PipelineError as e:
             skips.add(run, str(e))

@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoomshot.cache.zero_shot import clip_logits, cosine_similarities
+
 from .grids import DEFAULT_GRIDS
 
-#: CLIP's learned logit scale (exp(4.6052) = 100), as in both references: `100. * f @ W`.
-CLIP_LOGIT_SCALE = 100.0
 #: Softmax temperature of the TIP-X signatures (SuS-X tipx.py `--temperature` default).
 TIPX_TEMPERATURE = 0.5
 
@@ -66,11 +66,6 @@ def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"support labels must lie in [0, {num_classes})")
     return F.one_hot(labels, num_classes).float()
-
-
-def clip_logits(features: Tensor, class_emb: Tensor) -> Tensor:
-    """(N, C) CLIP zero-shot logits, 100 * cosine(image, class text)."""
-    return CLIP_LOGIT_SCALE * (_unit(features) @ _unit(class_emb).T)
 
 
 def cache_affinity(test: Tensor, support: Tensor, beta: float) -> Tensor:
@@ -90,7 +85,7 @@ def tip_adapter_logits(test: Tensor, support: Tensor, support_labels: Tensor, cl
 
 def signatures(features: Tensor, class_emb: Tensor, temperature: float = TIPX_TEMPERATURE) -> Tensor:
     """TIP-X signatures: softmax over the classes of cosine(image, class text) / temperature, (N, C)."""
-    return torch.softmax((_unit(features) @ _unit(class_emb).T) / temperature, dim=-1)
+    return torch.softmax(cosine_similarities(features, class_emb) / temperature, dim=-1)
 
 
 def kl_signature_affinity(test_sig: Tensor, support_sig: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from helpers import pipeline, shipped_config, write_toml
 from zoomshot.cache import catalog, layout, runs, store
 from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.zero_shot import clip_logits
 from zoomshot.cli import config
 from zoomshot.evaluate import adaptation
 from zoomshot.evaluate import adapters
@@ -99,7 +100,7 @@ def test_alpha_zero_is_exactly_zero_shot():
     g = torch.Generator().manual_seed(1)
     test, support, classes = torch.randn(50, 8, generator=g), torch.randn(20, 8, generator=g), torch.randn(5, 8, generator=g)
     labels = torch.arange(20) % 5
-    zs = adapters.clip_logits(test, classes)
+    zs = clip_logits(test, classes)
     torch.testing.assert_close(zs, 100 * (F.normalize(test, dim=-1) @ F.normalize(classes, dim=-1).T), rtol=0, atol=0)
     for beta in (1.0, 7.0):
         ta = adapters.tip_adapter_logits(test, support, labels, classes, alpha=0.0, beta=beta)
@@ -209,7 +210,7 @@ def test_adapters_beat_zero_shot_on_a_world_with_a_good_support_set():
     text, (sup, sy), (test, ty) = _world(0)
     s_rows, v_rows = adapters.support_val_split(sy.numpy(), 8, 0, 0, 0)
     acc = lambda logits: (logits.argmax(1) == ty).float().mean().item()  # noqa: E731
-    zs = acc(adapters.clip_logits(test, text))
+    zs = acc(clip_logits(test, text))
     hp_ta = adapters.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-adapter")
     hp_tx = adapters.search_hparams(sup[v_rows], sy[v_rows], sup[s_rows], sy[s_rows], text, "tip-x")
     ta = acc(adapters.tip_adapter_logits(test, sup[s_rows], sy[s_rows], text, hp_ta["alpha"], hp_ta["beta"]))
