@@ -59,7 +59,7 @@ def study(world: World, rows: list[int], seeds: list[int]) -> dict:
         t0 = time.perf_counter()
         results[name] = {recipe: [run(method, params, s) for s in seeds]
                          for recipe, (method, params) in RECIPES.items()}
-        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(results)}", flush=True)   # a partial table
     return results
 
 

@@ -59,8 +59,8 @@ class TrainConfig:
 
     Adam, lr 3e-2 with cosine decay to 0 over all steps, 20 epochs of batches of at most 2,048 rows and at
     least 50 steps (`batch_for`), in whitened coordinates, with a ridge on h chosen by GCV, starting from
-    the ridge closed forms, every term on one scale (fit/losses.py), w_cyc = w_cyc_text = 0.1 and w_kd = 1
-    (benchmarks/loss_weights.py). From a random start the MSE variant reaches the closed-form optimum at
+    the ridge closed forms, every term on one scale (fit/losses.py), w_cyc = w_cyc_text = 1 and w_kd = 3
+    (benchmarks/joint_weights.py). From a random start the MSE variant reaches the closed-form optimum at
     any number of rows (tests/test_fit_convergence.py); from the ridge start it is there at step 0, so a
     claim about training at these defaults measures the start too. w_cyc weighs the two image cycle terms
     and w_cyc_text the prompt-set cycle term (w_cyc == w_cyc_text is the paper's single L_cyc). lr = 0
@@ -81,9 +81,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     w_mse: float = 1.0
-    w_cyc: float = 0.1             # the weights follow benchmarks/loss_weights.py (README: which terms help)
-    w_cyc_text: float = 0.1
-    w_kd: float = 1.0
+    w_cyc: float = 1.0             # the weights follow benchmarks/joint_weights.py (docs/method.md)
+    w_cyc_text: float = 1.0
+    w_kd: float = 3.0
     kd_variant: str = "lm"
     kd_temperature: float = 4.0    # softmax temperature of the `kl` variant
     tau: float = 100.0
