@@ -15,6 +15,7 @@ A run that failed leaves `<name>.failed.txt` beside the folders: its full traceb
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, fields, replace

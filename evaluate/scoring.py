@@ -275,7 +275,9 @@ def gap_views(project: Project, test: list[str], results: list[dict], max_rows: 
             view = GapView(_head_rows(clip.test_file, max_rows), clip.classes.emb.numpy(), clip.classes.names)
         except PipelineError:
             continue
-        view.gaps.update({"CLIP image": r["metrics"]["gap"] for r in mine if r["method"] == "clip"})
+        clip_gaps = [r["metrics"]["gap"] for r in mine if r["method"] == "clip"]
+        if clip_gaps:
+            view.gaps["CLIP image"] = clip_gaps[-1]
         best: dict[str, dict] = {}
         for r in mine:
             if r["method"] != "clip" and (r["encoder"] not in best

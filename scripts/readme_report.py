@@ -55,7 +55,8 @@ def main(report_dir: Path) -> None:
     for page in sorted(set(PAGES.values())):
         text = (ROOT / page).read_text()
         for name in (n for n, p in PAGES.items() if p == page):
-            text, found = block(name).subn(lambda m, t=made(name, report_dir): m.group(1) + t + m.group(3), text)
+            table = made(name, report_dir)
+            text, found = block(name).subn(lambda m, t=table: m.group(1) + t + m.group(3), text)
             if not found:
                 sys.exit(f"{page} has no <!-- report:{name} --> block")
         (ROOT / page).write_text(text)

@@ -243,7 +243,7 @@ def _tar(path, members):
 ])
 def test_bad_shards_are_one_line(tmp_path, case, expected):
     make_data(tmp_path)
-    options, shards = "{}", tmp_path / "shards/train"
+    shards = tmp_path / "shards/train"
     if case == "no split folder":
         config(tmp_path, splits=("wds:test",))
     else:
@@ -304,7 +304,7 @@ def test_the_documented_cluster_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = read(tmp_path, "wds")
     assert set(files) == {"clip", "cnn"}
-    for enc, f in files.items():
+    for f in files.values():
         assert f["index"].tolist() == list(range(21)) and len(json.loads(f["attrs"]["shards"])) == 2
 
 
