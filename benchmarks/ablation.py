@@ -12,6 +12,7 @@ The full run: 100 / 400 / 4,000 rows, 3 seeds, 20 epochs; `--quick`: 100 and 1,0
 smaller world to extract). Prints a Markdown table (rows: recipes; columns: settings) and appends a JSON
 line to benchmarks/results/ablation.jsonl; docs/method.md quotes it.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -34,7 +35,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # the paper preset's assumed optimiser settings (docs/method.md) apart from its departures
     "paper, with tuned's lr 3e-2 and cosine": ("zoomshot", {"preset": "paper", "lr": 3e-2, "schedule": "cosine"}),
     "paper, with tuned's lr, cosine and batch floor": (
-        "zoomshot", {"preset": "paper", "lr": 3e-2, "schedule": "cosine", "steps_per_epoch": 50}),
+        "zoomshot",
+        {"preset": "paper", "lr": 3e-2, "schedule": "cosine", "steps_per_epoch": 50},
+    ),
     "lstsq (closed form)": ("lstsq", {}),
 }
 
@@ -44,12 +47,13 @@ def settings(world: World, rows: list[int]) -> dict[str, callable]:
     n_train = len(world.features("cnn", "shapes:train").features)
     out = {}
     for r in rows:
-        out[f"world cnn, {r:,} rows"] = (
-            lambda method, params, seed, f=r / n_train:
-            world.top1(world.fit(method, params, "cnn", ["shapes:train"], f, seed), "cnn"))
+        out[f"world cnn, {r:,} rows"] = lambda method, params, seed, f=r / n_train: world.top1(
+            world.fit(method, params, "cnn", ["shapes:train"], f, seed), "cnn"
+        )
     for r in rows:
-        out[f"synthetic, {r:,} rows"] = (
-            lambda method, params, seed, r=r: synthetic_top1(synthetic(seed, r), params, method, seed))
+        out[f"synthetic, {r:,} rows"] = lambda method, params, seed, r=r: synthetic_top1(
+            synthetic(seed, r), params, method, seed
+        )
     return out
 
 
@@ -57,9 +61,10 @@ def study(world: World, rows: list[int], seeds: list[int]) -> dict:
     results = {}
     for name, run in settings(world, rows).items():
         t0 = time.perf_counter()
-        results[name] = {recipe: [run(method, params, s) for s in seeds]
-                         for recipe, (method, params) in RECIPES.items()}
-        print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(results)}", flush=True)   # a partial table
+        results[name] = {
+            recipe: [run(method, params, s) for s in seeds] for recipe, (method, params) in RECIPES.items()
+        }
+        print(f"{name}: {time.perf_counter() - t0:.0f} s\n{table(results)}", flush=True)  # a partial table
     return results
 
 
@@ -82,8 +87,15 @@ def main() -> None:
     seeds = [0] if args.quick else list(range(args.seeds))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
-        world = World(extract(args.work or Path(tmp), train=max(rows), test=1000 if args.quick else 2000,
-                              per_class=1, encoders=("cnn",)))
+        world = World(
+            extract(
+                args.work or Path(tmp),
+                train=max(rows),
+                test=1000 if args.quick else 2000,
+                per_class=1,
+                encoders=("cnn",),
+            )
+        )
         print(f"extracted in {time.perf_counter() - t0:.0f} s", flush=True)
         results = study(world, rows, seeds)
     print("\n" + table(results))

@@ -16,6 +16,7 @@ the first 4,000 are the default world's). Rows: 100 and 4,000 of the 4,000 (the 
 seeded subsets); the mapped column is `tuned` `mse+cyc+kd-lm`, 20 epochs. Prints a Markdown table and
 appends a JSON line to benchmarks/results/ceiling.jsonl; docs/method.md quotes it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,17 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from world import World, append_result, arguments, extract, mean_std, pct
 
 from zoomshot.cache.runs import Maps
 from zoomshot.cache.subsets import subset_indices
 from zoomshot.fit.methods import fit_method
 
-TRAIN = 4000         # the default world's training split; the rows after it are the validation rows
+TRAIN = 4000  # the default world's training split; the rows after it are the validation rows
 VALIDATION = 1000
-TEST = 1280          # the default world's test split
-PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2)   # the probe's L2 penalties, one chosen on validation
+TEST = 1280  # the default world's test split
+PENALTIES = (1e-5, 1e-4, 1e-3, 1e-2)  # the probe's L2 penalties, one chosen on validation
 
 
 def held_out_world(work: Path) -> World:
@@ -65,8 +65,15 @@ def logistic_probe(z: torch.Tensor, y: torch.Tensor, penalty: float, start: torc
     """Multinomial logistic regression on standardised float64 z, from `start` (a copy is trained): mean
     cross-entropy + penalty * ||W||^2, minimised by full-batch L-BFGS with a strong Wolfe line search."""
     probe = copy.deepcopy(start)
-    opt = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=100, tolerance_grad=1e-8, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        probe.parameters(),
+        lr=1,
+        max_iter=100,
+        tolerance_grad=1e-8,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -109,7 +116,7 @@ def probe_top1(world: World, encoder: str, rows: np.ndarray, teacher: bool = Fal
     probes = {}
     for penalty in sorted(PENALTIES, reverse=True):
         probes[penalty] = probe = logistic_probe(*train, penalty, probe)
-    best = max(PENALTIES, key=lambda p: (top1(probes[p], *validation), p))   # ties: the stronger penalty
+    best = max(PENALTIES, key=lambda p: (top1(probes[p], *validation), p))  # ties: the stronger penalty
     return top1(probes[best], *test), best
 
 
@@ -120,8 +127,9 @@ def fit_map(world: World, encoder: str, rows: np.ndarray, params: dict, seed: in
     return fit_method("zoomshot", s, t, world.prompts, params, seed, "cpu")[0]
 
 
-def mapped_top1(world: World, maps: Maps, encoder: str, ref: str = "shapes:test",
-                rows: np.ndarray | None = None) -> float:
+def mapped_top1(
+    world: World, maps: Maps, encoder: str, ref: str = "shapes:test", rows: np.ndarray | None = None
+) -> float:
     """CLIP's zero-shot top-1 through `maps` on `rows` (None: all) of a split."""
     x, y = tensors(world, encoder, ref, rows)
     pred = (F.normalize(maps.to_clip(x), dim=-1) @ world.classes.emb.T).argmax(-1)
@@ -138,7 +146,7 @@ def study(world: World, rows: list[int], seeds: list[int]) -> list[dict]:
         return probe_top1(world, encoder, np.frombuffer(rows, dtype=np.int64), teacher)
 
     def probe(encoder: str, rows: np.ndarray, teacher: bool = False) -> tuple[float, float]:
-        return probe_of(encoder, rows.tobytes(), teacher)   # with all rows every seed draws the same rows
+        return probe_of(encoder, rows.tobytes(), teacher)  # with all rows every seed draws the same rows
 
     for encoder in ("cnn", "vit", clip):
         for r in rows:
@@ -147,29 +155,41 @@ def study(world: World, rows: list[int], seeds: list[int]) -> list[dict]:
             taught = [probe(encoder, train_rows(r, s), teacher=True)[0] for s in seeds]
             maps = [] if encoder == clip else [fit_map(world, encoder, train_rows(r, s), {}, s) for s in seeds]
             mapped = [mapped_top1(world, m, encoder) for m in maps]
-            out.append({"encoder": encoder, "rows": r, "probe": [p for p, _ in probes],
-                        "penalty": [p for _, p in probes], "teacher_probe": taught, "mapped": mapped,
-                        "clip_zero_shot": zero_shot})
+            out.append(
+                {
+                    "encoder": encoder,
+                    "rows": r,
+                    "probe": [p for p, _ in probes],
+                    "penalty": [p for _, p in probes],
+                    "teacher_probe": taught,
+                    "mapped": mapped,
+                    "clip_zero_shot": zero_shot,
+                }
+            )
             print(f"{encoder}, {r} rows: {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| encoder | rows | linear probe (labels) | probe on CLIP's predictions | mapped (tuned mse+cyc+kd-lm) "
-             "| CLIP zero-shot | probe / CLIP zs | mapped / CLIP zs | mapped / probe |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| encoder | rows | linear probe (labels) | probe on CLIP's predictions | mapped (tuned mse+cyc+kd-lm) "
+        "| CLIP zero-shot | probe / CLIP zs | mapped / CLIP zs | mapped / probe |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         probe, zs = mean_std(r["probe"])[0], r["clip_zero_shot"]
         mapped = mean_std(r["mapped"])[0] if r["mapped"] else None
         ratios = [f"{probe / zs:.0%}"] + ([f"{mapped / zs:.0%}", f"{mapped / probe:.0%}"] if mapped else ["", ""])
-        lines.append(f"| {r['encoder']} | {r['rows']:,} | {pct(r['probe'])} | {pct(r['teacher_probe'])} "
-                     f"| {pct(r['mapped']) if mapped else ''} | {100 * zs:.1f} | " + " | ".join(ratios) + " |")
+        lines.append(
+            f"| {r['encoder']} | {r['rows']:,} | {pct(r['probe'])} | {pct(r['teacher_probe'])} "
+            f"| {pct(r['mapped']) if mapped else ''} | {100 * zs:.1f} | " + " | ".join(ratios) + " |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     args = arguments(__doc__, "one seed (minutes)")
-    torch.set_num_threads(1)   # L-BFGS's small products gain nothing from a second thread on a shared machine
+    torch.set_num_threads(1)  # L-BFGS's small products gain nothing from a second thread on a shared machine
     seeds = [0] if args.quick else list(range(args.seeds))
     rows = [100, TRAIN]
     with tempfile.TemporaryDirectory(prefix="ceiling-") as tmp:

@@ -14,6 +14,7 @@ at the paper's row counts (12,800 x 20 epochs against 256,000 x 1, on a world of
 Claim 4 trains on the test images' style, on the sketch style and on half of each, at equal rows.
 `--quick`: 10,000 training images a style, 3 seeds (23,024 images to extract, then about 250 fits).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -30,11 +31,11 @@ from zoomshot.fit.sweep import BUILTIN_VARIANTS
 ENCODERS = ("cnn", "vit")
 TRAIN = "shapes:train"
 ZOOMSHOT = "mse+cyc+kd-lm"
-EPOCHS = 20                           # the paper's, and the trainer's default
-ABSOLUTE_ROWS = (12_800, 256_000)     # 1 % and 20 % of ImageNet-1k's 1.28 M training images
+EPOCHS = 20  # the paper's, and the trainer's default
+ABSOLUTE_ROWS = (12_800, 256_000)  # 1 % and 20 % of ImageNet-1k's 1.28 M training images
 #: the Linear Aligner's epochs are doubled from its own 5 until its final training loss falls by less than this
 CONVERGED = 0.01
-MAX_ALIGNER_EPOCHS = 5 * 2 ** 9
+MAX_ALIGNER_EPOCHS = 5 * 2**9
 
 
 def variant(name: str, **extra) -> tuple[str, dict]:
@@ -49,8 +50,10 @@ class Claims:
         self.world, self.seeds = world, seeds
         self.n = len(world.features("cnn", TRAIN).features)
         self.lines: list[str] = []
-        self.rows: list[str] = ["| | preset | claim | verdict | top-1 (%), mean ± std over seeds |",
-                                "|---|---|---|---|---|"]
+        self.rows: list[str] = [
+            "| | preset | claim | verdict | top-1 (%), mean ± std over seeds |",
+            "|---|---|---|---|---|",
+        ]
         self.numbers: dict[str, dict] = {}
         self._done: dict[tuple, list[float]] = {}
         self.aligner_epochs: dict[str, list[int]] = {}
@@ -58,16 +61,18 @@ class Claims:
     def rows_at(self, fraction: float) -> str:
         return f"{max(1, round(fraction * self.n)):,}"
 
-    def top1(self, name: str, encoder: str, fraction: float, refs: tuple[tuple[str, float], ...] = (),
-             **extra) -> list[float]:
+    def top1(
+        self, name: str, encoder: str, fraction: float, refs: tuple[tuple[str, float], ...] = (), **extra
+    ) -> list[float]:
         """Top-1 per seed of variant `name` fitted on `fraction` of the train split (or on the given
         (split, fraction) parts together)."""
         refs = refs or ((TRAIN, fraction),)
         key = (name, encoder, refs, tuple(sorted(extra.items())))
         if key not in self._done:
             method, params = variant(name, **extra)
-            self._done[key] = [self.world.top1(self._fit(method, params, encoder, refs, seed), encoder)
-                               for seed in self.seeds]
+            self._done[key] = [
+                self.world.top1(self._fit(method, params, encoder, refs, seed), encoder) for seed in self.seeds
+            ]
         return self._done[key]
 
     def _fit(self, method: str, params: dict, encoder: str, refs: tuple[tuple[str, float], ...], seed: int):
@@ -94,13 +99,16 @@ class Claims:
         self.aligner_epochs[f"{encoder} {self.rows_at(fraction)}"] = used
         return out
 
-    def say(self, n: int, preset: str, claim: str, holds: bool, numbers: dict[str, list[float]],
-            detail: str) -> None:
+    def say(self, n: int, preset: str, claim: str, holds: bool, numbers: dict[str, list[float]], detail: str) -> None:
         line = f"claim {n} [{preset}]: {claim}: {'holds' if holds else 'does not hold'} ({detail})"
         self.lines.append(line)
         self.rows.append(f"| {n} | {preset} | {claim} | {'holds' if holds else '**does not hold**'} | {detail} |")
-        self.numbers[f"{n} {preset}"] = {"claim": claim, "preset": preset, "holds": holds,
-                                         "top1": {k: mean_std(v) for k, v in numbers.items()}}
+        self.numbers[f"{n} {preset}"] = {
+            "claim": claim,
+            "preset": preset,
+            "holds": holds,
+            "top1": {k: mean_std(v) for k, v in numbers.items()},
+        }
         print(line, flush=True)
 
 
@@ -116,14 +124,28 @@ def claim_1(c: Claims, preset: str, fractions: tuple[float, ...]) -> None:
             own, converged = c.top1("linear-aligner", encoder, f), c.converged_aligner(encoder, f)
             closed = c.top1("lstsq", encoder, f)
             where = f"{encoder}, {c.rows_at(f)} rows"
-            numbers.update({f"{where} {ZOOMSHOT}": ours, f"{where} linear-aligner": own,
-                            f"{where} linear-aligner converged": converged, f"{where} lstsq": closed})
+            numbers.update(
+                {
+                    f"{where} {ZOOMSHOT}": ours,
+                    f"{where} linear-aligner": own,
+                    f"{where} linear-aligner converged": converged,
+                    f"{where} lstsq": closed,
+                }
+            )
             holds &= mean(ours) > max(mean(own), mean(converged))
-            parts.append(f"{where}: {ZOOMSHOT} {pct(ours)} vs linear-aligner {pct(own)}, converged "
-                         f"{pct(converged)} ({'/'.join(map(str, c.aligner_epochs[f'{encoder} {c.rows_at(f)}']))} "
-                         f"epochs), lstsq {pct(closed)}")
-    c.say(1, preset, "Zoom-shot beats the Linear Aligner at equal data (own recipe and converged; lstsq for "
-          "contrast)", holds, numbers, "; ".join(parts))
+            parts.append(
+                f"{where}: {ZOOMSHOT} {pct(ours)} vs linear-aligner {pct(own)}, converged "
+                f"{pct(converged)} ({'/'.join(map(str, c.aligner_epochs[f'{encoder} {c.rows_at(f)}']))} "
+                f"epochs), lstsq {pct(closed)}"
+            )
+    c.say(
+        1,
+        preset,
+        "Zoom-shot beats the Linear Aligner at equal data (own recipe and converged; lstsq for contrast)",
+        holds,
+        numbers,
+        "; ".join(parts),
+    )
 
 
 def claim_2(c: Claims, preset: str, fractions: tuple[float, ...]) -> None:
@@ -145,28 +167,50 @@ def claim_3(c: Claims, preset: str, small: float, large: float) -> None:
         numbers[f"{encoder} {c.rows_at(small)} x 20"], numbers[f"{encoder} {c.rows_at(large)} x 1"] = few, many
         gap = 100 * (mean(many) - mean(few))
         holds &= gap <= 1.0
-        parts.append(f"{encoder}: {c.rows_at(small)} rows x 20 epochs {pct(few)} vs {c.rows_at(large)} rows x 1 "
-                     f"epoch {pct(many)}, gap {gap:+.1f}")
-    c.say(3, preset, "1 % of the data for 20 epochs comes within 1 point of 20 % for 1 epoch", holds, numbers,
-          "; ".join(parts))
+        parts.append(
+            f"{encoder}: {c.rows_at(small)} rows x 20 epochs {pct(few)} vs {c.rows_at(large)} rows x 1 "
+            f"epoch {pct(many)}, gap {gap:+.1f}"
+        )
+    c.say(
+        3,
+        preset,
+        "1 % of the data for 20 epochs comes within 1 point of 20 % for 1 epoch",
+        holds,
+        numbers,
+        "; ".join(parts),
+    )
 
 
 def claim_4(c: Claims, preset: str, fraction: float) -> None:
     """Equal rows from the test images' style, from the sketch style, and half from each."""
     numbers, parts, holds = {}, [], True
     for encoder in ENCODERS:
-        runs = {"test style": c.top1(ZOOMSHOT, encoder, 0, ((TRAIN, fraction),), preset=preset, epochs=EPOCHS),
-                "sketch style": c.top1(ZOOMSHOT, encoder, 0, ((SKETCH_TRAIN, fraction),), preset=preset,
-                                         epochs=EPOCHS),
-                "mix": c.top1(ZOOMSHOT, encoder, 0, ((TRAIN, fraction / 2), (SKETCH_TRAIN, fraction / 2)),
-                              preset=preset, epochs=EPOCHS)}
+        runs = {
+            "test style": c.top1(ZOOMSHOT, encoder, 0, ((TRAIN, fraction),), preset=preset, epochs=EPOCHS),
+            "sketch style": c.top1(ZOOMSHOT, encoder, 0, ((SKETCH_TRAIN, fraction),), preset=preset, epochs=EPOCHS),
+            "mix": c.top1(
+                ZOOMSHOT,
+                encoder,
+                0,
+                ((TRAIN, fraction / 2), (SKETCH_TRAIN, fraction / 2)),
+                preset=preset,
+                epochs=EPOCHS,
+            ),
+        }
         numbers.update({f"{encoder} {k}": v for k, v in runs.items()})
         means = [mean(v) for v in runs.values()]
         spread = 100 * (max(means) - min(means))
         holds &= spread >= 1.0 and spread > 2 * 100 * max(mean_std(v)[1] for v in runs.values())
         parts.append(f"{encoder}, {c.rows_at(fraction)} rows: " + ", ".join(f"{k} {pct(v)}" for k, v in runs.items()))
-    c.say(4, preset, "the training distribution matters (test style vs sketch style vs a mix, equal rows: >= 1 "
-          "point apart, beyond 2 std)", holds, numbers, "; ".join(parts))
+    c.say(
+        4,
+        preset,
+        "the training distribution matters (test style vs sketch style vs a mix, equal rows: >= 1 "
+        "point apart, beyond 2 std)",
+        holds,
+        numbers,
+        "; ".join(parts),
+    )
 
 
 def claim_5(c: Claims, preset: str, fractions: tuple[float, ...]) -> None:
@@ -178,18 +222,29 @@ def claim_5(c: Claims, preset: str, fractions: tuple[float, ...]) -> None:
         first, last = means[1] - means[0], means[-1] - means[-2]
         holds &= last < first and last < 1.0
         parts.append(f"{encoder}: " + ", ".join(f"{c.rows_at(f)} rows {pct(v)}" for f, v in zip(fractions, curve)))
-    c.say(5, preset, "accuracy against fraction saturates (the last step adds < 1 point, less than the first)",
-          holds, numbers, "; ".join(parts))
+    c.say(
+        5,
+        preset,
+        "accuracy against fraction saturates (the last step adds < 1 point, less than the first)",
+        holds,
+        numbers,
+        "; ".join(parts),
+    )
 
 
 def run(world: World, seeds: list[int]) -> Claims:
     c = Claims(world, seeds)
     # claim 4 (what the second style tests) and claim 1 first: a run cut short still has them
-    for claim, args in ((claim_4, (1.0,)), (claim_1, ((0.01, 0.2),)), (claim_3, (0.01, 0.2)),
-                        (claim_2, ((0.01, 0.2),)), (claim_5, ((0.01, 0.05, 0.2, 0.5, 1.0),))):
+    for claim, args in (
+        (claim_4, (1.0,)),
+        (claim_1, ((0.01, 0.2),)),
+        (claim_3, (0.01, 0.2)),
+        (claim_2, ((0.01, 0.2),)),
+        (claim_5, ((0.01, 0.05, 0.2, 0.5, 1.0),)),
+    ):
         for preset in PRESETS:
             claim(c, preset, *args)
-    c.rows[2:] = sorted(c.rows[2:], key=lambda row: int(row.split("|")[1]))    # the table in claim order
+    c.rows[2:] = sorted(c.rows[2:], key=lambda row: int(row.split("|")[1]))  # the table in claim order
     return c
 
 
@@ -205,10 +260,12 @@ def style_gap(world: World) -> dict[str, float]:
         means[ref] = F.normalize(torch.stack([x[y == k].mean(0) for k in range(len(world.classes.emb))]), dim=-1)
     cross = means[TRAIN] @ means[TRAIN].T
     off = ~torch.eye(len(cross), dtype=torch.bool)
-    return {"clip_top1_test_style": world.top1(None, "cnn", TRAIN),
-            "clip_top1_sketch": world.top1(None, "cnn", SKETCH_TRAIN),
-            "same_class_cosine": float((means[TRAIN] * means[SKETCH_TRAIN]).sum(-1).mean()),
-            "other_class_cosine": float(cross[off].mean())}
+    return {
+        "clip_top1_test_style": world.top1(None, "cnn", TRAIN),
+        "clip_top1_sketch": world.top1(None, "cnn", SKETCH_TRAIN),
+        "same_class_cosine": float((means[TRAIN] * means[SKETCH_TRAIN]).sum(-1).mean()),
+        "other_class_cosine": float(cross[off].mean()),
+    }
 
 
 def run_absolute(world: World, seeds: list[int]) -> Claims:
@@ -220,30 +277,51 @@ def run_absolute(world: World, seeds: list[int]) -> Claims:
 
 
 def main() -> None:
-    args = arguments(__doc__, "10,000 training images a style, 3 seeds",
-                     absolute=f"claim 3 alone at {ABSOLUTE_ROWS[0]:,} x 20 epochs vs {ABSOLUTE_ROWS[1]:,} x 1 "
-                              f"(extracts {ABSOLUTE_ROWS[1]:,} training images: hours on 2 cores)")
+    args = arguments(
+        __doc__,
+        "10,000 training images a style, 3 seeds",
+        absolute=f"claim 3 alone at {ABSOLUTE_ROWS[0]:,} x 20 epochs vs {ABSOLUTE_ROWS[1]:,} x 1 "
+        f"(extracts {ABSOLUTE_ROWS[1]:,} training images: hours on 2 cores)",
+    )
     train = ABSOLUTE_ROWS[1] if args.absolute else 10_000 if args.quick else 40_000
     seeds = list(range(max(3, args.seeds)))
     with tempfile.TemporaryDirectory(prefix="claims-") as tmp:
         start = time.perf_counter()
-        world = World(extract(args.work or Path(tmp), train=train, test=2000, per_class=16,
-                              sketch_train=0 if args.absolute else train))
-        print(f"CLIP zero-shot top-1 on the test split: {100 * world.top1(None, 'cnn'):.1f} %; {train:,} training "
-              f"images a style, seeds {seeds}; extracted in {time.perf_counter() - start:.0f} s", flush=True)
+        world = World(
+            extract(
+                args.work or Path(tmp), train=train, test=2000, per_class=16, sketch_train=0 if args.absolute else train
+            )
+        )
+        print(
+            f"CLIP zero-shot top-1 on the test split: {100 * world.top1(None, 'cnn'):.1f} %; {train:,} training "
+            f"images a style, seeds {seeds}; extracted in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         gap = {} if args.absolute else style_gap(world)
         if gap:
-            print(f"the two styles for CLIP: zero-shot top-1 {100 * gap['clip_top1_test_style']:.1f} % on the test "
-                  f"style's training images, {100 * gap['clip_top1_sketch']:.1f} % on the sketch style's; a class's "
-                  f"mean features in the two styles: cosine {gap['same_class_cosine']:.3f} (two classes of one "
-                  f"style: {gap['other_class_cosine']:.3f})", flush=True)
+            print(
+                f"the two styles for CLIP: zero-shot top-1 {100 * gap['clip_top1_test_style']:.1f} % on the test "
+                f"style's training images, {100 * gap['clip_top1_sketch']:.1f} % on the sketch style's; a class's "
+                f"mean features in the two styles: cosine {gap['same_class_cosine']:.3f} (two classes of one "
+                f"style: {gap['other_class_cosine']:.3f})",
+                flush=True,
+            )
         claims = (run_absolute if args.absolute else run)(world, seeds)
-    print("\n" + "\n".join(claims.rows))    # the table of docs/method.md
+    print("\n" + "\n".join(claims.rows))  # the table of docs/method.md
     print(f"\n{time.perf_counter() - start:.0f} s in all")
-    append_result("claims", {"quick": args.quick, "absolute": args.absolute, "train": train, "seeds": seeds,
-                             "style_gap": gap,
-                             "claims": claims.numbers, "aligner_epochs": claims.aligner_epochs,
-                             "lines": claims.lines})
+    append_result(
+        "claims",
+        {
+            "quick": args.quick,
+            "absolute": args.absolute,
+            "train": train,
+            "seeds": seeds,
+            "style_gap": gap,
+            "claims": claims.numbers,
+            "aligner_epochs": claims.aligner_epochs,
+            "lines": claims.lines,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Every command runs `--repeats` times per interpreter, interpreters interleaved, 
 holding the repository's pipeline.toml with one key misspelled (`[fit] epoch`); the median wall time
 of each is printed side by side (process start and Python's own start-up included, as a user waits).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,14 @@ COMMANDS = {
 def wall_time(python: str, args: list[str], expected: int, folder: Path) -> float:
     """Seconds `pipeline ARGS` takes through `python`, from process start to exit (which must be `expected`)."""
     start = time.perf_counter()
-    proc = subprocess.run([python, "-c", "from zoomshot.cli.main import main; main()", *args], cwd=folder,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(
+        [python, "-c", "from zoomshot.cli.main import main; main()", *args],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != expected:
         sys.exit(f"{python} pipeline {' '.join(args)} exited {proc.returncode}, not {expected}: {proc.stderr}")
@@ -49,8 +56,12 @@ def typo_config(folder: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--python", action="append", metavar="LABEL=INTERPRETER",
-                    help="an interpreter to time (repeat for several) [default: this one]")
+    ap.add_argument(
+        "--python",
+        action="append",
+        metavar="LABEL=INTERPRETER",
+        help="an interpreter to time (repeat for several) [default: this one]",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     pythons = dict(p.split("=", 1) for p in args.python or [f"this={sys.executable}"])

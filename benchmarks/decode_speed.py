@@ -19,6 +19,7 @@ entropy decoder works as on photos; made once under --data (default: a temporary
 default: the world's tiny models at 64 px. The last two lines are for scripts:
 `decode speed-up vs plain PIL: <x>x` and `stage / min(decode, forward): <r>`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,20 +32,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from extract_speed import REAL, TINY, sync, timed  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
 
 from zoomshot.cache import layout  # noqa: E402
 from zoomshot.cli import config as C  # noqa: E402
 from zoomshot.extract.datasets import open_split  # noqa: E402
 from zoomshot.extract.decode import first_resize  # noqa: E402
 from zoomshot.extract.encoders import build_encoder  # noqa: E402
-from zoomshot.extract.runner import (SplitJob, _autocast, Decoded, _loader, _pixel_path, extract_split,  # noqa: E402
-                                     loader_workers)
+from zoomshot.extract.runner import Decoded, SplitJob, _autocast, _loader, _pixel_path, extract_split, loader_workers  # noqa: E402
 from zoomshot.extract.shards import batch_plan  # noqa: E402
-from world import append_result  # noqa: E402  (benchmarks/world.py, beside this script)
-
-from extract_speed import REAL, TINY, sync, timed  # noqa: E402
-
 
 
 def natural_image(rng: np.random.Generator, width: int = 500, height: int = 375) -> Image.Image:
@@ -102,12 +100,24 @@ def main() -> None:
         t0 = time.perf_counter()
         paths = make_folder(data_root, args.images)
         print(f"{len(paths)} JPEGs of 500x375 under {data_root} ({time.perf_counter() - t0:.0f} s to make or find)")
-        cfg = C.from_dict({
-            "paths": {"cache_dir": str(Path(tmp) / "cache")}, "clip": models["clip"], "encoders": models["encoders"],
-            "datasets": [{"name": "jpegs", "kind": "imagefolder", "root": str(data_root),
-                          "options": {"classnames_file": ""}}],
-            "extract": {"splits": ["jpegs:train"], "batch_size": args.batch, "num_workers": args.workers,
-                        "device": args.device, "gpu_preprocess": args.gpu_preprocess, "gpu_decode": args.gpu_decode}})
+        cfg = C.from_dict(
+            {
+                "paths": {"cache_dir": str(Path(tmp) / "cache")},
+                "clip": models["clip"],
+                "encoders": models["encoders"],
+                "datasets": [
+                    {"name": "jpegs", "kind": "imagefolder", "root": str(data_root), "options": {"classnames_file": ""}}
+                ],
+                "extract": {
+                    "splits": ["jpegs:train"],
+                    "batch_size": args.batch,
+                    "num_workers": args.workers,
+                    "device": args.device,
+                    "gpu_preprocess": args.gpu_preprocess,
+                    "gpu_decode": args.gpu_decode,
+                },
+            }
+        )
         project, settings = cfg.project, cfg.extract
         names = [cfg.clip.name] + [e.name for e in cfg.encoders]
         encoders = {n: build_encoder(project.encoder(n).spec(), args.device) for n in names}
@@ -123,7 +133,7 @@ def main() -> None:
         t_ours = timed(lambda: [one[i] for i in range(k)])
         full = Decoded(dataset, np.arange(k), transforms, [None] * len(transforms))
         t_full = timed(lambda: [full[i] for i in range(k)])
-        uint8 = Decoded(dataset, np.arange(k), transforms, sizes, pixels=True)    # what gpu_preprocess leaves
+        uint8 = Decoded(dataset, np.arange(k), transforms, sizes, pixels=True)  # what gpu_preprocess leaves
         t_uint8 = timed(lambda: [uint8[i] for i in range(k)])
 
         # ---- with the stage's workers
@@ -132,8 +142,9 @@ def main() -> None:
         plan = [range(a, b) for a, b in batch_plan(indices, args.batch)]
 
         def decoded_batches():
-            return _loader(Decoded(dataset, indices, transforms, sizes, pixels, args.gpu_decode), plan, settings,
-                           args.device)
+            return _loader(
+                Decoded(dataset, indices, transforms, sizes, pixels, args.gpu_decode), plan, settings, args.device
+            )
 
         t_decode = timed(lambda: [None for _ in decoded_batches()])
         kept = []
@@ -151,32 +162,50 @@ def main() -> None:
                 for b in range(len(plan)):
                     views = kept[b % len(kept)]
                     for n in names:
-                        encoders[n].encode_image(views[view_of[n]][:len(plan[b])].to(args.device, non_blocking=True))
+                        encoders[n].encode_image(views[view_of[n]][: len(plan[b])].to(args.device, non_blocking=True))
             sync(args.device)
 
-        bare()                                   # warm-up (allocator, cuDNN autotune)
+        bare()  # warm-up (allocator, cuDNN autotune)
         t_bare = timed(bare)
         job = SplitJob("jpegs:train", {n: layout.feature_path(project, n, "jpegs:train") for n in names})
-        t_stage = timed(lambda: extract_split(project, settings, job, encoders, args.device, progress=False,
-                                              say=lambda line: None))
+        t_stage = timed(
+            lambda: extract_split(project, settings, job, encoders, args.device, progress=False, say=lambda line: None)
+        )
     n = args.images
-    rec = {"device": args.device, "real_size": args.real_size, "images": n, "per_core_images": k,
-           "batch": args.batch, "workers": loader_workers(args.workers), "cores": len(os.sched_getaffinity(0)),
-           "gpu_preprocess": args.gpu_preprocess, "gpu_decode": args.gpu_decode, "encoders": names,
-           "input_sizes": sizes, "plain_pil_img_s_core": per_second(k, t_plain),
-           "pipeline_img_s_core": per_second(k, t_ours), "pipeline_no_draft_img_s_core": per_second(k, t_full),
-           "uint8_decode_img_s_core": per_second(k, t_uint8),
-           "decode_img_s": per_second(n, t_decode), "forward_img_s": per_second(n, t_bare),
-           "stage_img_s": per_second(n, t_stage), "threads": torch.get_num_threads()}
+    rec = {
+        "device": args.device,
+        "real_size": args.real_size,
+        "images": n,
+        "per_core_images": k,
+        "batch": args.batch,
+        "workers": loader_workers(args.workers),
+        "cores": len(os.sched_getaffinity(0)),
+        "gpu_preprocess": args.gpu_preprocess,
+        "gpu_decode": args.gpu_decode,
+        "encoders": names,
+        "input_sizes": sizes,
+        "plain_pil_img_s_core": per_second(k, t_plain),
+        "pipeline_img_s_core": per_second(k, t_ours),
+        "pipeline_no_draft_img_s_core": per_second(k, t_full),
+        "uint8_decode_img_s_core": per_second(k, t_uint8),
+        "decode_img_s": per_second(n, t_decode),
+        "forward_img_s": per_second(n, t_bare),
+        "stage_img_s": per_second(n, t_stage),
+        "threads": torch.get_num_threads(),
+    }
     rec["speedup_vs_plain"] = rec["pipeline_img_s_core"] / rec["plain_pil_img_s_core"]
     rec["stage_vs_min"] = rec["stage_img_s"] / min(rec["decode_img_s"], rec["forward_img_s"])
-    print(f"per core: plain PIL open+convert+resize to {side} px {rec['plain_pil_img_s_core']:.0f} img/s; pipeline "
-          f"decode + {len(transforms)} transform(s) {rec['pipeline_img_s_core']:.0f} img/s "
-          f"(without reduced-size decoding {rec['pipeline_no_draft_img_s_core']:.0f} img/s; decode to uint8 only, "
-          f"the CPU's share with gpu_preprocess, {rec['uint8_decode_img_s_core']:.0f} img/s)")
-    print(f"with {rec['workers']} worker(s), batch {args.batch}, {args.device}: decode only {rec['decode_img_s']:.0f} "
-          f"img/s, bare forward of {len(names)} encoders {rec['forward_img_s']:.0f} img/s, extraction stage "
-          f"{rec['stage_img_s']:.0f} img/s")
+    print(
+        f"per core: plain PIL open+convert+resize to {side} px {rec['plain_pil_img_s_core']:.0f} img/s; pipeline "
+        f"decode + {len(transforms)} transform(s) {rec['pipeline_img_s_core']:.0f} img/s "
+        f"(without reduced-size decoding {rec['pipeline_no_draft_img_s_core']:.0f} img/s; decode to uint8 only, "
+        f"the CPU's share with gpu_preprocess, {rec['uint8_decode_img_s_core']:.0f} img/s)"
+    )
+    print(
+        f"with {rec['workers']} worker(s), batch {args.batch}, {args.device}: decode only {rec['decode_img_s']:.0f} "
+        f"img/s, bare forward of {len(names)} encoders {rec['forward_img_s']:.0f} img/s, extraction stage "
+        f"{rec['stage_img_s']:.0f} img/s"
+    )
     append_result("decode_speed", rec)
     print(f"decode speed-up vs plain PIL: {rec['speedup_vs_plain']:.2f}x")
     print(f"stage / min(decode, forward): {rec['stage_vs_min']:.2f}")

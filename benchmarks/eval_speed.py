@@ -20,6 +20,7 @@ median of --repeats measurements. (b)'s top-1 is checked against (a)'s (the cach
 differences are possible). Prints both times and the speed-up; appends a JSON line to
 benchmarks/results/eval_speed.jsonl.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,29 @@ BATCH = 128
 
 def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs: int) -> Path:
     base = tomllib.loads((ROOT / "pipeline.toml").read_text())
-    datasets = [{**d, "options": {**d.get("options", {}), "train_size": train_size, "test_size": test_size}}
-                for d in base["datasets"] if d["kind"] == "shapes"]
+    datasets = [
+        {**d, "options": {**d.get("options", {}), "train_size": train_size, "test_size": test_size}}
+        for d in base["datasets"]
+        if d["kind"] == "shapes"
+    ]
     encoder = next(e for e in base["encoders"] if e["name"] == ENCODER)
     out = work / "out"
     config = {
         "paths": {k: str(out / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")},
-        "clip": base["clip"], "encoders": [encoder], "datasets": datasets,
+        "clip": base["clip"],
+        "encoders": [encoder],
+        "datasets": datasets,
         "extract": {"splits": ["shapes:train", TEST], "batch_size": BATCH, "device": "cpu"},
-        "fit": {"train": ["shapes:train"], "encoders": [ENCODER], "variants": ["mse", "lstsq"], "fractions": [1.0],
-                "epochs": [epochs], "seeds": list(range(seeds)), "device": "cpu", "workers": 2},
+        "fit": {
+            "train": ["shapes:train"],
+            "encoders": [ENCODER],
+            "variants": ["mse", "lstsq"],
+            "fractions": [1.0],
+            "epochs": [epochs],
+            "seeds": list(range(seeds)),
+            "device": "cpu",
+            "workers": 2,
+        },
         "evaluate": {"test": [TEST]},
     }
     path = work / "pipeline.toml"
@@ -74,13 +88,15 @@ def write_config(work: Path, test_size: int, train_size: int, seeds: int, epochs
 def pipeline(stage: str, config: Path) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    cli = [sys.executable, "-c", "from zoomshot.cli.main import main; main()"]   # the `pipeline` command
-    subprocess.run([*cli, stage, "--config", str(config)],
-                   check=True, env=env, cwd=config.parent, stdout=subprocess.DEVNULL)
+    cli = [sys.executable, "-c", "from zoomshot.cli.main import main; main()"]  # the `pipeline` command
+    subprocess.run(
+        [*cli, stage, "--config", str(config)], check=True, env=env, cwd=config.parent, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
 # ---- (b): re-encode the test images for every run ------------------------------------------------------
+
 
 def encode_test_set(encoder, dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Every test image through the encoder's transform and forward pass, in dataset order."""
@@ -100,8 +116,9 @@ def reencode_evaluate(cfg: C.Config, runs: list[Path]) -> tuple[float, dict[str,
     encoder = build_encoder(project.encoder(ENCODER).spec(), "cpu")
     dataset = open_split(project.dataset(DATASET).spec(), "test").dataset
     text = store.read_text(layout.class_text_path(project, DATASET))
-    class_emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
-                                 len(text.classnames))
+    class_emb = class_embeddings(
+        torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt), len(text.classnames)
+    )
     clip = store.read_features(layout.feature_path(project, cfg.clip.name, TEST), None)
     if not np.array_equal(clip.index, np.arange(len(dataset))):
         raise SystemExit("the cached test split is not the whole split in order; extract fraction 1.0")
@@ -132,9 +149,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="R = 2 variants x seeds runs")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="each measurement's median over this many")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of both measurements (1: stable on a shared, busy CPU, where "
-                             "more threads than free cores slow torch down several-fold)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of both measurements (1: stable on a shared, busy CPU, where "
+        "more threads than free cores slow torch down several-fold)",
+    )
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     with tempfile.TemporaryDirectory(prefix="eval_speed-") as tmp:
@@ -144,25 +165,40 @@ def main() -> None:
         runs = [run.dir for run, _ in open_runs(cfg.project, None, say=print)[0]]
         torch.set_num_threads(args.threads)
         cached, reencode = [], []
-        for _ in range(args.repeats):   # interleaved, so a change in the machine's load hits both sides
+        for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits both sides
             cached.append(cached_evaluate(cfg))
             reencode.append(reencode_evaluate(cfg, runs))
     (cached_s, cached_acc), (reencode_s, reencode_acc) = (
-        (statistics.median(t for t, _ in m), m[-1][1]) for m in (cached, reencode))
+        (statistics.median(t for t, _ in m), m[-1][1]) for m in (cached, reencode)
+    )
     diff = max(abs(cached_acc[k] - reencode_acc[k]) for k in reencode_acc)
     ratio = reencode_s / cached_s
-    print(f"setup: extract {t_extract:.1f} s, fit {t_fit:.1f} s; R = {len(runs)} runs on {args.test_size} "
-          f"test images ({ENCODER}: {cfg.project.encoder(ENCODER).model}), torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}")
-    for name, seconds in (("(a) cached evaluation (run_evaluate):    ", cached_s),
-                          ("(b) re-encode test images for every run: ", reencode_s)):
+    print(
+        f"setup: extract {t_extract:.1f} s, fit {t_fit:.1f} s; R = {len(runs)} runs on {args.test_size} "
+        f"test images ({ENCODER}: {cfg.project.encoder(ENCODER).model}), torch threads {torch.get_num_threads()}, "
+        f"median of {args.repeats}"
+    )
+    for name, seconds in (
+        ("(a) cached evaluation (run_evaluate):    ", cached_s),
+        ("(b) re-encode test images for every run: ", reencode_s),
+    ):
         print(f"{name}{seconds:8.3f} s  ({1000 * seconds / len(runs):.1f} ms/run)")
     print(f"speed-up of the cache: {ratio:.1f}x  (max |top-1 difference| between (a) and (b): {diff:.4f})")
-    record = {"date": timestamps.now(), "runs": len(runs),
-              "test_size": args.test_size, "train_size": args.train_size, "encoder": cfg.project.encoder(ENCODER).model,
-              "cached_s": round(cached_s, 4), "reencode_s": round(reencode_s, 4), "speedup": round(ratio, 2),
-              "max_acc1_diff": diff, "load_avg_1min": round(os.getloadavg()[0], 2), "repeats": args.repeats,
-              "threads": torch.get_num_threads(), "torch": torch.__version__}
+    record = {
+        "date": timestamps.now(),
+        "runs": len(runs),
+        "test_size": args.test_size,
+        "train_size": args.train_size,
+        "encoder": cfg.project.encoder(ENCODER).model,
+        "cached_s": round(cached_s, 4),
+        "reencode_s": round(reencode_s, 4),
+        "speedup": round(ratio, 2),
+        "max_acc1_diff": diff,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as handle:
         handle.write(json.dumps(record) + "\n")

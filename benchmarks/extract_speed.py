@@ -12,6 +12,7 @@ K encoders in one pass against K separate passes, measured side by side in one r
 `--real-size` uses CLIP ViT-B-16 and timm resnet50 / vit_base_patch16_224 (random weights) at 224 px;
 the default uses the project's tiny world models. One JSON line goes to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,25 @@ from zoomshot.extract.encoders import build_encoder  # noqa: E402
 from zoomshot.extract.runner import Decoded, SplitJob, _autocast, collate, extract_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extract_speed.jsonl"
-TINY = {"clip": {"model": "zoomshot-tiny-clip"},
-        "encoders": [{"name": "cnn", "model": "test_resnet",
-                      "options": {"pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}}},
-                     {"name": "vit", "model": "test_vit",
-                      "options": {"img_size": 64, "pretrained_cfg_overlay": {"input_size": [3, 64, 64],
-                                                                             "crop_pct": 1.0}}}]}
-REAL = {"clip": {"model": "ViT-B-16"},
-        "encoders": [{"name": "resnet50", "model": "resnet50"}, {"name": "vit-b16", "model": "vit_base_patch16_224"}]}
+TINY = {
+    "clip": {"model": "zoomshot-tiny-clip"},
+    "encoders": [
+        {
+            "name": "cnn",
+            "model": "test_resnet",
+            "options": {"pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}},
+        },
+        {
+            "name": "vit",
+            "model": "test_vit",
+            "options": {"img_size": 64, "pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}},
+        },
+    ],
+}
+REAL = {
+    "clip": {"model": "ViT-B-16"},
+    "encoders": [{"name": "resnet50", "model": "resnet50"}, {"name": "vit-b16", "model": "vit_base_patch16_224"}],
+}
 
 
 def sync(device: str) -> None:
@@ -66,12 +78,26 @@ def main() -> None:
     models = REAL if args.real_size else TINY
     image_size = 224 if args.real_size else 64
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = C.from_dict({
-            "paths": {"cache_dir": tmp}, "clip": models["clip"], "encoders": models["encoders"],
-            "datasets": [{"name": "shapes", "kind": "shapes",
-                          "options": {"train_size": args.images, "image_size": image_size}}],
-            "extract": {"splits": ["shapes:train"], "batch_size": args.batch, "num_workers": args.workers,
-                        "device": args.device}})
+        cfg = C.from_dict(
+            {
+                "paths": {"cache_dir": tmp},
+                "clip": models["clip"],
+                "encoders": models["encoders"],
+                "datasets": [
+                    {
+                        "name": "shapes",
+                        "kind": "shapes",
+                        "options": {"train_size": args.images, "image_size": image_size},
+                    }
+                ],
+                "extract": {
+                    "splits": ["shapes:train"],
+                    "batch_size": args.batch,
+                    "num_workers": args.workers,
+                    "device": args.device,
+                },
+            }
+        )
         project = cfg.project
         names = [cfg.clip.name] + [e.name for e in cfg.encoders]
         encoders = {n: build_encoder(project.encoder(n).spec(), args.device) for n in names}
@@ -80,8 +106,12 @@ def main() -> None:
         transforms = [encoders[n].transform for n in names]
 
         def loader(tfs):
-            return DataLoader(Decoded(data, indices, tfs, [first_resize(t) for t in tfs]), batch_size=args.batch,
-                              num_workers=args.workers, collate_fn=collate)
+            return DataLoader(
+                Decoded(data, indices, tfs, [first_resize(t) for t in tfs]),
+                batch_size=args.batch,
+                num_workers=args.workers,
+                collate_fn=collate,
+            )
 
         batches = [views for _, _, _, views, _ in loader(transforms)]
 
@@ -92,7 +122,7 @@ def main() -> None:
                         encoders[n].encode_image(views[i].to(args.device))
             sync(args.device)
 
-        bare()                                   # warm-up (allocator, cuDNN autotune)
+        bare()  # warm-up (allocator, cuDNN autotune)
         t_bare = timed(bare)
         job = SplitJob("shapes:train", {n: layout.feature_path(project, n, "shapes:train") for n in names})
         t_stage = timed(lambda: extract_split(project, cfg.extract, job, encoders, args.device, progress=False))
@@ -101,18 +131,36 @@ def main() -> None:
         t_dec_one = timed(lambda: [None for _ in loader([])])
         t_dec_sep = sum(timed(lambda: [None for _ in loader([])]) for _ in transforms)
     k = len(names)
-    rec = {"benchmark": "extract_speed", "date": timestamps.now(),
-           "device": args.device, "real_size": args.real_size, "images": args.images, "batch": args.batch,
-           "encoders": names, "bare_img_s": args.images / t_bare, "stage_img_s": args.images / t_stage,
-           "stage_vs_bare": t_bare / t_stage, "decode_one_pass_s": t_one, "decode_k_passes_s": t_sep,
-           "decode_transform_ratio": t_one / t_sep, "decode_ratio": t_dec_one / t_dec_sep,
-           "decode_target": 1 / k + 0.1, "threads": torch.get_num_threads()}
-    print(f"bare forward passes: {rec['bare_img_s']:.0f} img/s; extract stage: {rec['stage_img_s']:.0f} img/s "
-          f"-> ratio {rec['stage_vs_bare']:.2f} (target >= 0.9)")
-    print(f"decode for {k} encoders: one pass {t_dec_one:.2f} s vs {k} passes {t_dec_sep:.2f} s "
-          f"-> ratio {rec['decode_ratio']:.2f} (target <= {rec['decode_target']:.2f})")
-    print(f"decode + per-encoder transforms: one pass {t_one:.2f} s vs {k} passes {t_sep:.2f} s "
-          f"-> ratio {rec['decode_transform_ratio']:.2f} (the transforms are per-encoder work in both)")
+    rec = {
+        "benchmark": "extract_speed",
+        "date": timestamps.now(),
+        "device": args.device,
+        "real_size": args.real_size,
+        "images": args.images,
+        "batch": args.batch,
+        "encoders": names,
+        "bare_img_s": args.images / t_bare,
+        "stage_img_s": args.images / t_stage,
+        "stage_vs_bare": t_bare / t_stage,
+        "decode_one_pass_s": t_one,
+        "decode_k_passes_s": t_sep,
+        "decode_transform_ratio": t_one / t_sep,
+        "decode_ratio": t_dec_one / t_dec_sep,
+        "decode_target": 1 / k + 0.1,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"bare forward passes: {rec['bare_img_s']:.0f} img/s; extract stage: {rec['stage_img_s']:.0f} img/s "
+        f"-> ratio {rec['stage_vs_bare']:.2f} (target >= 0.9)"
+    )
+    print(
+        f"decode for {k} encoders: one pass {t_dec_one:.2f} s vs {k} passes {t_dec_sep:.2f} s "
+        f"-> ratio {rec['decode_ratio']:.2f} (target <= {rec['decode_target']:.2f})"
+    )
+    print(
+        f"decode + per-encoder transforms: one pass {t_one:.2f} s vs {k} passes {t_sep:.2f} s "
+        f"-> ratio {rec['decode_transform_ratio']:.2f} (the transforms are per-encoder work in both)"
+    )
     RESULTS.parent.mkdir(exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(rec) + "\n")

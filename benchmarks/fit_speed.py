@@ -17,6 +17,7 @@ units of 2BdK: 20 N m d + 10 K m d (batches per epoch) + 6 N d K. Elementwise wo
 fraction is a lower bound on how close an epoch runs to the matmul floor.
 Each measurement is printed and appended as a JSON line to benchmarks/results/fit_speed.jsonl.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,7 +121,7 @@ def run_width(n: int, m: int, d: int, k: int, args: argparse.Namespace) -> None:
     common = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
     mse_cfg = TrainConfig(**common, w_cyc=0, w_cyc_text=0, w_kd=0)
     full_cfg = TrainConfig(**common)
-    batch = batch_for(n, mse_cfg)          # the trainer's batch: at most --batch-size, at least 50 steps
+    batch = batch_for(n, mse_cfg)  # the trainer's batch: at most --batch-size, at least 50 steps
     batches = math.ceil(n / batch)
     flops = {"mse": 4 * n * m * d, "full": 20 * n * m * d + 10 * k * m * d * batches + 6 * n * d * k}
 
@@ -128,20 +129,30 @@ def run_width(n: int, m: int, d: int, k: int, args: argparse.Namespace) -> None:
     floor = matmul_epoch_seconds(n, m, d, batch, device, repeats=max(3, args.epochs))
     floor_flop_s = flops["mse"] / floor
     record({**base, "variant": "reference-dataloader", "batch_size": 100, "s_per_epoch": reference})
-    record({**base, "variant": "matmul-floor", "batch_size": batch, "s_per_epoch": floor,
-            "flop_s": floor_flop_s})
-    print(f"[{m}->{d}, {n} rows, {base['device']}, {base['threads']} threads] reference DataLoader loop "
-          f"{reference:.3f} s/epoch; bare matmuls of an MSE epoch {floor:.4f} s ({floor_flop_s / 1e9:.1f} GFLOP/s)")
+    record({**base, "variant": "matmul-floor", "batch_size": batch, "s_per_epoch": floor, "flop_s": floor_flop_s})
+    print(
+        f"[{m}->{d}, {n} rows, {base['device']}, {base['threads']} threads] reference DataLoader loop "
+        f"{reference:.3f} s/epoch; bare matmuls of an MSE epoch {floor:.4f} s ({floor_flop_s / 1e9:.1f} GFLOP/s)"
+    )
     for name, cfg, prompts in (("mse", mse_cfg, None), ("full", full_cfg, u)):
         seconds = ours_epoch_seconds(s, t, prompts, cfg)
         flop_s = flops[name] / seconds
-        record({
-            **base, "variant": f"ours-{name}", "batch_size": batch, "s_per_epoch": seconds,
-            "speedup_vs_reference": reference / seconds, "flops_per_epoch": flops[name], "flop_s": flop_s,
-            "fraction_of_matmul": flop_s / floor_flop_s,
-        })
-        print(f"  ours {name:4s}: {seconds:.4f} s/epoch, speed-up {reference / seconds:.1f}x vs reference, "
-              f"{flop_s / 1e9:.1f} GFLOP/s = {flop_s / floor_flop_s:.2f} of plain matmul")
+        record(
+            {
+                **base,
+                "variant": f"ours-{name}",
+                "batch_size": batch,
+                "s_per_epoch": seconds,
+                "speedup_vs_reference": reference / seconds,
+                "flops_per_epoch": flops[name],
+                "flop_s": flop_s,
+                "fraction_of_matmul": flop_s / floor_flop_s,
+            }
+        )
+        print(
+            f"  ours {name:4s}: {seconds:.4f} s/epoch, speed-up {reference / seconds:.1f}x vs reference, "
+            f"{flop_s / 1e9:.1f} GFLOP/s = {flop_s / floor_flop_s:.2f} of plain matmul"
+        )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Prints one Markdown table per data setting (rows: terms; columns: weights; `mse`
 summary line per setting; appends a JSON line to benchmarks/results/loss_weights.jsonl. The README's
 "Which loss terms help where" section quotes a full run.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,12 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from world import World, append_result, arguments, extract, mean_std, pct
 
 from zoomshot.fit.methods import fit_method
 
-TERMS = {   # name -> the settings a weight w gives, on top of the reconstruction alone
+TERMS = {  # name -> the settings a weight w gives, on top of the reconstruction alone
     "cyc (image)": lambda w: {"w_cyc": w},
     "cyc (text)": lambda w: {"w_cyc_text": w},
     "kd-lm": lambda w: {"w_kd": w, "kd_variant": "lm"},
@@ -33,8 +33,9 @@ TERMS = {   # name -> the settings a weight w gives, on top of the reconstructio
 MSE_ONLY = {"w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0}
 
 
-def synthetic(seed: int, n: int, n_test: int = 2000, d: int = 32, m: int = 48, classes: int = 16,
-              prompts: int = 64) -> dict:
+def synthetic(
+    seed: int, n: int, n_test: int = 2000, d: int = 32, m: int = 48, classes: int = 16, prompts: int = 64
+) -> dict:
     """CLIP-like t = class centroid + noise; the source a noisy linear image of t (a known answer: the
     teacher's top-1 on t is the ceiling); prompts mixing the centroids, as a class-free set would."""
     g = torch.Generator().manual_seed(seed)
@@ -58,21 +59,21 @@ def settings(world: World, quick: bool) -> dict[str, callable]:
     n_train = len(world.features("cnn", "shapes:train").features)
     out = {}
     for encoder in ("cnn", "vit"):
-        for rows in ((100, n_train) if quick else (100, 400, n_train)):
-            out[f"world {encoder}, {rows} rows"] = (
-                lambda method, params, seed, e=encoder, f=rows / n_train:
-                world.top1(world.fit(method, params, e, ["shapes:train"], f, seed), e))
+        for rows in (100, n_train) if quick else (100, 400, n_train):
+            out[f"world {encoder}, {rows} rows"] = lambda method, params, seed, e=encoder, f=rows / n_train: world.top1(
+                world.fit(method, params, e, ["shapes:train"], f, seed), e
+            )
     for rows in (100, 1000):
-        out[f"synthetic, {rows} rows"] = (
-            lambda method, params, seed, r=rows: synthetic_top1(synthetic(seed, r), params, method, seed))
+        out[f"synthetic, {rows} rows"] = lambda method, params, seed, r=rows: synthetic_top1(
+            synthetic(seed, r), params, method, seed
+        )
     return out
 
 
 def study(world: World, weights: list[float], seeds: list[int], quick: bool) -> dict:
     results = {}
     for name, run in settings(world, quick).items():
-        table = {"mse": [run("zoomshot", MSE_ONLY, s) for s in seeds],
-                 "lstsq": [run("lstsq", {}, s) for s in seeds]}
+        table = {"mse": [run("zoomshot", MSE_ONLY, s) for s in seeds], "lstsq": [run("lstsq", {}, s) for s in seeds]}
         for term, params in TERMS.items():
             for w in weights:
                 table[f"{term} @ {w:g}"] = [run("zoomshot", {**MSE_ONLY, **params(w)}, s) for s in seeds]

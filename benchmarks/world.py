@@ -5,6 +5,7 @@ A study folder (`--work`, default a temporary one) holds a pipeline.toml made fr
 shipped tiny CLIP and encoders) with the sizes asked for, and its cache; a second run with the same
 folder and sizes extracts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,31 +39,59 @@ ROOT = Path(__file__).resolve().parent.parent
 SKETCH_TRAIN = "shapes-sketch:train"
 
 
-def extract(work: Path, train: int, test: int, per_class: int, encoders: Iterable[str] = ("cnn", "vit"),
-            sketch_train: int = 0) -> Config:
+def extract(
+    work: Path, train: int, test: int, per_class: int, encoders: Iterable[str] = ("cnn", "vit"), sketch_train: int = 0
+) -> Config:
     """The world (train / test splits and a name-only support set of `per_class` images a class, in the
     sketch style) extracted into `work` with CLIP and `encoders`, and with `sketch_train` > 0 also
     `SKETCH_TRAIN`, that many training images in the sketch style; returns the config."""
     work.mkdir(parents=True, exist_ok=True)
     base = tomllib.loads((ROOT / "pipeline.toml").read_text())
     world = {"seed": 0, "image_size": 64}
-    datasets = [{"name": "shapes", "kind": "shapes", "options": {"train_size": train, "test_size": test, **world}},
-                {"name": "shapes-sus", "kind": "shapes-support", "options": {"per_class": per_class, **world,
-                                                                             "style": "sketch"}}]
+    datasets = [
+        {"name": "shapes", "kind": "shapes", "options": {"train_size": train, "test_size": test, **world}},
+        {
+            "name": "shapes-sus",
+            "kind": "shapes-support",
+            "options": {"per_class": per_class, **world, "style": "sketch"},
+        },
+    ]
     splits = ["shapes:train", "shapes:test", "shapes-sus:train"]
     if sketch_train:
-        datasets.append({"name": "shapes-sketch", "kind": "shapes", "options": {
-            "train_size": sketch_train, "test_size": 0, "seed": 1, "image_size": 64, "style": "sketch"}})
+        datasets.append(
+            {
+                "name": "shapes-sketch",
+                "kind": "shapes",
+                "options": {"train_size": sketch_train, "test_size": 0, "seed": 1, "image_size": 64, "style": "sketch"},
+            }
+        )
         splits.append(SKETCH_TRAIN)
-    config = {"paths": {k: str(work / "out" / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir",
-                                                                                "results_dir", "report_dir")},
-              "clip": base["clip"], "encoders": [e for e in base["encoders"] if e["name"] in encoders],
-              "datasets": datasets,
-              "extract": {"splits": splits, "batch_size": 256, "device": "cpu"}}
+    config = {
+        "paths": {
+            k: str(work / "out" / k.removesuffix("_dir"))
+            for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")
+        },
+        "clip": base["clip"],
+        "encoders": [e for e in base["encoders"] if e["name"] in encoders],
+        "datasets": datasets,
+        "extract": {"splits": splits, "batch_size": 256, "device": "cpu"},
+    }
     path = work / "pipeline.toml"
     path.write_text(tomli_w.dumps(config))
-    subprocess.run([sys.executable, "-c", "from zoomshot.cli.main import main; main()", "extract", "--no-progress",
-                    "--config", str(path)], check=True, cwd=work, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from zoomshot.cli.main import main; main()",
+            "extract",
+            "--no-progress",
+            "--config",
+            str(path),
+        ],
+        check=True,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+    )
     return load(path)
 
 
@@ -94,8 +123,9 @@ class World:
     def fit(self, method: str, params: dict, encoder: str, refs: list[str], fraction: float, seed: int) -> Maps:
         return self.fit_pairs(method, params, *self.pairs(encoder, refs, fraction, seed), seed)
 
-    def fit_pairs(self, method: str, params: dict, s: torch.Tensor, t: torch.Tensor, seed: int,
-                  with_history: bool = False) -> Maps | tuple[Maps, list[dict]]:
+    def fit_pairs(
+        self, method: str, params: dict, s: torch.Tensor, t: torch.Tensor, seed: int, with_history: bool = False
+    ) -> Maps | tuple[Maps, list[dict]]:
         """The maps of `method` fitted on row-aligned (source, CLIP) rows; with their per-epoch losses
         when `with_history`."""
         maps, history = fit_method(method, s, t, self.prompts, params, seed, "cpu")
@@ -138,5 +168,4 @@ def append_result(benchmark: str, record: dict) -> None:
     path = Path(__file__).resolve().parent / "results" / f"{benchmark}.jsonl"
     path.parent.mkdir(exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps({"benchmark": benchmark, "date": timestamps.now(),
-                            **record}) + "\n")
+        f.write(json.dumps({"benchmark": benchmark, "date": timestamps.now(), **record}) + "\n")

@@ -5,6 +5,7 @@ the target as it was. (Feature files are written the same way, through a resumab
 temporary name holds its writer's host and pid, so that the next command writing to the same folder
 removes what a killed writer left (`remove_stale`) and never a live writer's.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:     # another user's process
+    except PermissionError:  # another user's process
         pass
     return True
 
@@ -67,7 +68,7 @@ def replacing(target: Path) -> Iterator[Path]:
         faults.point("atomic.replace")
         os.replace(tmp, target)
     except OSError as e:
-        if e.filename is None:      # a write() that the disk refused names no file: name the one written
+        if e.filename is None:  # a write() that the disk refused names no file: name the one written
             e.filename = str(target)
         raise
     finally:

@@ -1,4 +1,5 @@
 """What `pipeline cache ls | info | verify | rm | import` do, on paths only (no torch model code)."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -17,7 +18,7 @@ def cache_files(cache_dir: Path) -> list[Path]:
 
 
 def in_use(path: Path) -> str | None:
-    """"being written" when an extraction holds the file's write lock, "busy" when another process
+    """ "being written" when an extraction holds the file's write lock, "busy" when another process
     merely has it open (HDF5's lock); None when it is free to read."""
     with locks.trying(path.with_suffix("") if path.suffix == ".partial" else path) as free:
         if not free:
@@ -53,7 +54,7 @@ def verify(path: Path) -> list[str]:
         with store.open_complete(path) as f:
             attrs = dict(f.attrs)
             if "features" not in f:
-                store.read_text(path)   # checks the embeddings' checksum
+                store.read_text(path)  # checks the embeddings' checksum
                 return []
             n = f["features"].shape[0]
             problems = []
@@ -99,6 +100,7 @@ def load_array(path: Path, key: str = "features") -> np.ndarray:
                 return f[key][:]
         if path.suffix in (".pt", ".pth"):
             import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 obj = obj.get(key)
@@ -107,9 +109,8 @@ def load_array(path: Path, key: str = "features") -> np.ndarray:
             return obj.numpy() if obj.dtype != torch.bfloat16 else obj.float().numpy()
     except PipelineError:
         raise
-    except Exception as e:   # numpy, h5py and torch each raise their own types for a bad file
-        raise PipelineError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+    except Exception as e:  # numpy, h5py and torch each raise their own types for a bad file
+        raise PipelineError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     raise PipelineError(f"cannot import {path.suffix} files: use .npy, .h5 or .pt")
 
 
@@ -133,8 +134,7 @@ def check_features(features: np.ndarray, what: str) -> np.ndarray:
 def check_ints(values: np.ndarray, n: int, what: str, low: int, high: int | None = None) -> np.ndarray:
     """A (n,) integer array with values in [low, high)."""
     if values.ndim != 1 or len(values) != n:
-        raise PipelineError(f"{what} must be a 1-D array of {n} values (one per feature row), got shape "
-                            f"{values.shape}")
+        raise PipelineError(f"{what} must be a 1-D array of {n} values (one per feature row), got shape {values.shape}")
     if not (np.issubdtype(values.dtype, np.integer) or values.dtype == bool):
         raise PipelineError(f"{what} must hold integers, got dtype {values.dtype}")
     values = values.astype(np.int64)
@@ -154,21 +154,34 @@ def check_index(index: np.ndarray | None, n: int) -> np.ndarray:
     index = check_ints(index, n, "the index", 0)
     if len(down := np.flatnonzero(np.diff(index) <= 0)):
         i = int(down[0]) + 1
-        raise PipelineError(f"the index must be strictly increasing (rows in dataset order, each index once); row {i} "
-                            f"holds {index[i]} after {index[i - 1]}: sort the rows and their index together first")
+        raise PipelineError(
+            f"the index must be strictly increasing (rows in dataset order, each index once); row {i} "
+            f"holds {index[i]} after {index[i - 1]}: sort the rows and their index together first"
+        )
     return index
 
 
-def import_features(target: Path, features: np.ndarray, labels: np.ndarray | None, index: np.ndarray | None,
-                    attrs: dict, num_classes: int | None = None) -> Path:
+def import_features(
+    target: Path,
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    index: np.ndarray | None,
+    attrs: dict,
+    num_classes: int | None = None,
+) -> Path:
     """Write features computed elsewhere as a complete cache file (a whole split, rows by index).
     Every array is checked first: one clear line for a bad one, and nothing is written."""
     features = check_features(features, "the features")
     n = len(features)
     index = check_index(index, n)
     labels = -np.ones(n, np.int64) if labels is None else check_ints(labels, n, "the labels", -1, num_classes)
-    writer = store.FeatureWriter(target, features.shape[1], {**attrs, "fraction": 1.0, "seed": 0,
-                                 "split_size": int(index.max()) + 1}, {"imported": True}, expected_rows=n)
+    writer = store.FeatureWriter(
+        target,
+        features.shape[1],
+        {**attrs, "fraction": 1.0, "seed": 0, "split_size": int(index.max()) + 1},
+        {"imported": True},
+        expected_rows=n,
+    )
     try:
         writer.append(features, index, labels, n)
         return writer.finish()

@@ -5,6 +5,7 @@ A cluster is either given by address (`scheduler`) or started for the command by
 each an optional extra: dask-cuda's `LocalCUDACluster` (one worker per GPU of this machine) or
 dask-jobqueue's `SLURMCluster` / `PBSCluster` (one batch job per worker). See docs/scale.md.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,7 @@ from .errors import PipelineError
 
 
 @contextmanager
-def client(address: str) -> Iterator["distributed.Client"]:  # noqa: F821
+def client(address: str) -> Iterator[distributed.Client]:  # noqa: F821
     """A client of the scheduler at `address`, closed afterwards; an unreachable one is one clear line."""
     from dask.distributed import Client
 
@@ -29,9 +30,11 @@ def client(address: str) -> Iterator["distributed.Client"]:  # noqa: F821
 
 
 #: cluster kind -> (module, class, distribution, extra of this project that installs it)
-CLUSTERS = {"local-cuda": ("dask_cuda", "LocalCUDACluster", "dask-cuda", "cuda"),
-            "slurm": ("dask_jobqueue", "SLURMCluster", "dask-jobqueue", "cluster"),
-            "pbs": ("dask_jobqueue", "PBSCluster", "dask-jobqueue", "cluster")}
+CLUSTERS = {
+    "local-cuda": ("dask_cuda", "LocalCUDACluster", "dask-cuda", "cuda"),
+    "slurm": ("dask_jobqueue", "SLURMCluster", "dask-jobqueue", "cluster"),
+    "pbs": ("dask_jobqueue", "PBSCluster", "dask-jobqueue", "cluster"),
+}
 #: a batch job runs one worker process (one GPU), unless `cluster_options` says otherwise
 JOB_DEFAULTS = {"processes": 1}
 #: a job's worker has `cores` threads but one GPU: tasks that ask for it run one at a time there
@@ -45,23 +48,32 @@ def make_cluster(kind: str, options: dict[str, Any]) -> Any:
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError:
-        raise PipelineError(f"{dist} is not installed: pip install 'zoomshot-pipeline[{extra}]' "
-                            f"(needed by [extract] cluster = {kind!r})") from None
+        raise PipelineError(
+            f"{dist} is not installed: pip install 'zoomshot-pipeline[{extra}]' "
+            f"(needed by [extract] cluster = {kind!r})"
+        ) from None
     try:
-        if kind == "local-cuda":     # one single-threaded worker per visible GPU
+        if kind == "local-cuda":  # one single-threaded worker per visible GPU
             return cls(**options)
         resources = ",".join(f"{k}={v}" for k, v in GPU_TASK.items())
-        return cls(**{**JOB_DEFAULTS, **options,
-                      "worker_extra_args": [*options.get("worker_extra_args", []), "--resources", resources]})
-    except (TypeError, ValueError, RuntimeError) as e:   # unknown keyword, missing cores/memory, no GPU
-        raise PipelineError(f"cannot start the {kind} cluster with [extract] cluster_options {options}: "
-                            f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        return cls(
+            **{
+                **JOB_DEFAULTS,
+                **options,
+                "worker_extra_args": [*options.get("worker_extra_args", []), "--resources", resources],
+            }
+        )
+    except (TypeError, ValueError, RuntimeError) as e:  # unknown keyword, missing cores/memory, no GPU
+        raise PipelineError(
+            f"cannot start the {kind} cluster with [extract] cluster_options {options}: "
+            f"{(str(e).splitlines() or [type(e).__name__])[0]}"
+        ) from None
 
 
 class Workers(NamedTuple):
-    address: str                 # the scheduler's
-    planned: int                 # workers the cluster is meant to have; 0 = ask the scheduler
-    resources: dict[str, int]    # what each task asks for (`submit(..., resources=)`)
+    address: str  # the scheduler's
+    planned: int  # workers the cluster is meant to have; 0 = ask the scheduler
+    resources: dict[str, int]  # what each task asks for (`submit(..., resources=)`)
 
 
 @contextmanager
@@ -78,7 +90,7 @@ def dask_cluster(scheduler: str, kind: str, jobs: int, options: dict[str, Any]) 
         if kind == "local-cuda":
             yield Workers(started.scheduler_address, len(started.workers), {})
         else:
-            started.scale(jobs=jobs)    # the workers join as the queue starts the jobs; tasks wait for them
+            started.scale(jobs=jobs)  # the workers join as the queue starts the jobs; tasks wait for them
             processes = int(options.get("processes", JOB_DEFAULTS["processes"]))
             yield Workers(started.scheduler_address, jobs * processes, GPU_TASK)
 

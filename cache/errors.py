@@ -1,5 +1,6 @@
 """The one error type that the CLI turns into a single line and exit code 2, and the one test of
 whether an error is the disk refusing a write, whatever library reports it."""
+
 from __future__ import annotations
 
 import errno
@@ -7,7 +8,7 @@ import os
 
 #: A full disk, a file-size limit (`ulimit -f`, with SIGXFSZ ignored) and a used-up quota.
 DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-_DISK_WORDS = tuple(os.strerror(n) for n in DISK_ERRNOS)   # torch, h5py, safetensors report errno as text
+_DISK_WORDS = tuple(os.strerror(n) for n in DISK_ERRNOS)  # torch, h5py, safetensors report errno as text
 
 
 class PipelineError(Exception):
@@ -35,5 +36,7 @@ class DiskFull(PipelineError):
             what = e.strerror + (f" writing {e.filename}" if e.filename else "")
         else:
             what = str(e).strip().splitlines()[-1][:160]
-        super().__init__(f"the disk is full or a file-size limit was reached ({what}): free space (or raise the "
-                         f"limit) and run the same command again")
+        super().__init__(
+            f"the disk is full or a file-size limit was reached ({what}): free space (or raise the "
+            f"limit) and run the same command again"
+        )

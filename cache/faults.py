@@ -5,6 +5,7 @@ marker file and wait there for as long as the marker exists: the test then kills
 real signal, or removes the marker to let it go on. The kill lands at a known point however busy
 the machine is, instead of after a guessed delay. Without the variable a point costs one lookup.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ sha256, an image tree by its listing, a prompt set by its prompts; no key holds 
 
 Pure and torch-free: `fit` and `evaluate` locate files without building any model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 FEATURE_DTYPE = "float16"
-LOCAL_DIR = "local-dir:"   # open_clip's prefix of a folder with a config and weights
+LOCAL_DIR = "local-dir:"  # open_clip's prefix of a folder with a config and weights
 
 #: Names of datasets, splits, encoders and variants become parts of file names: no path separators,
 #: no leading dot (`../../x` would write outside the output folders).
@@ -67,14 +68,20 @@ def weights_fingerprint(location: str) -> str:
 def tree_state(folder: Path) -> tuple:
     """Every directory of a tree with its mtime: files added or removed change some directory's mtime;
     and every tar shard's size, mtime and ctime, since a shard is often rewritten in place."""
+
     def shards(d: str, files: list[str]) -> tuple:
-        return tuple((f, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f in sorted(files) if f.endswith(".tar")
-                     for st in [os.stat(os.path.join(d, f))])
+        return tuple(
+            (f, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for f in sorted(files)
+            if f.endswith(".tar")
+            for st in [os.stat(os.path.join(d, f))]
+        )
+
     return tuple((d, os.stat(d).st_mtime_ns, shards(d, fs)) for d, _, fs in sorted(os.walk(folder)))
 
 
 def _octal(field: bytes) -> int:
-    if field[0] & 0x80:                       # GNU base-256 (sizes of 8 GiB and more)
+    if field[0] & 0x80:  # GNU base-256 (sizes of 8 GiB and more)
         return int.from_bytes(field[1:], "big")
     return int(field.rstrip(b"\0 ").strip() or b"0", 8)
 
@@ -84,7 +91,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
     records = {}
     while data.strip(b"\0"):
         length = int(data.split(b" ", 1)[0])
-        key, _, value = data[len(str(length)) + 1:length - 1].partition(b"=")
+        key, _, value = data[len(str(length)) + 1 : length - 1].partition(b"=")
         records[key.decode()] = value.decode("utf-8", "surrogateescape")
         data = data[length:]
     return records
@@ -93,6 +100,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
 class TarMember(NamedTuple):
     """One file of a tar: its name, the offset of its first header, its size and mtime, and for a
     `.cls` member (a webdataset label) its bytes."""
+
     name: str
     offset: int
     size: int
@@ -111,7 +119,7 @@ class TruncatedTar(OSError):
 
 def _data(fd: int, block: bytes, offset: int, n: int) -> bytes:
     """The first `n` bytes of the data of the header at `offset`; `block` holds its first 512."""
-    return block[512:512 + n] if n <= 512 else os.pread(fd, n, offset + 512)
+    return block[512 : 512 + n] if n <= 512 else os.pread(fd, n, offset + 512)
 
 
 @lru_cache(maxsize=4096)
@@ -124,9 +132,9 @@ def _tar_scan(path: str, stamp: tuple[int, int, int]) -> tuple[tuple[TarMember, 
     fd = os.open(path, os.O_RDONLY)
     try:
         while True:
-            block = os.pread(fd, 1024, offset)     # a header and the start of its data: one read for most
+            block = os.pread(fd, 1024, offset)  # a header and the start of its data: one read for most
             header = block[:512]
-            if header == bytes(512):       # the end-of-archive blocks
+            if header == bytes(512):  # the end-of-archive blocks
                 break
             if len(header) < 512:
                 where = f"after {members[-1].name}" if members else "before its first member"
@@ -134,30 +142,35 @@ def _tar_scan(path: str, stamp: tuple[int, int, int]) -> tuple[tuple[TarMember, 
             if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
                 raise tarfile.ReadError(f"invalid tar header at byte {offset}")
             kind, length = header[156:157], _octal(header[124:136])
-            extension = kind in (b"x", b"L", b"g", b"K")       # about the next member, or the archive
+            extension = kind in (b"x", b"L", b"g", b"K")  # about the next member, or the archive
             if not extension:
                 name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
                 if header[257:262] == b"ustar" and header[345:500].strip(b"\0"):
                     name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
                 name, length = extended.get("path", name), int(extended.get("size", length))
             if offset + 512 + length > stamp[0]:
-                raise TruncatedTar(f"it ends inside {'an extended header' if extension else name} "
-                                   f"({stamp[0] - offset - 512} of its {length} bytes are there)")
+                raise TruncatedTar(
+                    f"it ends inside {'an extended header' if extension else name} "
+                    f"({stamp[0] - offset - 512} of its {length} bytes are there)"
+                )
             headers.update(header)
-            start = offset if start is None else start          # a member starts at its first header
-            if kind in (b"x", b"L"):     # pax extended header (webdataset writes one per member), GNU long name
+            start = offset if start is None else start  # a member starts at its first header
+            if kind in (b"x", b"L"):  # pax extended header (webdataset writes one per member), GNU long name
                 record = _data(fd, block, offset, length)
                 headers.update(record)
                 if kind == b"L":
                     extended = {"path": record.rstrip(b"\0").decode("utf-8", "surrogateescape")}
-                else:    # the header's own fields hold the rest (mtime to the second)
+                else:  # the header's own fields hold the rest (mtime to the second)
                     extended = _pax_records(record) if b" path=" in record or b" size=" in record else {}
             elif not extension:
                 if kind in (b"0", b"\0", b"7"):
                     label = _data(fd, block, offset, min(length, LABEL_BYTES)) if name.endswith(LABEL_SUFFIX) else None
                     headers.update(label or b"")
-                    members.append(TarMember(name, start, length, int(float(extended.get("mtime", _octal(
-                        header[136:148])))), label))
+                    members.append(
+                        TarMember(
+                            name, start, length, int(float(extended.get("mtime", _octal(header[136:148])))), label
+                        )
+                    )
                 start, extended = None, {}
             offset += 512 + -(-length // 512) * 512
     finally:
@@ -181,7 +194,7 @@ def _tar_headers(path: str) -> str:
     try:
         return _tar_scan(path, _stamp(path))[1]
     except (tarfile.TarError, TruncatedTar):
-        return "unreadable"    # the dataset reader says what is wrong with it
+        return "unreadable"  # the dataset reader says what is wrong with it
 
 
 def _listing(folder: str, content: bool) -> str:
@@ -232,8 +245,10 @@ def folder_names(root: str) -> list[str]:
 def content_of_options(options: dict) -> dict:
     """Dataset options with every value that names an existing file replaced by that file's sha256
     (class-name files, class lists): editing such a file changes the key."""
-    return {k: ("sha256:" + file_checksum(v) if isinstance(v, str) and v and Path(v).is_file() else v)
-            for k, v in options.items()}
+    return {
+        k: ("sha256:" + file_checksum(v) if isinstance(v, str) and v and Path(v).is_file() else v)
+        for k, v in options.items()
+    }
 
 
 def slug(text: str) -> str:
@@ -243,8 +258,16 @@ def slug(text: str) -> str:
 def feature_key(encoder_key: str, dataset_key: str, fraction: float, seed: int, pixels: dict | None = None) -> str:
     """The key of a feature file: the encoder's and the dataset split's content keys, the subset, the dtype,
     and the decode settings that change pixels (absent for the plain full-size decode)."""
-    return digest({"encoder": encoder_key, "dataset": dataset_key, "fraction": fraction, "seed": seed,
-                   "dtype": FEATURE_DTYPE, **({"pixels": pixels} if pixels else {})})
+    return digest(
+        {
+            "encoder": encoder_key,
+            "dataset": dataset_key,
+            "fraction": fraction,
+            "seed": seed,
+            "dtype": FEATURE_DTYPE,
+            **({"pixels": pixels} if pixels else {}),
+        }
+    )
 
 
 def feature_name(dataset: str, split: str, encoder: str, key: str) -> str:

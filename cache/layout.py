@@ -9,6 +9,7 @@ cache without building a model or opening a dataset (README: cache layout).
 A key is a content hash (`keys.py`); `encoder_key` / `clip_key` name other weights than the
 configured ones, which is how a run is evaluated on features of the very weights it was fitted on.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from . import keys
 from .errors import PipelineError
 from .settings import IMPORTED, Project, parse_ref
 
-OPENAI_TEMPLATES = "openai-imagenet"   # open_clip's OpenAI ImageNet templates, by name
+OPENAI_TEMPLATES = "openai-imagenet"  # open_clip's OpenAI ImageNet templates, by name
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -26,16 +27,18 @@ def read_prompt_file(path: str | Path) -> list[str]:
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise PipelineError(f"cannot read the prompt file {p}: {e}; give a UTF-8 text file, one prompt a line") \
-            from None
+        raise PipelineError(
+            f"cannot read the prompt file {p}: {e}; give a UTF-8 text file, one prompt a line"
+        ) from None
     prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not prompts:
         raise PipelineError(f"prompt file {p} holds no prompts")
     return prompts
 
 
-def feature_path(project: Project, encoder: str, ref: str, encoder_key: str | None = None,
-                 imported: bool | None = None) -> Path:
+def feature_path(
+    project: Project, encoder: str, ref: str, encoder_key: str | None = None, imported: bool | None = None
+) -> Path:
     """The cache file of `encoder` on `ref` ('dataset:split') under the configured subset; `encoder_key`
     (and whether that encoder is imported) name other weights than the configured ones.
 
@@ -64,10 +67,14 @@ def templates_identity(project: Project) -> dict:
 
 def class_text_path(project: Project, dataset: str, clip_key: str | None = None) -> Path:
     """Class-prompt embeddings of a dataset: the CLIP, the dataset's classes and the templates."""
-    spec = {"clip": clip_key or project.clip.key(), "classes": project.class_identity(dataset),
-            **templates_identity(project)}
-    return project.path("cache_dir") / "text" / keys.text_name(f"{dataset}-classes", project.clip.name,
-                                                                keys.digest(spec))
+    spec = {
+        "clip": clip_key or project.clip.key(),
+        "classes": project.class_identity(dataset),
+        **templates_identity(project),
+    }
+    return (
+        project.path("cache_dir") / "text" / keys.text_name(f"{dataset}-classes", project.clip.name, keys.digest(spec))
+    )
 
 
 def classfree_prompts(project: Project) -> list[str]:
@@ -87,10 +94,17 @@ def caption_text_path(project: Project, ref: str, clip_key: str | None = None) -
     split's content, the subset), since they caption exactly that file's rows. `class_of_prompt` holds
     the dataset index of each caption's image."""
     name, split = parse_ref(ref)
-    spec = {"clip": clip_key or project.clip.key(), "dataset": project.split_key(name, split),
-            "fraction": project.subsets.fraction_of(ref), "seed": project.subsets.subset_seed}
-    return project.path("cache_dir") / "text" / keys.text_name(f"{name}-{split}-captions", project.clip.name,
-                                                                keys.digest(spec))
+    spec = {
+        "clip": clip_key or project.clip.key(),
+        "dataset": project.split_key(name, split),
+        "fraction": project.subsets.fraction_of(ref),
+        "seed": project.subsets.subset_seed,
+    }
+    return (
+        project.path("cache_dir")
+        / "text"
+        / keys.text_name(f"{name}-{split}-captions", project.clip.name, keys.digest(spec))
+    )
 
 
 def bad_list_path(cache_file: Path) -> Path:

@@ -5,6 +5,7 @@ done, and nobody removes a file that another process is writing (DESIGN.md secti
 Locks live in a `.locks/` folder beside the file they guard; the operating system releases them when
 their process dies, so a `kill -9` never leaves a stale lock behind.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -1,5 +1,6 @@
 """Folders a command writes for the user (`--out`): checked before anything is computed, so that a
 folder of the user's is never written over and a mistaken path costs one line, not a run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,5 +18,6 @@ def check_out_folder(out: Path, marker: str | None = None, kind: str = "") -> bo
     if marker is not None and (out / marker).is_file():
         return True
     which = f" and is not {kind}" if marker is not None else ""
-    raise PipelineError(f"--out {out} already exists{which}: remove it or give another --out "
-                        f"(nothing else is ever written over)")
+    raise PipelineError(
+        f"--out {out} already exists{which}: remove it or give another --out (nothing else is ever written over)"
+    )

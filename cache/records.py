@@ -20,6 +20,7 @@ that change in place (tar shards, `classnames.txt`). A command
 
 Extraction always measures and records (`fresh`). Nothing in a record is part of a key but the value.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,13 +71,16 @@ def _split_tree(split: str, content: bool) -> Measure:
         state = keys.tree_state(folder)
         paths = [d for d, _, _ in state] + [os.path.join(d, f) for d, _, shards in state for f, *_ in shards]
         return keys.tree_fingerprint(folder, state, content), [os.path.relpath(p, root) for p in paths]
+
     return measure
 
 
 def _class_folders(root: Path) -> tuple[dict, list[str]]:
     names = root / "classnames.txt"
-    value = {"folders": keys.folder_names(str(root)),
-             **({"classnames_txt": "sha256:" + keys.file_checksum(names)} if names.is_file() else {})}
+    value = {
+        "folders": keys.folder_names(str(root)),
+        **({"classnames_txt": "sha256:" + keys.file_checksum(names)} if names.is_file() else {}),
+    }
     tops = [f for f in value["folders"] if "/" not in f]
     return value, [".", *tops, *(["classnames.txt"] if names.is_file() else [])]
 

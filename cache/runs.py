@@ -13,6 +13,7 @@ a new revision re-fits the folder in place rather than naming a new one, so a ru
 results of two versions of one method's maths side by side).
 A run that failed leaves `<name>.failed.txt` beside the folders: its full traceback.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,23 @@ from .atomic import replacing
 from .errors import PipelineError
 
 RUN_FILE, MAPS_FILE = "run.json", "maps.safetensors"
-RECORD_FIELDS = ("name", "variant", "method", "params", "encoder", "encoder_key", "clip", "clip_key",
-                 "fraction", "epochs", "seed", "train", "inputs", "maps_sha256", "record_sha256")
+RECORD_FIELDS = (
+    "name",
+    "variant",
+    "method",
+    "params",
+    "encoder",
+    "encoder_key",
+    "clip",
+    "clip_key",
+    "fraction",
+    "epochs",
+    "seed",
+    "train",
+    "inputs",
+    "maps_sha256",
+    "record_sha256",
+)
 
 
 class DamagedRun(PipelineError):
@@ -60,7 +76,7 @@ class Maps:
     hinv_bias: torch.Tensor
     scale_source: float
     scale_clip: float
-    fit: dict = field(default_factory=dict, compare=False)   # how it was fitted (run.json `fit_info`)
+    fit: dict = field(default_factory=dict, compare=False)  # how it was fitted (run.json `fit_info`)
 
     def __post_init__(self) -> None:
         d, m = self.h_weight.shape
@@ -111,9 +127,14 @@ class Maps:
         """Read a file written by `save` onto the CPU (metadata: `safetensors.safe_open(path, "pt").metadata()`)."""
         with safe_open(str(path), framework="pt", device="cpu") as f:
             get = f.get_tensor
-            return cls(h_weight=get("h.weight"), h_bias=get("h.bias"), hinv_weight=get("h_inv.weight"),
-                       hinv_bias=get("h_inv.bias"), scale_source=get("scale_source").item(),
-                       scale_clip=get("scale_clip").item())
+            return cls(
+                h_weight=get("h.weight"),
+                h_bias=get("h.bias"),
+                hinv_weight=get("h_inv.weight"),
+                hinv_bias=get("h_inv.bias"),
+                scale_source=get("scale_source").item(),
+                scale_clip=get("scale_clip").item(),
+            )
 
 
 def record_digest(record: dict) -> str:
@@ -126,6 +147,7 @@ def record_digest(record: dict) -> str:
 @dataclass
 class Run:
     """A finished run folder whose record has been read and checked."""
+
     dir: Path
     record: dict
 
@@ -142,7 +164,7 @@ class Run:
             raise DamagedRun(self.name, f"{MAPS_FILE} is damaged (its checksum does not match run.json)")
         try:
             return Maps.load(path)
-        except Exception as e:   # safetensors raises its own error types for a torn file
+        except Exception as e:  # safetensors raises its own error types for a torn file
             raise DamagedRun(self.name, f"cannot read {MAPS_FILE} ({e})") from None
 
 
@@ -177,8 +199,10 @@ def stale_reason(run_dir: Path, input_checksums: dict[str, str], revision: int) 
     if run.record["inputs"].get("checksums") != input_checksums:
         return "its input files changed since it was fitted"
     if run.record.get("revision") != revision:
-        return (f"it was fitted by revision {run.record.get('revision', 'none')} of method {run.record['method']}, "
-                f"which is now at revision {revision}")
+        return (
+            f"it was fitted by revision {run.record.get('revision', 'none')} of method {run.record['method']}, "
+            f"which is now at revision {revision}"
+        )
     return None
 
 

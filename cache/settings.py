@@ -6,20 +6,22 @@ Each stage defines its own table beside it (`extract/settings.py`, `fit/settings
 `evaluate/settings.py`) with the same builder. A bad value is one line naming the key: an unknown
 key (with the closest valid one), a wrong type, or a value out of range (`checks` in a field's metadata).
 """
+
 from __future__ import annotations
 
 import difflib
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import keys, records
 from .errors import PipelineError
 from .records import DataRecord
 
-IMPORTED = "imported"   # model / kind of data brought in by `pipeline cache import`
+IMPORTED = "imported"  # model / kind of data brought in by `pipeline cache import`
 
 # ---- value checks: each returns a problem ("must be ...") or None --------------------------------
 
@@ -29,9 +31,11 @@ Check = Callable[[Any], "str | None"]
 def allows(text: str) -> Callable[[Check], Check]:
     """Marks a check with what it accepts, in words (`check.allowed`): the configuration reference
     (docs/config.md, scripts/make_config_reference.py) lists it beside the key."""
+
     def mark(check: Check) -> Check:
         check.allowed = text
         return check
+
     return mark
 
 
@@ -55,8 +59,10 @@ def number_fraction(v: Any) -> str | None:
 def name_like(v: str) -> str | None:
     if keys.NAME.fullmatch(v):
         return None
-    return (f"must be a name of letters, digits and . _ + - (it becomes part of file names), "
-            f"not starting with . or -, got {v!r}")
+    return (
+        f"must be a name of letters, digits and . _ + - (it becomes part of file names), "
+        f"not starting with . or -, got {v!r}"
+    )
 
 
 @allows("DATASET:SPLIT")
@@ -70,8 +76,9 @@ def split_ref(v: str) -> str | None:
 
 @allows("DATASET:SPLIT, or A:SPLIT+B:SPLIT (a mix)")
 def split_mix(v: str) -> str | None:
-    return next((f"must be DATASET:SPLIT or A:SPLIT+B:SPLIT, got {v!r}" for part in v.split("+")
-                 if split_ref(part)), None)
+    return next(
+        (f"must be DATASET:SPLIT or A:SPLIT+B:SPLIT, got {v!r}" for part in v.split("+") if split_ref(part)), None
+    )
 
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -89,12 +96,14 @@ def nonempty(v: list) -> str | None:
 
 def each(check: Check) -> Check:
     return allows(f"each item {check.allowed}")(
-        lambda v: next((f"item {i}: {p}" for i, x in enumerate(v) if (p := check(x))), None))
+        lambda v: next((f"item {i}: {p}" for i, x in enumerate(v) if (p := check(x))), None)
+    )
 
 
 def values(check: Check) -> Check:
     return allows(f"each value {check.allowed}")(
-        lambda v: next((f"entry {k!r}: {p}" for k, x in v.items() if (p := check(x))), None))
+        lambda v: next((f"entry {k!r}: {p}" for k, x in v.items() if (p := check(x))), None)
+    )
 
 
 def setting(default: Any, *checks: Check) -> Any:
@@ -107,6 +116,7 @@ def setting(default: Any, *checks: Check) -> Any:
 
 # ---- the builder ---------------------------------------------------------------------------------
 
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -115,8 +125,9 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise PipelineError(f"config key '{where}' must be one of "
-                                f"{', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+            raise PipelineError(
+                f"config key '{where}' must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}"
+            )
         return value
     if is_dataclass(tp):
         if not isinstance(value, dict):
@@ -131,8 +142,7 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     expected = dict if tp is dict else tp
     if not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
-        raise PipelineError(f"config key '{where}' must be {_type_name(tp)}, "
-                            f"got {type(value).__name__} {value!r}")
+        raise PipelineError(f"config key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -158,17 +168,20 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
 
 # ---- the shared tables ---------------------------------------------------------------------------
 
+
 @dataclass
 class PathsCfg:
     """Where the pipeline writes, relative to the working directory. Several commands may share them."""
-    cache_dir: str = "zoomshot-out/cache"        # the HDF5 feature store (docs/cache.md)
-    runs_dir: str = "zoomshot-out/runs"          # one folder per fitted run: its maps and run.json
-    results_dir: str = "zoomshot-out/results"    # one JSON per (run, test split) that `pipeline evaluate` writes
-    report_dir: str = "zoomshot-out/report"      # the tables and figures of `pipeline report`
+
+    cache_dir: str = "zoomshot-out/cache"  # the HDF5 feature store (docs/cache.md)
+    runs_dir: str = "zoomshot-out/runs"  # one folder per fitted run: its maps and run.json
+    results_dir: str = "zoomshot-out/results"  # one JSON per (run, test split) that `pipeline evaluate` writes
+    report_dir: str = "zoomshot-out/report"  # the tables and figures of `pipeline report`
 
 
 class _Model:
     """What CLIP and the encoders share: weights named by `pretrained`, found at `location`."""
+
     name: str
     model: str
     pretrained: str
@@ -186,13 +199,22 @@ class _Model:
 
     def spec(self) -> dict:
         """What the encoder factory (`extract/encoders.py`) builds the model from."""
-        return {"family": self.family, "name": self.name, "model": self.model, "pretrained": self.weights,
-                "options": getattr(self, "options", {})}
+        return {
+            "family": self.family,
+            "name": self.name,
+            "model": self.model,
+            "pretrained": self.weights,
+            "options": getattr(self, "options", {}),
+        }
 
     def identity(self) -> dict:
         """What changes its features: family, model, weights content, options (not the name, not a path)."""
-        return {"family": self.family, "model": self.model,
-                "weights": keys.weights_fingerprint(self.weights), "options": getattr(self, "options", {})}
+        return {
+            "family": self.family,
+            "model": self.model,
+            "weights": keys.weights_fingerprint(self.weights),
+            "options": getattr(self, "options", {}),
+        }
 
     def key(self) -> str:
         return keys.digest(self.identity())
@@ -201,15 +223,15 @@ class _Model:
 @dataclass
 class ClipCfg(_Model):
     """The CLIP (open_clip) whose image and text towers the encoders' features are mapped into."""
-    name: str = setting("clip", name_like)   # its name in runs, results and `--encoders`
-    model: str = "zoomshot-tiny-clip"        # an open_clip model name (OpenAI weights from a file: `-quickgelu`)
-    pretrained: str = ""             # "" random weights; a tag, a local file, `local-dir:PATH` or `assets:FILE`
-    templates: str = "shapes"        # a key of the templates file, or "openai-imagenet"
-    templates_file: str = ""         # CLIP_benchmark-style JSON; "" = the shipped world templates
-    classfree_prompts: str = ""      # one prompt a line, or assets:FILE; "" = the world's set for world-only
-                                     # configs, else the shipped generic set (extract/shipped.py)
-    batch_size: int = setting(256, at_least(1))   # prompts per text-encoder batch
-    micro_batch: int = setting(0, at_least(0))    # images per forward pass (0 = the whole extraction batch)
+
+    name: str = setting("clip", name_like)  # its name in runs, results and `--encoders`
+    model: str = "zoomshot-tiny-clip"  # an open_clip model name (OpenAI weights from a file: `-quickgelu`)
+    pretrained: str = ""  # "" random weights; a tag, a local file, `local-dir:PATH` or `assets:FILE`
+    templates: str = "shapes"  # a key of the templates file, or "openai-imagenet"
+    templates_file: str = ""  # CLIP_benchmark-style JSON; "" = the shipped world templates
+    classfree_prompts: str = ""  # one prompt a line, or assets:FILE; "" = the world's or the generic set (shipped.py)
+    batch_size: int = setting(256, at_least(1))  # prompts per text-encoder batch
+    micro_batch: int = setting(0, at_least(0))  # images per forward pass (0 = the whole extraction batch)
     location: str = field(default="", init=False, repr=False)
     family_name: typing.ClassVar[str] = "open_clip"
 
@@ -217,11 +239,12 @@ class ClipCfg(_Model):
 @dataclass
 class EncoderCfg(_Model):
     """One frozen vision encoder (timm) to give CLIP's zero-shot ability; one `[[encoders]]` table each."""
-    name: str = setting("", name_like)   # its name in cache files, runs, results and `[fit] encoders`
-    model: str = ""                      # a timm model name
-    pretrained: str = ""             # "" random weights; a timm tag, a local file or `assets:FILE`
-    options: dict = field(default_factory=dict)   # extra timm.create_model keyword arguments
-    micro_batch: int = setting(0, at_least(0))    # images per forward pass (0 = the whole extraction batch)
+
+    name: str = setting("", name_like)  # its name in cache files, runs, results and `[fit] encoders`
+    model: str = ""  # a timm model name
+    pretrained: str = ""  # "" random weights; a timm tag, a local file or `assets:FILE`
+    options: dict = field(default_factory=dict)  # extra timm.create_model keyword arguments
+    micro_batch: int = setting(0, at_least(0))  # images per forward pass (0 = the whole extraction batch)
     location: str = field(default="", init=False, repr=False)
     family_name: typing.ClassVar[str] = "timm"
 
@@ -229,10 +252,11 @@ class EncoderCfg(_Model):
 @dataclass
 class DatasetCfg:
     """One dataset the splits are read from (`DATASET:SPLIT` elsewhere names it); one `[[datasets]]` table each."""
-    name: str = setting("", name_like)   # the DATASET of `DATASET:SPLIT` references
-    kind: str = "shapes"             # a dataset kind (`pipeline list`); its options are checked per kind
-    root: str = ""                   # the folder of its files (not needed by the generated `shapes` kinds)
-    options: dict = field(default_factory=dict)   # the kind's options (below: Dataset options by kind)
+
+    name: str = setting("", name_like)  # the DATASET of `DATASET:SPLIT` references
+    kind: str = "shapes"  # a dataset kind (`pipeline list`); its options are checked per kind
+    root: str = ""  # the folder of its files (not needed by the generated `shapes` kinds)
+    options: dict = field(default_factory=dict)  # the kind's options (below: Dataset options by kind)
 
     def spec(self) -> dict:
         """What the dataset registry (`extract/datasets.py`) opens a split from."""
@@ -241,8 +265,9 @@ class DatasetCfg:
     def _options(self) -> dict:
         """The options by content (files by their sha256), without `download`, which changes no number, and
         without a `style` of "photo": the world's images before it had styles, so their caches stay valid."""
-        return keys.content_of_options({k: v for k, v in self.options.items()
-                                        if k != "download" and (k, v) != ("style", "photo")})
+        return keys.content_of_options(
+            {k: v for k, v in self.options.items() if k != "download" and (k, v) != ("style", "photo")}
+        )
 
     def identity(self, split: str, record: DataRecord) -> dict:
         """What changes a split's images, labels or names: kind, options, split, and the files under
@@ -259,13 +284,14 @@ class DatasetCfg:
 class Subsets:
     """What of the `[extract]` table names a feature file: which nested subset of each split is
     extracted (DESIGN.md section 3), and the decode settings that change pixels (`extract/decode.py`)."""
-    fraction: float = setting(1.0, unit_fraction)   # the share of each split extracted (a nested subset)
-    split_fractions: dict = setting(dict, values(number_fraction))   # per split, e.g. {"imagenet:train" = 0.2}
-    subset_seed: int = setting(0, at_least(0))      # seeds numpy's permutation: not negative
-    jpeg_draft: bool = True          # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
-    gpu_preprocess: bool = False     # CUDA: resize, crop and normalize on the GPU after a uint8 upload
-    gpu_decode: bool = False         # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess
-    content_hash: bool = False       # the split's key holds every file's sha256, not only its listing (docs/cache.md)
+
+    fraction: float = setting(1.0, unit_fraction)  # the share of each split extracted (a nested subset)
+    split_fractions: dict = setting(dict, values(number_fraction))  # per split, e.g. {"imagenet:train" = 0.2}
+    subset_seed: int = setting(0, at_least(0))  # seeds numpy's permutation: not negative
+    jpeg_draft: bool = True  # JPEGs decoded at the smallest 1/2^k scale the encoders' resizes allow
+    gpu_preprocess: bool = False  # CUDA: resize, crop and normalize on the GPU after a uint8 upload
+    gpu_decode: bool = False  # CUDA: JPEGs decoded on the GPU (nvJPEG); implies gpu_preprocess
+    content_hash: bool = False  # the split's key holds every file's sha256, not only its listing (docs/cache.md)
 
     def fraction_of(self, ref: str) -> float:
         return float(self.split_fractions.get(ref, self.fraction))
@@ -287,6 +313,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
 @dataclass
 class Project:
     """The shared part of a configuration: enough to name every cache file, run and result."""
+
     paths: PathsCfg
     clip: ClipCfg
     encoders: list[EncoderCfg]
@@ -302,14 +329,20 @@ class Project:
         for d in self.datasets:
             if d.name == name:
                 return d
-        raise PipelineError(f"unknown dataset {name!r}: add a [[datasets]] table with name = {name!r} "
-                            f"(known: {', '.join(d.name for d in self.datasets) or 'none'})")
+        raise PipelineError(
+            f"unknown dataset {name!r}: add a [[datasets]] table with name = {name!r} "
+            f"(known: {', '.join(d.name for d in self.datasets) or 'none'})"
+        )
 
     def data_record(self, dataset: str) -> DataRecord:
         """What extraction saw of a dataset's files, recorded in the cache (`cache/records.py`): keys
         are found from it without walking the image tree, and without the images at all."""
-        return DataRecord(records.record_path(self.path("cache_dir"), dataset), dataset, self.dataset(dataset).root,
-                          self.subsets.content_hash)
+        return DataRecord(
+            records.record_path(self.path("cache_dir"), dataset),
+            dataset,
+            self.dataset(dataset).root,
+            self.subsets.content_hash,
+        )
 
     def split_identity(self, dataset: str, split: str) -> dict:
         return self.dataset(dataset).identity(split, self.data_record(dataset))
@@ -326,5 +359,6 @@ class Project:
         for e in self.encoders:
             if e.name == name:
                 return e
-        raise PipelineError(f"unknown encoder {name!r} (known: "
-                            f"{', '.join([self.clip.name] + [e.name for e in self.encoders])})")
+        raise PipelineError(
+            f"unknown encoder {name!r} (known: {', '.join([self.clip.name] + [e.name for e in self.encoders])})"
+        )

@@ -6,6 +6,7 @@ not a wrong number), text embeddings carry a sha256 checked on every read, a fil
 is only opened when every shard is there and complete, and `cache verify` re-hashes whole files.
 Handles are never shared across processes: every function takes a path and opens it itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ from . import timestamps
 from .atomic import replacing
 from .errors import PipelineError
 
-SCHEMA_VERSION = 2   # 2: fletcher32 chunks, checksummed text, resume settings, shard checks
+SCHEMA_VERSION = 2  # 2: fletcher32 chunks, checksummed text, resume settings, shard checks
 CHUNK_BYTES = 1 << 20
 ROW_DATASETS = ("features", "index", "labels")
 
@@ -47,7 +48,7 @@ def sha256_rows(data: h5py.Dataset | np.ndarray) -> str:
     h = hashlib.sha256()
     step = max(1, (64 << 20) // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:]))))
     for i in range(0, data.shape[0], step):
-        h.update(np.ascontiguousarray(data[i:i + step]).tobytes())
+        h.update(np.ascontiguousarray(data[i : i + step]).tobytes())
     return h.hexdigest()
 
 
@@ -65,22 +66,30 @@ def lock_holders(path: Path) -> list[int]:
     except OSError:
         return []
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return sorted({int(f[4]) for f in map(str.split, table.splitlines())
-                   if len(f) > 5 and f[5] == inode and f[4].lstrip("-").isdigit() and int(f[4]) > 0})
+    return sorted(
+        {
+            int(f[4])
+            for f in map(str.split, table.splitlines())
+            if len(f) > 5 and f[5] == inode and f[4].lstrip("-").isdigit() and int(f[4]) > 0
+        }
+    )
 
 
 def busy(path: Path) -> PipelineError:
     pids = lock_holders(path)
     who = f" (pid {', '.join(map(str, pids))})" if pids else ""
-    return PipelineError(f"{Path(path).name} is open in another process{who}: close it (or wait for it to end) "
-                         f"and run the command again")
+    return PipelineError(
+        f"{Path(path).name} is open in another process{who}: close it (or wait for it to end) and run the command again"
+    )
 
 
 def damaged(path: Path, error: Exception) -> PipelineError:
     if isinstance(error, OSError) and locked(error):
         return busy(path)
-    return PipelineError(f"cache file {Path(path).name} is damaged ({str(error).splitlines()[0]}): remove it "
-                         f"(`pipeline cache rm {Path(path).name}`) and extract or import it again")
+    return PipelineError(
+        f"cache file {Path(path).name} is damaged ({str(error).splitlines()[0]}): remove it "
+        f"(`pipeline cache rm {Path(path).name}`) and extract or import it again"
+    )
 
 
 def check_schema(path: Path, attrs: h5py.AttributeManager) -> None:
@@ -88,7 +97,8 @@ def check_schema(path: Path, attrs: h5py.AttributeManager) -> None:
     if found != SCHEMA_VERSION:
         raise PipelineError(
             f"{path.name} was written with cache schema {found}, this version reads schema {SCHEMA_VERSION}: "
-            f"remove it (`pipeline cache rm {path.name}`) and extract again")
+            f"remove it (`pipeline cache rm {path.name}`) and extract again"
+        )
 
 
 #: Files whose writes failed (a full disk). HDF5 cannot close such a file: closing or freeing it
@@ -105,8 +115,9 @@ def check_storable(features: np.ndarray, what: str, fix: str) -> None:
     dtype): beyond it a value would be stored as inf and found only when read."""
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
-        raise PipelineError(f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first: row "
-                            f"{int(np.argmax(bad))}): {fix}")
+        raise PipelineError(
+            f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first: row {int(np.argmax(bad))}): {fix}"
+        )
     if features.size and np.abs(features).max() > FLOAT16_MAX:
         raise PipelineError(f"{what} holds values beyond {FLOAT16_MAX:g}, which the float16 cache cannot keep: {fix}")
 
@@ -126,11 +137,18 @@ class FeatureWriter:
     file ends bit-identical to an uninterrupted one. The caller holds the file's lock (`locks.holding`).
     """
 
-    ROWS = ROW_DATASETS     # the datasets that grow batch by batch and are cut back to `rows_done`
+    ROWS = ROW_DATASETS  # the datasets that grow batch by batch and are cut back to `rows_done`
 
-    def __init__(self, target: Path, dim: int, attrs: dict, resume: dict, expected_rows: int = 0,
-                 say: Callable[[str], None] | None = None):
-        self.expected_rows = expected_rows   # sizes chunks of small files; rows may still grow past it
+    def __init__(
+        self,
+        target: Path,
+        dim: int,
+        attrs: dict,
+        resume: dict,
+        expected_rows: int = 0,
+        say: Callable[[str], None] | None = None,
+    ):
+        self.expected_rows = expected_rows  # sizes chunks of small files; rows may still grow past it
         self.target = Path(target)
         self.partial = partial_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,19 +166,19 @@ class FeatureWriter:
         try:
             f = h5py.File(self.partial, "r+")
         except OSError as e:
-            if locked(e):    # a reader has it open: resumable rows are never thrown away for that
+            if locked(e):  # a reader has it open: resumable rows are never thrown away for that
                 raise busy(self.partial) from None
             reason = f"it is damaged ({str(e).splitlines()[0]})"
         else:
             try:
                 reason = self._why_not_resumable(f)
                 if reason is None:
-                    for name in self.ROWS:   # drop rows written after the last counted batch
+                    for name in self.ROWS:  # drop rows written after the last counted batch
                         if f[name].shape[0] != int(f.attrs["rows_done"]):
                             f[name].resize(int(f.attrs["rows_done"]), axis=0)
                     f.flush()
                     return f
-            except (OSError, RuntimeError, ValueError, KeyError) as e:   # torn by a full disk ("addr overflow")
+            except (OSError, RuntimeError, ValueError, KeyError) as e:  # torn by a full disk ("addr overflow")
                 reason = f"it is damaged ({str(e).splitlines()[0]})"
             try:
                 f.close()
@@ -178,10 +196,13 @@ class FeatureWriter:
             before = json.loads(f.attrs["resume"])
             if before != self.resume:
                 changed = sorted(k for k in {**before, **self.resume} if before.get(k) != self.resume.get(k))
-                return "its settings differ (" + ", ".join(
-                    f"{k}: {before.get(k)!r} -> {self.resume.get(k)!r}" for k in changed) + ")"
+                return (
+                    "its settings differ ("
+                    + ", ".join(f"{k}: {before.get(k)!r} -> {self.resume.get(k)!r}" for k in changed)
+                    + ")"
+                )
             rows = int(f.attrs["rows_done"])
-            for name in self.ROWS:   # reading the counted rows checks every chunk's checksum
+            for name in self.ROWS:  # reading the counted rows checks every chunk's checksum
                 if f[name].shape[0] < rows:
                     return f"{name} holds fewer rows than counted"
                 f[name][:rows]
@@ -194,16 +215,33 @@ class FeatureWriter:
         rows_per_chunk = max(1, CHUNK_BYTES // (self.dim * 2))
         if self.expected_rows:
             rows_per_chunk = min(rows_per_chunk, self.expected_rows)
-        f.create_dataset("features", shape=(0, self.dim), maxshape=(None, self.dim), dtype="float16",
-                         chunks=(rows_per_chunk, self.dim), fletcher32=True)
+        f.create_dataset(
+            "features",
+            shape=(0, self.dim),
+            maxshape=(None, self.dim),
+            dtype="float16",
+            chunks=(rows_per_chunk, self.dim),
+            fletcher32=True,
+        )
         for name in ("index", "labels"):
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64", chunks=(rows_per_chunk,),
-                             fletcher32=True)
+            f.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype="int64", chunks=(rows_per_chunk,), fletcher32=True
+            )
         for k, v in attrs.items():
             f.attrs[k] = _attr(v)
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "dim": self.dim, "resume": _attr(self.resume),
-                        "batch_size": self.resume.get("batch_size", 0), "rows_done": 0, "items_done": 0,
-                        "complete": False, "created": timestamps.now(), "bad_items": "[]"})
+        f.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "dim": self.dim,
+                "resume": _attr(self.resume),
+                "batch_size": self.resume.get("batch_size", 0),
+                "rows_done": 0,
+                "items_done": 0,
+                "complete": False,
+                "created": timestamps.now(),
+                "bad_items": "[]",
+            }
+        )
         f.flush()
         return f
 
@@ -220,14 +258,22 @@ class FeatureWriter:
     def bad_items(self) -> list[int]:
         return json.loads(self.file.attrs["bad_items"])
 
-    def append(self, features: np.ndarray, index: np.ndarray, labels: np.ndarray, items: int,
-               bad: list[int] | None = None) -> None:
+    def append(
+        self, features: np.ndarray, index: np.ndarray, labels: np.ndarray, items: int, bad: list[int] | None = None
+    ) -> None:
         """Write one batch: `items` subset items were consumed, `len(features)` of them kept."""
-        check_storable(features, self._describe(),
-                       "check the encoder's weights and input normalisation; nothing of this batch was written")
-        self._write({"features": features.astype(np.float16), "index": index, "labels": labels},
-                    {**({"bad_items": json.dumps(self.bad_items + list(map(int, bad)))} if bad else {}),
-                     "items_done": self.items_done + items})
+        check_storable(
+            features,
+            self._describe(),
+            "check the encoder's weights and input normalisation; nothing of this batch was written",
+        )
+        self._write(
+            {"features": features.astype(np.float16), "index": index, "labels": labels},
+            {
+                **({"bad_items": json.dumps(self.bad_items + list(map(int, bad)))} if bad else {}),
+                "items_done": self.items_done + items,
+            },
+        )
 
     def _write(self, rows: dict[str, np.ndarray], counts: dict) -> None:
         """Append `rows` to the row datasets and flush, then count them (`rows_done`, `counts`) and flush."""
@@ -236,14 +282,16 @@ class FeatureWriter:
         try:
             for name, data in rows.items():
                 self.rows[name].resize(n0 + n, axis=0)
-                self.rows[name][n0:n0 + n] = data
+                self.rows[name][n0 : n0 + n] = data
             f.flush()
             f.attrs.update({"rows_done": n0 + n, **counts})
             f.flush()
         except (OSError, RuntimeError) as e:
             self._abandon()
-            raise PipelineError(f"cannot write {self.partial.name} ({str(e).splitlines()[0]}; is the disk "
-                                f"full?): free space and run the same command again to resume") from None
+            raise PipelineError(
+                f"cannot write {self.partial.name} ({str(e).splitlines()[0]}; is the disk "
+                f"full?): free space and run the same command again to resume"
+            ) from None
 
     def _describe(self) -> str:
         """Whose rows these are, for an error line: the encoder and split where the file records them."""
@@ -282,6 +330,7 @@ class FeatureWriter:
 @dataclass
 class FeatureFile:
     """A complete feature file read into memory (float32), with its provenance."""
+
     path: Path
     features: np.ndarray
     index: np.ndarray
@@ -332,8 +381,11 @@ def open_complete(path: Path) -> h5py.File:
     """Open a finished file for reading; the caller closes it (use as a context manager)."""
     path = Path(path)
     if not path.exists():
-        hint = " (an interrupted extraction: run `pipeline extract` again to resume it)" \
-            if partial_path(path).exists() else " (run `pipeline extract` first)"
+        hint = (
+            " (an interrupted extraction: run `pipeline extract` again to resume it)"
+            if partial_path(path).exists()
+            else " (run `pipeline extract` first)"
+        )
         raise PipelineError(f"cache file {path} does not exist{hint}")
     try:
         f = h5py.File(path, "r")
@@ -344,8 +396,10 @@ def open_complete(path: Path) -> h5py.File:
         if not f.attrs.get("complete", False):
             raise PipelineError(f"cache file {path.name} is not complete; run `pipeline extract` again")
         if problems := shard_problems(path, _attrs_dict(f.attrs)):
-            raise PipelineError(f"cache file {path.name} is joined from shards and {problems[0]}: extract it "
-                                f"again (`pipeline cache rm {path.name}`, then `pipeline extract`)")
+            raise PipelineError(
+                f"cache file {path.name} is joined from shards and {problems[0]}: extract it "
+                f"again (`pipeline cache rm {path.name}`, then `pipeline extract`)"
+            )
     except BaseException:
         f.close()
         raise
@@ -365,8 +419,10 @@ def read_rows(path: Path, f: h5py.File, sel: Any) -> tuple[np.ndarray, np.ndarra
     except (OSError, KeyError) as e:
         raise damaged(path, e) from None
     if not np.isfinite(feats).all():
-        raise PipelineError(f"{Path(path).name} holds NaN or Inf features; remove it (`pipeline cache rm`) "
-                            f"and extract again, or fix the file you imported")
+        raise PipelineError(
+            f"{Path(path).name} holds NaN or Inf features; remove it (`pipeline cache rm`) "
+            f"and extract again, or fix the file you imported"
+        )
     return feats, index, labels
 
 
@@ -391,7 +447,7 @@ def read_features_kept(path: Path, rows: np.ndarray) -> FeatureFile:
     four files): the runs of a sweep on one worker share one read instead of one read each. Keyed by the
     file's size and mtime, so a replaced file is read again."""
     st = os.stat(path)
-    with _whole_guard:     # the sweep's threads wait for the one read instead of each making it
+    with _whole_guard:  # the sweep's threads wait for the one read instead of each making it
         whole = _whole_file(str(path), st.st_size, st.st_mtime_ns)
     rows = np.asarray(rows)
     return FeatureFile(whole.path, whole.features[rows], whole.index[rows], whole.labels[rows], whole.attrs)
@@ -400,20 +456,28 @@ def read_features_kept(path: Path, rows: np.ndarray) -> FeatureFile:
 @dataclass
 class TextEmbeddings:
     """Per-prompt CLIP text embeddings; class embeddings are derived at evaluation time."""
-    embeddings: np.ndarray        # (K, d) float32
+
+    embeddings: np.ndarray  # (K, d) float32
     prompts: list[str]
-    class_of_prompt: np.ndarray   # (K,) int64, -1 for class-free prompt sets
+    class_of_prompt: np.ndarray  # (K,) int64, -1 for class-free prompt sets
     classnames: list[str]
     attrs: dict
 
 
-def _create_text(f: h5py.File, dim: int, prompts: list[str], class_of_prompt: np.ndarray, classnames: list[str],
-                 attrs: dict) -> None:
+def _create_text(
+    f: h5py.File, dim: int, prompts: list[str], class_of_prompt: np.ndarray, classnames: list[str], attrs: dict
+) -> None:
     """A text file's layout with no embedding row yet: the prompts, their classes and the class names
     whole, `embeddings` growing along rows in checksummed chunks."""
     rows_per_chunk = max(1, min(CHUNK_BYTES // (dim * 4), len(prompts)))
-    f.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype="float32",
-                     chunks=(rows_per_chunk, dim), fletcher32=True)
+    f.create_dataset(
+        "embeddings",
+        shape=(0, dim),
+        maxshape=(None, dim),
+        dtype="float32",
+        chunks=(rows_per_chunk, dim),
+        fletcher32=True,
+    )
     str_dt = h5py.string_dtype()
     f.create_dataset("prompts", data=np.array(prompts, dtype=object), dtype=str_dt)
     f.create_dataset("class_of_prompt", data=np.asarray(class_of_prompt, dtype=np.int64))
@@ -443,8 +507,17 @@ class TextWriter(FeatureWriter):
 
     ROWS = ("embeddings",)
 
-    def __init__(self, target: Path, dim: int, prompts: list[str], class_of_prompt: np.ndarray,
-                 classnames: list[str], attrs: dict, resume: dict, say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        target: Path,
+        dim: int,
+        prompts: list[str],
+        class_of_prompt: np.ndarray,
+        classnames: list[str],
+        attrs: dict,
+        resume: dict,
+        say: Callable[[str], None] | None = None,
+    ):
         self.prompts, self.class_of_prompt, self.classnames = prompts, class_of_prompt, classnames
         super().__init__(target, dim, attrs, resume, len(prompts), say)
 
@@ -473,9 +546,13 @@ def _strings(data: h5py.Dataset) -> list[str]:
 def read_text(path: Path) -> TextEmbeddings:
     with open_complete(path) as f:
         try:
-            emb = TextEmbeddings(embeddings=f["embeddings"][:].astype(np.float32), prompts=_strings(f["prompts"]),
-                                 class_of_prompt=f["class_of_prompt"][:], classnames=_strings(f["classnames"]),
-                                 attrs=_attrs_dict(f.attrs))
+            emb = TextEmbeddings(
+                embeddings=f["embeddings"][:].astype(np.float32),
+                prompts=_strings(f["prompts"]),
+                class_of_prompt=f["class_of_prompt"][:],
+                classnames=_strings(f["classnames"]),
+                attrs=_attrs_dict(f.attrs),
+            )
         except (OSError, KeyError) as e:
             raise damaged(path, e) from None
     if sha256_rows(emb.embeddings) != emb.attrs.get("embeddings_sha256"):

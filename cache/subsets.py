@@ -1,4 +1,5 @@
 """Nested, seeded subsets of a split: a 20 % cache also serves the 1 %, 5 % and 10 % runs."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ by them and the adapters add to them.
 A ranking (top-k, recall) is the same under either; a softmax, a loss or an added term is not, so a
 function's name says which it returns. `text` rows are class embeddings or prompts, normalised here.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

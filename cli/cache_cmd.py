@@ -1,4 +1,5 @@
 """`pipeline cache ls | info | verify | rm | import`."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def ls(ctx: click.Context) -> None:
         click.echo(f"(empty) {cache_dir}")
     for p in files:
         d = catalog.describe(p)
-        click.echo(f"{d.get('state', '?'):<13} {d.get('rows', '-'):>8} x {d.get('dim', '-'):<5} "
-                   f"{d['bytes'] / 2**20:8.2f} MiB  {d['kind']}/{d['file']}")
+        click.echo(
+            f"{d.get('state', '?'):<13} {d.get('rows', '-'):>8} x {d.get('dim', '-'):<5} "
+            f"{d['bytes'] / 2**20:8.2f} MiB  {d['kind']}/{d['file']}"
+        )
 
 
 @cache.command(cls=StageCommand)
@@ -73,7 +76,7 @@ def verify(ctx: click.Context, names: tuple[str, ...]) -> None:
     files = [_resolve(project, n) for n in names] or catalog.cache_files(project.path("cache_dir"))
     bad = busy = 0
     for p in files:
-        if state := catalog.in_use(p):     # its writer checks it when done; reading it now proves nothing
+        if state := catalog.in_use(p):  # its writer checks it when done; reading it now proves nothing
             busy += 1
             click.echo(f"busy {p.name}: {state} by another process")
             continue
@@ -134,8 +137,9 @@ def _feature_files(project: Project, dataset: str | None, encoder: str | None, s
 
 def _clip_space_files(project: Project) -> list[Path]:
     """Every cached file whose rows are in CLIP's space: its image features and every text embedding."""
-    return _feature_files(project, None, project.clip.name) + \
-        _complete_files(project, "text", {"clip": project.clip.name})
+    return _feature_files(project, None, project.clip.name) + _complete_files(
+        project, "text", {"clip": project.clip.name}
+    )
 
 
 def _known_classes(project: Project, dataset: str) -> int | None:
@@ -147,8 +151,10 @@ def _check_width(files: list[Path], width: int, what: str, space: str) -> None:
     for p in files:
         dim = int(store.read_attrs(p)["dim"])
         if dim != width:
-            raise PipelineError(f"{what} are {width}-wide but {p.name} in the cache holds {dim}-wide {space} features: "
-                                f"both must come from the same {space} model")
+            raise PipelineError(
+                f"{what} are {width}-wide but {p.name} in the cache holds {dim}-wide {space} features: "
+                f"both must come from the same {space} model"
+            )
 
 
 def _check_index_like(files: list[Path], index: np.ndarray) -> None:
@@ -157,9 +163,11 @@ def _check_index_like(files: list[Path], index: np.ndarray) -> None:
         with store.open_complete(p) as f:
             theirs = f["index"][:]
         if not np.array_equal(theirs, index):
-            raise PipelineError(f"the index differs from that of {p.name} in the cache ({len(theirs)} rows, "
-                                f"{theirs[:1].tolist()}..{theirs[-1:].tolist()}): every encoder's file of a split "
-                                f"must hold the same images in the same order")
+            raise PipelineError(
+                f"the index differs from that of {p.name} in the cache ({len(theirs)} rows, "
+                f"{theirs[:1].tolist()}..{theirs[-1:].tolist()}): every encoder's file of a split "
+                f"must hold the same images in the same order"
+            )
 
 
 @cache.command("import", cls=StageCommand)
@@ -169,18 +177,38 @@ def _check_index_like(files: list[Path], index: np.ndarray) -> None:
 @click.option("--split", help="Split of image features, e.g. train or test.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (N,) array; -1 = unknown.")
 @click.option("--index", type=click.Path(dir_okay=False), help="Dataset index (N,) of each row [default: 0..N-1].")
-@click.option("--text", type=click.Choice(["class-prompts", "classfree"]),
-              help="Import CLIP text embeddings (K, d) instead of image features.")
-@click.option("--prompts", type=click.Path(dir_okay=False),
-              help="Text file, one prompt a line (K lines) [classfree default: the [clip] classfree_prompts file].")
+@click.option(
+    "--text",
+    type=click.Choice(["class-prompts", "classfree"]),
+    help="Import CLIP text embeddings (K, d) instead of image features.",
+)
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False),
+    help="Text file, one prompt a line (K lines) [classfree default: the [clip] classfree_prompts file].",
+)
 @click.option("--classnames", type=click.Path(dir_okay=False), help="Text file, one class name a line.")
-@click.option("--class-of-prompt", type=click.Path(dir_okay=False),
-              help="(K,) class index of each prompt [default: K/C templates per class, class-major].")
+@click.option(
+    "--class-of-prompt",
+    type=click.Path(dir_okay=False),
+    help="(K,) class index of each prompt [default: K/C templates per class, class-major].",
+)
 @click.option("--key", default="features", help="Dataset/entry name inside .h5 or .pt files.")
 @click.pass_context
-def import_(ctx: click.Context, array: str, encoder: str | None, dataset: str | None, split: str | None,
-            labels: str | None, index: str | None, text: str | None, prompts: str | None,
-            classnames: str | None, class_of_prompt: str | None, key: str) -> None:
+def import_(
+    ctx: click.Context,
+    array: str,
+    encoder: str | None,
+    dataset: str | None,
+    split: str | None,
+    labels: str | None,
+    index: str | None,
+    text: str | None,
+    prompts: str | None,
+    classnames: str | None,
+    class_of_prompt: str | None,
+    key: str,
+) -> None:
     """Bring in features computed elsewhere (.npy, .h5, .pt) so `fit` and `evaluate` use them as if
     extracted: image features of one encoder on one split, or CLIP text embeddings. Every array is
     checked first (shape, dtype, NaN/Inf, labels against the classes, widths against CLIP's)."""
@@ -194,14 +222,22 @@ def import_(ctx: click.Context, array: str, encoder: str | None, dataset: str | 
         target = _import_class_prompts(project, data, dataset, prompts, classnames, class_of_prompt)
     else:
         if not (encoder and split and dataset):
-            raise PipelineError("image features need --encoder, --dataset and --split (or --text for text "
-                                "embeddings)")
+            raise PipelineError("image features need --encoder, --dataset and --split (or --text for text embeddings)")
         target = _import_features(project, data, encoder, dataset, split, labels, index, classnames, array)
     click.echo(f"imported {data.shape[0]} x {data.shape[1]} -> {target}")
 
 
-def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: str, split: str,
-                     labels: str | None, index: str | None, classnames: str | None, source: str) -> Path:
+def _import_features(
+    project: Project,
+    data: np.ndarray,
+    encoder: str,
+    dataset: str,
+    split: str,
+    labels: str | None,
+    index: str | None,
+    classnames: str | None,
+    source: str,
+) -> Path:
     ref = f"{dataset}:{split}"
     target = layout.feature_path(project, encoder, ref)
     if target.exists():
@@ -217,44 +253,75 @@ def _import_features(project: Project, data: np.ndarray, encoder: str, dataset: 
     _check_index_like(_feature_files(project, dataset, None, split), rows)
     with locks.holding([target], click.echo):
         return catalog.import_features(
-            target, data, catalog.load_array(Path(labels)) if labels else None, rows, {
-                "encoder": encoder, "model": spec.model, "pretrained": spec.pretrained, "identity": spec.identity(),
-                "encoder_key": spec.key(), "dataset": dataset, "split": split,
-                "dataset_identity": project.split_identity(dataset, split), "classnames": names,
-                "imported_from": Path(source).name, "preprocess": {}, "versions": {}},
-            num_classes=n_classes)
+            target,
+            data,
+            catalog.load_array(Path(labels)) if labels else None,
+            rows,
+            {
+                "encoder": encoder,
+                "model": spec.model,
+                "pretrained": spec.pretrained,
+                "identity": spec.identity(),
+                "encoder_key": spec.key(),
+                "dataset": dataset,
+                "split": split,
+                "dataset_identity": project.split_identity(dataset, split),
+                "classnames": names,
+                "imported_from": Path(source).name,
+                "preprocess": {},
+                "versions": {},
+            },
+            num_classes=n_classes,
+        )
 
 
 def _text_attrs(project: Project) -> dict:
-    return {"clip": project.clip.name, "identity": project.clip.identity(), "clip_key": project.clip.key(),
-            "imported": True}
+    return {
+        "clip": project.clip.name,
+        "identity": project.clip.identity(),
+        "clip_key": project.clip.key(),
+        "imported": True,
+    }
 
 
-def _import_class_prompts(project: Project, data: np.ndarray, dataset: str, prompts: str | None,
-                          classnames: str | None, class_of_prompt: str | None) -> Path:
+def _import_class_prompts(
+    project: Project,
+    data: np.ndarray,
+    dataset: str,
+    prompts: str | None,
+    classnames: str | None,
+    class_of_prompt: str | None,
+) -> Path:
     if not classnames:
         raise PipelineError("class-prompt embeddings need --classnames (one class name a line)")
     names = catalog.read_lines(Path(classnames))
     lines = _prompt_lines(prompts, len(data))
     if class_of_prompt:
-        cop = catalog.check_ints(catalog.load_array(Path(class_of_prompt)), len(data), "--class-of-prompt", 0,
-                                 len(names))
+        cop = catalog.check_ints(
+            catalog.load_array(Path(class_of_prompt)), len(data), "--class-of-prompt", 0, len(names)
+        )
     elif len(data) % len(names) == 0:
         cop = np.repeat(np.arange(len(names)), len(data) // len(names))
     else:
-        raise PipelineError(f"{len(data)} prompts do not split evenly over {len(names)} classes: "
-                            f"give --class-of-prompt")
+        raise PipelineError(
+            f"{len(data)} prompts do not split evenly over {len(names)} classes: give --class-of-prompt"
+        )
     if len(np.unique(cop)) != len(names):
         raise PipelineError(f"classes without any prompt: {sorted(set(range(len(names))) - set(cop.tolist()))[:5]}")
     _check_width(_clip_space_files(project), data.shape[1], "these class-prompt embeddings", "CLIP")
     for p in _feature_files(project, dataset, None):
         top = int(store.read_features(p).labels.max(initial=-1))
         if top >= len(names):
-            raise PipelineError(f"{p.name} in the cache has labels up to {top}, but --classnames lists {len(names)} "
-                                f"classes")
+            raise PipelineError(
+                f"{p.name} in the cache has labels up to {top}, but --classnames lists {len(names)} classes"
+            )
     target = layout.class_text_path(project, dataset)
-    return store.write_text(target, store.TextEmbeddings(data, lines, cop, names, {
-        "dataset": dataset, "prompt_set": "class-prompts", **_text_attrs(project)}))
+    return store.write_text(
+        target,
+        store.TextEmbeddings(
+            data, lines, cop, names, {"dataset": dataset, "prompt_set": "class-prompts", **_text_attrs(project)}
+        ),
+    )
 
 
 def _prompt_lines(prompts: str | None, count: int) -> list[str]:
@@ -270,7 +337,13 @@ def _import_classfree(project: Project, data: np.ndarray, prompts: str | None) -
     _check_width(_clip_space_files(project), data.shape[1], "these class-free prompt embeddings", "CLIP")
     target = layout.classfree_text_path(project, prompts=lines)
     if lines != layout.classfree_prompts(project):
-        click.echo(f"note: these prompts differ from [clip] classfree_prompts ({project.clip.classfree_prompts}); "
-                   f"`pipeline fit` uses them only with a config whose classfree_prompts file holds them")
-    return store.write_text(target, store.TextEmbeddings(data, lines, -np.ones(len(data), np.int64), [], {
-        "prompt_set": "classfree", **_text_attrs(project)}))
+        click.echo(
+            f"note: these prompts differ from [clip] classfree_prompts ({project.clip.classfree_prompts}); "
+            f"`pipeline fit` uses them only with a config whose classfree_prompts file holds them"
+        )
+    return store.write_text(
+        target,
+        store.TextEmbeddings(
+            data, lines, -np.ones(len(data), np.int64), [], {"prompt_set": "classfree", **_text_attrs(project)}
+        ),
+    )

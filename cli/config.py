@@ -6,6 +6,7 @@ one), a wrong type, a value out of range, a file that must exist, a dataset opti
 know, a split of an unknown dataset. Each is one line naming the key. Command-line options override
 the file through click's `default_map` (see `cli/main.py`) and are checked the same way.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -48,12 +49,15 @@ def _resolve_files(cfg: Config) -> None:
     for where, model in [("clip", cfg.clip)] + [(f"encoders[{i}]", e) for i, e in enumerate(cfg.encoders)]:
         model.location = shipped.resolve(model.pretrained)
         if (missing := shipped.missing_weights(model.location)) is not None:
-            raise PipelineError(f"config key '{where}.pretrained': weights not found at {missing} (a tag, an "
-                                f"existing file, local-dir:FOLDER or assets:NAME; \"\" = random weights)")
+            raise PipelineError(
+                f"config key '{where}.pretrained': weights not found at {missing} (a tag, an "
+                f'existing file, local-dir:FOLDER or assets:NAME; "" = random weights)'
+            )
     clip = cfg.clip
     clip.templates_file = shipped.resolve(clip.templates_file) or str(shipped.TEMPLATES)
-    clip.classfree_prompts = shipped.resolve(clip.classfree_prompts) or \
-        str(shipped.default_classfree_prompts([d.kind for d in cfg.datasets]))
+    clip.classfree_prompts = shipped.resolve(clip.classfree_prompts) or str(
+        shipped.default_classfree_prompts([d.kind for d in cfg.datasets])
+    )
     files = [("classfree_prompts", clip.classfree_prompts)]
     if clip.templates != OPENAI_TEMPLATES:
         files.append(("templates_file", clip.templates_file))
@@ -61,7 +65,7 @@ def _resolve_files(cfg: Config) -> None:
         if not Path(path).is_file():
             raise PipelineError(f"config key 'clip.{key}' names no file: {path}")
     if clip.templates != OPENAI_TEMPLATES:
-        load_templates(clip.templates, Path(clip.templates_file))   # an empty or broken entry: before any work
+        load_templates(clip.templates, Path(clip.templates_file))  # an empty or broken entry: before any work
 
 
 def _check_datasets(cfg: Config) -> None:
@@ -78,16 +82,20 @@ def _check_names(cfg: Config, data: dict) -> None:
     """Unique names; every split reference the file gives names a known dataset (a default that names
     the world's `shapes` is checked when its stage runs)."""
     project = cfg.project
-    for what, names in (("encoder", [cfg.clip.name] + [e.name for e in cfg.encoders]),
-                        ("dataset", [d.name for d in cfg.datasets])):
+    for what, names in (
+        ("encoder", [cfg.clip.name] + [e.name for e in cfg.encoders]),
+        ("dataset", [d.name for d in cfg.datasets]),
+    ):
         if len(set(names)) != len(names):
             raise PipelineError(f"{what} names must be unique, got {names}")
     given = {(table, key) for table, keys in data.items() if isinstance(keys, dict) for key in keys}
-    refs = [("extract.splits", r) for r in cfg.extract.splits] + \
-        [("extract.captions", r) for r in cfg.extract.captions] + \
-        [("fit.train", part) for r in cfg.fit.train for part in r.split("+")] + \
-        [("evaluate.test", r) for r in cfg.evaluate.test] + \
-        [("evaluate.support", r) for r in cfg.evaluate.supports]
+    refs = (
+        [("extract.splits", r) for r in cfg.extract.splits]
+        + [("extract.captions", r) for r in cfg.extract.captions]
+        + [("fit.train", part) for r in cfg.fit.train for part in r.split("+")]
+        + [("evaluate.test", r) for r in cfg.evaluate.test]
+        + [("evaluate.support", r) for r in cfg.evaluate.supports]
+    )
     for key, ref in refs:
         if tuple(key.split(".")) not in given:
             continue
@@ -97,8 +105,10 @@ def _check_names(cfg: Config, data: dict) -> None:
             raise PipelineError(f"config key '{key}': {e}") from None
     extracted = set(cfg.extract.splits) | set(cfg.extract.captions)
     if stray := sorted(set(cfg.extract.split_fractions) - extracted):
-        raise PipelineError(f"config key 'extract.split_fractions' names {', '.join(stray)}, which extract.splits does "
-                            f"not extract (it has: {', '.join(cfg.extract.splits) or 'none'}): fix the name")
+        raise PipelineError(
+            f"config key 'extract.split_fractions' names {', '.join(stray)}, which extract.splits does "
+            f"not extract (it has: {', '.join(cfg.extract.splits) or 'none'}): fix the name"
+        )
     for name in cfg.fit.encoders:
         try:
             project.encoder(name)
@@ -119,9 +129,11 @@ def read_toml(path: Path | None) -> dict:
     if path is None:
         path = Path(DEFAULT_FILE)
         if not path.exists():
-            raise PipelineError(f"no {DEFAULT_FILE} in {Path.cwd()}: pass --config PATH, or write one (the README's "
-                                f"Configuration section lists its tables; the repository's pipeline.toml runs "
-                                f"the default world)")
+            raise PipelineError(
+                f"no {DEFAULT_FILE} in {Path.cwd()}: pass --config PATH, or write one (the README's "
+                f"Configuration section lists its tables; the repository's pipeline.toml runs "
+                f"the default world)"
+            )
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"config file {path} not found: pass --config PATH to an existing file")
@@ -132,8 +144,10 @@ def read_toml(path: Path | None) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise PipelineError(f"{path} is not valid TOML: {e}") from None
     if "clip" not in data:
-        raise PipelineError(f"{path} has no [clip] table: name the CLIP model and its weights there (e.g. "
-                            f"model = \"ViT-B-16\", pretrained = \"openai\"; see README)")
+        raise PipelineError(
+            f"{path} has no [clip] table: name the CLIP model and its weights there (e.g. "
+            f'model = "ViT-B-16", pretrained = "openai"; see README)'
+        )
     return data
 
 
@@ -150,5 +164,4 @@ def with_overrides(section: Any, values: dict, table: str) -> Any:
 
 def section_defaults(section: Any) -> dict:
     """Scalars and lists of a stage table, for click's `default_map`."""
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(section).items()
-            if not isinstance(v, dict)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in asdict(section).items() if not isinstance(v, dict)}

@@ -1,4 +1,5 @@
 """`pipeline export RUN`: a fitted run (or CLIP itself) as a folder that `zoomshot.load_model` reads."""
+
 from __future__ import annotations
 
 import tempfile
@@ -20,8 +21,9 @@ def writable_out(path: Path, option: str = "--out") -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise PipelineError(f"cannot write {option} {path} ({e.strerror or e}): give a path in a writable folder") \
-            from None
+        raise PipelineError(
+            f"cannot write {option} {path} ({e.strerror or e}): give a path in a writable folder"
+        ) from None
     return path
 
 
@@ -38,6 +40,7 @@ def export(ctx: click.Context, run: str, out: str | None) -> None:
     """Export RUN (a run name, or the [clip] name for CLIP itself) as a folder with the encoder's and
     CLIP's references, the maps and their provenance; load it with `zoomshot.load_model(DIR)`."""
     from zoomshot.export.package import export_model
+
     cfg: Config = ctx.obj
     target = Path(out) if out else export_dir(cfg, run)
     export_model(cfg.project, run, writable_out(target), say)

@@ -8,6 +8,7 @@ Fast to start: this module and the config import no torch, h5py or stage module 
 its stage when it runs, the commands of other modules are imported when called), so `--help`, `list`
 and a config error take a fraction of a second (tests/test_cli_speed.py, benchmarks/cli_speed.py).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,10 +46,17 @@ def _takes_progress(command: click.Command) -> click.Command:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _takes_progress(sub)
-    elif not command.context_settings.get("ignore_unknown_options") and \
-            not any(p.name == "progress" for p in command.params):
-        command.params.append(click.Option(["--progress/--no-progress"], default=True, expose_value=False,
-                                           help="Progress bars (every command takes it; this one draws none)."))
+    elif not command.context_settings.get("ignore_unknown_options") and not any(
+        p.name == "progress" for p in command.params
+    ):
+        command.params.append(
+            click.Option(
+                ["--progress/--no-progress"],
+                default=True,
+                expose_value=False,
+                help="Progress bars (every command takes it; this one draws none).",
+            )
+        )
     return command
 
 
@@ -116,6 +124,7 @@ def extract(ctx: click.Context, progress: bool, **values) -> None:
 
 def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) -> None:
     from zoomshot.extract.runner import run_extract
+
     writable(cfg.project.path("cache_dir"), "cache_dir")
     written = run_extract(cfg.project, cfg.extract, progress=progress, say=say, timings=timings)
     n = sum(len(v) for v in written.values())
@@ -135,8 +144,11 @@ def do_extract(cfg: Config, progress: bool = True, timings: dict | None = None) 
 @click.option("--workers", type=int, help="Threads of the local dask scheduler.")
 @click.option("--threads", type=int, help="torch intra-op threads of each fit (its numbers depend on it).")
 @click.option("--dry-run", is_flag=True, help="List the runs of the grid and stop.")
-@click.option("--debug", is_flag=True, help="Stop at the first failing fit with its traceback (its "
-                                            "<run>.failed.txt is written either way).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Stop at the first failing fit with its traceback (its <run>.failed.txt is written either way).",
+)
 @click.pass_context
 def fit(ctx: click.Context, dry_run: bool, debug: bool, **values) -> None:
     """Train maps for every run of the grid from cached features; finished runs are skipped."""
@@ -148,12 +160,15 @@ def do_fit(cfg: Config, dry_run: bool = False, debug: bool = False) -> int:
     """Runs the sweep; returns how many runs failed (each is reported, the others go on, unless `debug`:
     then the first failure is raised)."""
     from zoomshot.fit.sweep import check_inputs, expand, run_sweep
+
     specs = [{**s, "debug": debug} for s in expand(cfg.project, cfg.fit)]
     if dry_run:
         for s in specs:
             r = s["record"]
-            click.echo(f"{s['name']}  {r['encoder']:<12} {r['variant']:<26} train={'+'.join(r['train'])} "
-                       f"fraction={r['fraction']} epochs={r['epochs'] or '-'} seed={r['seed']}")
+            click.echo(
+                f"{s['name']}  {r['encoder']:<12} {r['variant']:<26} train={'+'.join(r['train'])} "
+                f"fraction={r['fraction']} epochs={r['epochs'] or '-'} seed={r['seed']}"
+            )
         return 0
     check_inputs(specs, cfg.fit.scheduler)
     writable(cfg.project.path("runs_dir"), "runs_dir")
@@ -172,8 +187,11 @@ def _print_run(specs: list[dict]):
     def show(r: dict) -> None:
         s = by_name[r["name"]]
         extra = f" ({r['wall_time_s']} s)" if "wall_time_s" in r else f": {r['error']}" if "error" in r else ""
-        click.echo(f"  [{next(ended):>{width}}/{len(specs)}] {r['status']:<8} {r['name']} {s['encoder']} "
-                   f"{s['variant']} fraction={s['fraction']}{extra}")
+        click.echo(
+            f"  [{next(ended):>{width}}/{len(specs)}] {r['status']:<8} {r['name']} {s['encoder']} "
+            f"{s['variant']} fraction={s['fraction']}{extra}"
+        )
+
     return show
 
 
@@ -198,27 +216,36 @@ def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> in
     from zoomshot.evaluate.adaptation import run_adapters, summary_line
     from zoomshot.evaluate.scoring import open_runs, run_evaluate
     from zoomshot.evaluate.summary import summary_table
+
     project, ev = cfg.project, cfg.evaluate
     writable(project.path("results_dir"), "results_dir")
     from .runs_cmd import runs_to_evaluate
+
     names, skipped = runs_to_evaluate(cfg)
     runs, unreadable = open_runs(project, names, say)
     skipped += unreadable
     outcome = run_evaluate(project, ev, runs, say=say, progress=progress)
     skipped += outcome.skipped
     written = list(outcome.written)
-    click.echo(f"evaluate: {len(outcome.written)} result file(s) written"
-               + (f", {skipped} skipped (see above)" if skipped else ""))
+    click.echo(
+        f"evaluate: {len(outcome.written)} result file(s) written"
+        + (f", {skipped} skipped (see above)" if skipped else "")
+    )
     if ev.adapters:
-        adapted = run_adapters(project, ev, runs, (lambda path, result: click.echo(summary_line(result))) if verbose
-                               else None, say=say)
-        click.echo(f"evaluate: {len(adapted.written)} adapter result file(s) written "
-                   f"({', '.join(ev.adapters)}; support {', '.join(ev.supports)})")
+        adapted = run_adapters(
+            project, ev, runs, (lambda path, result: click.echo(summary_line(result))) if verbose else None, say=say
+        )
+        click.echo(
+            f"evaluate: {len(adapted.written)} adapter result file(s) written "
+            f"({', '.join(ev.adapters)}; support {', '.join(ev.supports)})"
+        )
         skipped += adapted.skipped
         written += adapted.written
     if written:
-        click.echo(f"evaluate: top-1 (%) of what it scored, seeds averaged\n"
-                   f"{summary_table([json.loads(p.read_text()) for p in written])}")
+        click.echo(
+            f"evaluate: top-1 (%) of what it scored, seeds averaged\n"
+            f"{summary_table([json.loads(p.read_text()) for p in written])}"
+        )
     return skipped
 
 
@@ -227,8 +254,11 @@ def do_evaluate(cfg: Config, progress: bool = True, verbose: bool = False) -> in
 @multi("--datasets", help="Only these datasets")
 @multi("--methods", help="Only these methods or variants")
 @click.option("--metric", help="The main table's metric (acc1 adds a column per class group).")
-@click.option("--pivot", help="The main table's ROWS:COLUMNS, fields among encoder, dataset, variant, fraction, "
-                              "epochs, metric [default: variant:encoder,dataset].")
+@click.option(
+    "--pivot",
+    help="The main table's ROWS:COLUMNS, fields among encoder, dataset, variant, fraction, "
+    "epochs, metric [default: variant:encoder,dataset].",
+)
 @click.option("--fraction", type=float, help="The fraction shown where it is not pivoted (0 = the largest).")
 @click.option("--epochs", type=int, help="The epochs shown where they are not pivoted (0 = the most).")
 @multi("--runs", help="Runs whose loss terms to draw (default: per encoder and variant, the first seed)")
@@ -243,14 +273,19 @@ def report(ctx: click.Context, plots: bool, **values) -> None:
 def do_report(cfg: Config, plots: bool = True) -> None:
     from zoomshot.evaluate.report import load_results, replace_outputs, select_results, summary_rows, write_summary
     from zoomshot.evaluate.tables import Pivot, build_tables, to_markdown, write_tables
+
     project = cfg.project
     results_dir = project.path("results_dir")
     if not results_dir.is_dir():
         raise PipelineError(f"no results under {results_dir}: run `pipeline evaluate` first")
     r = cfg.report
     from .runs_cmd import grid_names
-    results = select_results(load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None),
-                             grid_names(cfg), r.all_runs)
+
+    results = select_results(
+        load_results(results_dir, r.encoders or None, r.datasets or None, r.methods or None),
+        grid_names(cfg),
+        r.all_runs,
+    )
     if not results:
         raise PipelineError(f"no result matches the filters under {results_dir}")
     rows = summary_rows(results)
@@ -261,12 +296,21 @@ def do_report(cfg: Config, plots: bool = True) -> None:
     if plots:
         from zoomshot.evaluate.plots import write_plots
         from zoomshot.evaluate.scoring import gap_views
-        paths += write_plots(results, project.path("runs_dir"), report_dir,
-                             gap_views(project, cfg.evaluate.test, results), chosen, r.runs)
+
+        paths += write_plots(
+            results,
+            project.path("runs_dir"),
+            report_dir,
+            gap_views(project, cfg.evaluate.test, results),
+            chosen,
+            r.runs,
+        )
     stale = replace_outputs(report_dir, paths)
     click.echo(to_markdown(tables["table"]))
-    click.echo(f"report: {len(paths)} files in {report_dir} ({', '.join(p.name for p in paths)})"
-               + (f"; removed {len(stale)} file(s) of the previous report it no longer makes" if stale else ""))
+    click.echo(
+        f"report: {len(paths)} files in {report_dir} ({', '.join(p.name for p in paths)})"
+        + (f"; removed {len(stale)} file(s) of the previous report it no longer makes" if stale else "")
+    )
 
 
 @cli.command(cls=StageCommand, name="run")
@@ -307,8 +351,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except PipelineError as e:
         click.echo(f"error: {e}", err=True)
-        store = sys.modules.get("zoomshot.cache.store")   # imported by every command that writes HDF5
-        if store and store.writes_failed():      # HDF5 cannot shut down cleanly after a failed write (a full disk)
+        store = sys.modules.get("zoomshot.cache.store")  # imported by every command that writes HDF5
+        if store and store.writes_failed():  # HDF5 cannot shut down cleanly after a failed write (a full disk)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(2)

@@ -2,6 +2,7 @@
 top-1; `--prune` removes what the config no longer names. Also which runs `evaluate` and `report` work
 on: the config's grid (the runs `pipeline fit --dry-run` names), older ones only when asked.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ FAILED_SUFFIX = ".failed.txt"
 def grid(cfg: Config) -> list[dict]:
     """The runs of the config's `[fit]` grid (their specs, as `pipeline fit` runs them)."""
     from zoomshot.fit.sweep import expand
+
     return expand(cfg.project, cfg.fit)
 
 
@@ -41,8 +43,10 @@ def runs_to_evaluate(cfg: Config) -> tuple[list[str] | None, int]:
     unfitted = [s for s in specs if not (runs_dir / s["name"]).is_dir()]
     if unfitted:
         names = [f"{s['name']} ({s['record']['encoder']}, {s['record']['variant']})" for s in unfitted]
-        say(f"skip: {len(unfitted)} run(s) of the config's grid not fitted: {', '.join(names[:3])}"
-            f"{', ...' if len(names) > 3 else ''}: run `pipeline fit`")
+        say(
+            f"skip: {len(unfitted)} run(s) of the config's grid not fitted: {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}: run `pipeline fit`"
+        )
     return [s["name"] for s in specs if (runs_dir / s["name"]).is_dir()], len(unfitted)
 
 
@@ -53,6 +57,7 @@ def grid_names(cfg: Config) -> set[str]:
 @dataclass
 class RunRow:
     """One line of `pipeline runs`."""
+
     name: str
     encoder: str | None = None
     variant: str | None = None
@@ -63,7 +68,7 @@ class RunRow:
     seed: int | None = None
     status: str = UNFITTED
     why: str = ""
-    top1: dict[str, float] = field(default_factory=dict)   # test split -> zero-shot top-1 of its result file
+    top1: dict[str, float] = field(default_factory=dict)  # test split -> zero-shot top-1 of its result file
 
 
 def _settings(record: dict) -> dict:
@@ -83,6 +88,7 @@ def _grid_status(spec: dict, runs_dir: Path) -> tuple[str, str]:
     from zoomshot.cache import store
     from zoomshot.cache.runs import stale_reason
     from zoomshot.fit.runs import failure_file, input_files
+
     run_dir = runs_dir / spec["name"]
     if run_dir.is_dir():
         try:
@@ -102,6 +108,7 @@ def _grid_status(spec: dict, runs_dir: Path) -> tuple[str, str]:
 def _other_row(name: str, runs_dir: Path) -> RunRow:
     """A run folder (or a failed fit's traceback) that the config's grid does not name."""
     from zoomshot.cache.runs import DamagedRun, read_run
+
     if not (runs_dir / name).is_dir():
         return RunRow(name, status=NOT_IN_GRID, why=f"failed: {_failure(runs_dir / (name + FAILED_SUFFIX))}")
     try:
@@ -113,12 +120,14 @@ def _other_row(name: str, runs_dir: Path) -> RunRow:
 def _top1(results_dir: Path) -> dict[str, dict[str, float]]:
     """Per run, the zero-shot top-1 of each of its result files (adapters' results left out)."""
     import warnings
+
     out: dict[str, dict[str, float]] = {}
     if not results_dir.is_dir():
         return out
     from zoomshot.evaluate.report import load_results
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # a broken result file is `pipeline report`'s to say
+        warnings.simplefilter("ignore")  # a broken result file is `pipeline report`'s to say
         results = load_results(results_dir)
     for r in results:
         if "base_variant" not in r and r.get("run") and r["metrics"].get("acc1") is not None:
@@ -129,12 +138,16 @@ def _top1(results_dir: Path) -> dict[str, dict[str, float]]:
 def list_runs(cfg: Config) -> list[RunRow]:
     """The grid's runs in grid order, then every other run folder or failed fit under runs_dir by name."""
     runs_dir = cfg.project.path("runs_dir")
-    rows = [RunRow(s["name"], **_settings(s["record"]), **dict(zip(("status", "why"), _grid_status(s, runs_dir))))
-            for s in grid(cfg)]
+    rows = [
+        RunRow(s["name"], **_settings(s["record"]), **dict(zip(("status", "why"), _grid_status(s, runs_dir))))
+        for s in grid(cfg)
+    ]
     named = {r.name for r in rows}
-    on_disk = {p.name.removesuffix(FAILED_SUFFIX) if p.name.endswith(FAILED_SUFFIX) else p.name
-               for p in (runs_dir.iterdir() if runs_dir.is_dir() else [])
-               if not p.name.startswith(".") and (p.is_dir() or p.name.endswith(FAILED_SUFFIX))}
+    on_disk = {
+        p.name.removesuffix(FAILED_SUFFIX) if p.name.endswith(FAILED_SUFFIX) else p.name
+        for p in (runs_dir.iterdir() if runs_dir.is_dir() else [])
+        if not p.name.startswith(".") and (p.is_dir() or p.name.endswith(FAILED_SUFFIX))
+    }
     rows += [_other_row(name, runs_dir) for name in sorted(on_disk - named)]
     scores = _top1(cfg.project.path("results_dir"))
     for r in rows:
@@ -151,19 +164,39 @@ def _text(value) -> str:
 def table(rows: list[RunRow]) -> str:
     """The rows as aligned columns, one top-1 column (%) per test split, the reason last."""
     splits = sorted({s for r in rows for s in r.top1})
-    head = ["RUN", "ENCODER", "VARIANT", "TRAIN", "FRACTION", "EPOCHS", "SEED", "STATUS",
-            *(f"TOP-1 {s}" for s in splits), "WHY"]
-    body = [[r.name, *map(_text, (r.encoder, r.variant, r.train, r.fraction, r.epochs, r.seed)), r.status,
-             *(f"{100 * r.top1[s]:.1f}" if s in r.top1 else "-" for s in splits), r.why] for r in rows]
+    head = [
+        "RUN",
+        "ENCODER",
+        "VARIANT",
+        "TRAIN",
+        "FRACTION",
+        "EPOCHS",
+        "SEED",
+        "STATUS",
+        *(f"TOP-1 {s}" for s in splits),
+        "WHY",
+    ]
+    body = [
+        [
+            r.name,
+            *map(_text, (r.encoder, r.variant, r.train, r.fraction, r.epochs, r.seed)),
+            r.status,
+            *(f"{100 * r.top1[s]:.1f}" if s in r.top1 else "-" for s in splits),
+            r.why,
+        ]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head) - 1)]
-    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1]).rstrip()
-                     for line in [head, *body])
+    return "\n".join(
+        ("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1]).rstrip() for line in [head, *body]
+    )
 
 
 def prune(cfg: Config, rows: list[RunRow]) -> int:
     """Remove each run folder, failed fit and result folder of `rows`; one another process holds is left
     (said in a line). Returns how many were removed."""
     from zoomshot.cache import locks
+
     runs_dir, results_dir = cfg.project.path("runs_dir"), cfg.project.path("results_dir")
     removed = 0
     for r in rows:
@@ -184,21 +217,37 @@ def prune(cfg: Config, rows: list[RunRow]) -> int:
 @multi("--status", type=click.Choice(STATUSES), help="Only runs with this status")
 @multi("--fraction", type=float, help="Only runs on this fraction")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of the runs instead of the table.")
-@click.option("--prune", "do_prune", is_flag=True,
-              help="Remove the runs the config no longer names (not-in-grid): folder, failed fit, results.")
+@click.option(
+    "--prune",
+    "do_prune",
+    is_flag=True,
+    help="Remove the runs the config no longer names (not-in-grid): folder, failed fit, results.",
+)
 @click.option("--yes", is_flag=True, help="Remove without asking (for scripts; --prune asks on a terminal).")
 @click.pass_context
-def runs(ctx: click.Context, encoder: tuple[str, ...], variant: tuple[str, ...], status: tuple[str, ...],
-         fraction: tuple[float, ...], as_json: bool, do_prune: bool, yes: bool) -> None:
+def runs(
+    ctx: click.Context,
+    encoder: tuple[str, ...],
+    variant: tuple[str, ...],
+    status: tuple[str, ...],
+    fraction: tuple[float, ...],
+    as_json: bool,
+    do_prune: bool,
+    yes: bool,
+) -> None:
     """List the config's runs and every other run folder: settings, status (finished, failed with its
     reason, stale with why, unfitted, not-in-grid) and the zero-shot top-1 of each evaluated split.
     RUN names are what `pipeline export`, `predict --model` (once exported), `evaluate --runs` and
     `report --runs` take."""
     cfg: Config = ctx.obj
-    rows = [r for r in list_runs(cfg)
-            if (not encoder or r.encoder in encoder) and (not status or r.status in status)
-            and (not fraction or r.fraction in fraction)
-            and (not variant or r.variant in variant or (r.variant or "").split(" (")[0] in variant)]
+    rows = [
+        r
+        for r in list_runs(cfg)
+        if (not encoder or r.encoder in encoder)
+        and (not status or r.status in status)
+        and (not fraction or r.fraction in fraction)
+        and (not variant or r.variant in variant or (r.variant or "").split(" (")[0] in variant)
+    ]
     if not do_prune:
         click.echo(json.dumps([asdict(r) for r in rows], indent=1) if as_json else table(rows) if rows else "no runs")
         return
@@ -206,8 +255,10 @@ def runs(ctx: click.Context, encoder: tuple[str, ...], variant: tuple[str, ...],
     if not doomed:
         click.echo("runs: nothing to remove (every run is in the config's grid)")
         return
-    click.echo(f"runs: {len(doomed)} run(s) the config no longer names will be removed (folder, failed fit, "
-               f"results):\n{table(doomed)}")
+    click.echo(
+        f"runs: {len(doomed)} run(s) the config no longer names will be removed (folder, failed fit, "
+        f"results):\n{table(doomed)}"
+    )
     if not yes:
         if not sys.stdin.isatty():
             raise PipelineError("nothing removed: pass --yes to remove them (there is no terminal to ask on)")

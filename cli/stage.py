@@ -1,5 +1,6 @@
 """What every `pipeline` command shares: the config loaded before option parsing (so the stage's
 table becomes the options' defaults), the merge of the options into it, and output-folder checks."""
+
 from __future__ import annotations
 
 import tempfile
@@ -34,8 +35,14 @@ class StageCommand(click.Command):
     def __init__(self, *args, section: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.section = section
-        self.params.append(click.Option(["--config"], type=click.Path(dir_okay=False), expose_value=False,
-                                        help="Config file [default: ./pipeline.toml]."))
+        self.params.append(
+            click.Option(
+                ["--config"],
+                type=click.Path(dir_okay=False),
+                expose_value=False,
+                help="Config file [default: ./pipeline.toml].",
+            )
+        )
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not any(a in ctx.help_option_names for a in args):

@@ -39,6 +39,7 @@ top-1 accuracy, over a grid (`grids.GRIDS`: the references' lists, or wider geom
 the first best in the reference's loop order wins ties (Tip-Adapter: beta outer, alpha inner; TIP-X:
 alpha, beta, gamma). A choice on the edge of its grid is reported (`at_grid_edge`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,8 +74,9 @@ def cache_affinity(test: Tensor, support: Tensor, beta: float) -> Tensor:
     return torch.exp(-beta * (1.0 - _unit(test) @ _unit(support).T))
 
 
-def tip_adapter_logits(test: Tensor, support: Tensor, support_labels: Tensor, class_emb: Tensor,
-                       alpha: float, beta: float) -> Tensor:
+def tip_adapter_logits(
+    test: Tensor, support: Tensor, support_labels: Tensor, class_emb: Tensor, alpha: float, beta: float
+) -> Tensor:
     """(N, C) Tip-Adapter logits: 100 f W^T + alpha exp(-beta (1 - f F^T)) L. alpha = 0 gives exactly
     `clip_logits`."""
     zs = clip_logits(test, class_emb)
@@ -100,14 +102,19 @@ def kl_signature_affinity(test_sig: Tensor, support_sig: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class TipXRanges:
     """What psi needs: the range of M (the source) and of f F^T (the target) over the scored set."""
+
     kl_min: float
     kl_max: float
     cos_min: float
     cos_max: float
 
-    def merge(self, other: "TipXRanges") -> "TipXRanges":
-        return TipXRanges(min(self.kl_min, other.kl_min), max(self.kl_max, other.kl_max),
-                          min(self.cos_min, other.cos_min), max(self.cos_max, other.cos_max))
+    def merge(self, other: TipXRanges) -> TipXRanges:
+        return TipXRanges(
+            min(self.kl_min, other.kl_min),
+            max(self.kl_max, other.kl_max),
+            min(self.cos_min, other.cos_min),
+            max(self.cos_max, other.cos_max),
+        )
 
 
 def _parts(test: Tensor, support: Tensor, class_emb: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -121,8 +128,7 @@ def _ranges_of(cos: Tensor, m: Tensor) -> TipXRanges:
     return TipXRanges(float(m.min()), float(m.max()), float(cos.min()), float(cos.max()))
 
 
-def tipx_ranges(test: Tensor, support: Tensor, class_emb: Tensor,
-                temperature: float = TIPX_TEMPERATURE) -> TipXRanges:
+def tipx_ranges(test: Tensor, support: Tensor, class_emb: Tensor, temperature: float = TIPX_TEMPERATURE) -> TipXRanges:
     """psi's ranges over these test rows; merge the ranges of every chunk of a streamed test set."""
     return _ranges_of(*_parts(test, support, class_emb, temperature))
 
@@ -134,9 +140,17 @@ def rescale(m: Tensor, ranges: TipXRanges) -> Tensor:
     return y * (ranges.cos_max - ranges.cos_min) + ranges.cos_min
 
 
-def tipx_logits(test: Tensor, support: Tensor, support_labels: Tensor, class_emb: Tensor, alpha: float,
-                beta: float, gamma: float, temperature: float = TIPX_TEMPERATURE,
-                ranges: TipXRanges | None = None) -> Tensor:
+def tipx_logits(
+    test: Tensor,
+    support: Tensor,
+    support_labels: Tensor,
+    class_emb: Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    temperature: float = TIPX_TEMPERATURE,
+    ranges: TipXRanges | None = None,
+) -> Tensor:
     """(N, C) TIP-X logits: 100 f W^T + alpha A L + gamma (-psi(M)) L.
 
     `ranges` fixes psi (computed over a whole test set with `tipx_ranges`); None takes them from these
@@ -156,19 +170,28 @@ class Adapter:
     """One training-free adapter: the hyper-parameters its search sets, the order the reference loops
     over them (outer first; the first best wins ties), whether it uses TIP-X's text-side affinity
     (whose rescaling needs ranges over the whole scored set), and its logits."""
+
     searched: tuple[str, ...]
     loop_order: tuple[int, ...]
     uses_kl: bool
-    logits: Callable[..., Tensor]     # (test, support, support_labels, class_emb, hparams, ranges) -> (N, C)
+    logits: Callable[..., Tensor]  # (test, support, support_labels, class_emb, hparams, ranges) -> (N, C)
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "tip-adapter": Adapter(("alpha", "beta"), (1, 0, 2), False,   # Tip-Adapter utils.py: beta outer
-                           lambda f, sup, lab, w, hp, ranges: tip_adapter_logits(f, sup, lab, w, hp["alpha"],
-                                                                                 hp["beta"])),
-    "tip-x": Adapter(("alpha", "beta", "gamma"), (0, 1, 2), True,   # tipx.py: alpha, beta, gamma
-                     lambda f, sup, lab, w, hp, ranges: tipx_logits(f, sup, lab, w, hp["alpha"], hp["beta"],
-                                                                    hp["gamma"], hp["temperature"], ranges)),
+    "tip-adapter": Adapter(
+        ("alpha", "beta"),
+        (1, 0, 2),
+        False,  # Tip-Adapter utils.py: beta outer
+        lambda f, sup, lab, w, hp, ranges: tip_adapter_logits(f, sup, lab, w, hp["alpha"], hp["beta"]),
+    ),
+    "tip-x": Adapter(
+        ("alpha", "beta", "gamma"),
+        (0, 1, 2),
+        True,  # tipx.py: alpha, beta, gamma
+        lambda f, sup, lab, w, hp, ranges: tipx_logits(
+            f, sup, lab, w, hp["alpha"], hp["beta"], hp["gamma"], hp["temperature"], ranges
+        ),
+    ),
 }
 
 
@@ -177,7 +200,7 @@ def _first_best(acc: Tensor, order: tuple[int, ...]) -> tuple[int, ...]:
     """Index of the first maximum of `acc` when its axes are looped over in `order` (outer first),
     the references' strict `>` rule."""
     perm = acc.permute(*order).contiguous()
-    flat = int(torch.argmax(perm.reshape(-1)))   # torch.argmax returns the first maximal index
+    flat = int(torch.argmax(perm.reshape(-1)))  # torch.argmax returns the first maximal index
     idx = np.unravel_index(flat, tuple(perm.shape))
     out = [0] * acc.ndim
     for axis, i in zip(order, idx):
@@ -190,9 +213,16 @@ def _correct(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == labels).sum(dim=-1)
 
 
-def search_hparams(val_feats: Tensor, val_labels: Tensor, support: Tensor, support_labels: Tensor,
-                   class_emb: Tensor, method: str, grid: dict[str, list[float]] | None = None,
-                   temperature: float = TIPX_TEMPERATURE) -> dict:
+def search_hparams(
+    val_feats: Tensor,
+    val_labels: Tensor,
+    support: Tensor,
+    support_labels: Tensor,
+    class_emb: Tensor,
+    method: str,
+    grid: dict[str, list[float]] | None = None,
+    temperature: float = TIPX_TEMPERATURE,
+) -> dict:
     """Grid search of alpha, beta (and gamma for TIP-X) by top-1 accuracy on labelled validation rows.
 
     Vectorised: per beta, every (alpha, gamma) cell is scored in one batched argmax. Returns the chosen
@@ -220,26 +250,35 @@ def search_hparams(val_feats: Tensor, val_labels: Tensor, support: Tensor, suppo
     else:
         gammas, kl_logits = torch.zeros(1), torch.zeros_like(zs)
     correct = torch.empty(len(alphas), len(grid["beta"]), len(gammas), dtype=torch.long)
-    base = zs.unsqueeze(0) + gammas.view(-1, 1, 1) * kl_logits          # (G, V, C)
+    base = zs.unsqueeze(0) + gammas.view(-1, 1, 1) * kl_logits  # (G, V, C)
     for j, beta in enumerate(grid["beta"]):
-        cache = torch.exp(-beta * (1.0 - cos)) @ labels                  # (V, C)
+        cache = torch.exp(-beta * (1.0 - cos)) @ labels  # (V, C)
         for i, alpha in enumerate(alphas):
             correct[i, j] = _correct(base + alpha * cache, y)
     i, j, k = _first_best(correct, adapter.loop_order)
     chosen = {"alpha": grid["alpha"][i], "beta": grid["beta"][j]}
     if adapter.uses_kl:
         chosen.update(gamma=grid["gamma"][k], temperature=temperature)
-    edge = [name for name, pos in zip(("alpha", "beta", "gamma"), (i, j, k)) if name in need
-            and len(grid[name]) > 1 and pos in (0, len(grid[name]) - 1)]
-    return {"method": method, **chosen, "val_acc1": int(correct[i, j, k]) / n_val,
-            "val_zero_shot_acc1": int(_correct(zs, y)) / n_val, "val_size": n_val,
-            "grid": {name: [min(grid[name]), max(grid[name]), len(grid[name])] for name in need},
-            "at_grid_edge": edge}
+    edge = [
+        name
+        for name, pos in zip(("alpha", "beta", "gamma"), (i, j, k))
+        if name in need and len(grid[name]) > 1 and pos in (0, len(grid[name]) - 1)
+    ]
+    return {
+        "method": method,
+        **chosen,
+        "val_acc1": int(correct[i, j, k]) / n_val,
+        "val_zero_shot_acc1": int(_correct(zs, y)) / n_val,
+        "val_size": n_val,
+        "grid": {name: [min(grid[name]), max(grid[name]), len(grid[name])] for name in need},
+        "at_grid_edge": edge,
+    }
 
 
 # ----------------------------------------------------------------------- support / validation split
-def support_val_split(labels: np.ndarray, num_classes: int, val_per_class: int, shots: int,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+def support_val_split(
+    labels: np.ndarray, num_classes: int, val_per_class: int, shots: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a labelled support set split into (support rows, validation rows), both ascending.
 
     Per class c (rows with label c, in row order), one permutation seeded by (seed, c): its first

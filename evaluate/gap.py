@@ -9,6 +9,7 @@ memory:
   embeddings (0 = no gap, at most 2);
 * `text_cos`: the mean cosine of each labelled image feature to its own class's text embedding.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,13 @@ class GapAccumulator:
         return {"gap": float(gap), "text_cos": self.cos_sum / self.n_labeled if self.n_labeled else math.nan}
 
 
-
 @dataclass
 class GapView:
     """What the modality-gap figure of one test set draws: CLIP's image and class-text features (the
     projection is fitted on these two), mapped encoder features by label, and each group's measured gap."""
+
     clip_image: np.ndarray
     clip_text: np.ndarray
     classnames: list[str]
     mapped: dict[str, np.ndarray] = field(default_factory=dict)
-    gaps: dict[str, float] = field(default_factory=dict)     # "CLIP" and each mapped label -> `gap`
+    gaps: dict[str, float] = field(default_factory=dict)  # "CLIP" and each mapped label -> `gap`

@@ -2,6 +2,7 @@
 names `[evaluate] adapter_grid` and `adapters` take. Plain numbers, no torch, so that the config is
 checked without importing the adapters.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ index ranks first. That is torch.argmax's rule (which CLIP_benchmark's mean per-
 torch.topk (used by its top-k accuracy) orders ties arbitrarily, so the two can differ only on samples
 with exactly tied logits at the k-th place. A fixed rule keeps results reproducible and chunking-invariant.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,9 @@ class MetricAccumulator:
         self.class_correct += torch.bincount(y[hit[:, 0]], minlength=self.num_classes)
         self.correct_top_k += int(hit.any(dim=1).sum())
 
-    def compute(self, per_class: bool = False,
-                groups: dict[str, list[int]] | None = None) -> dict[str, float | int | list[float]]:
+    def compute(
+        self, per_class: bool = False, groups: dict[str, list[int]] | None = None
+    ) -> dict[str, float | int | list[float]]:
         """acc1, acc5 (NaN below 5 classes), mean_per_class_recall, teacher_agreement (NaN without a
         teacher), n (all samples) and n_labeled; per_class_acc (NaN for absent classes) on request;
         `acc1_<group>` for each named group of classes (top-1 over the samples of those classes)."""

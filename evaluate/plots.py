@@ -15,6 +15,7 @@ PNG and PDF and closes it:
 * `per_class_<dataset>`: each mapped encoder's top-1 per class against CLIP (at 1,000 classes the 10
   lost most and the 10 best), where the results hold per-class accuracy (`[evaluate] per_class`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,50 +33,72 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 
 from zoomshot.cache import atomic  # noqa: E402
-from zoomshot.cache.keys import slug  # noqa: E402
 from zoomshot.cache.errors import PipelineError  # noqa: E402
+from zoomshot.cache.keys import slug  # noqa: E402
 from zoomshot.cache.runs import read_run  # noqa: E402
 
 from .gap import GapView  # noqa: E402
 from .report import summary_rows  # noqa: E402
 from .tables import adapter_label  # noqa: E402
 
-COLUMN_WIDTH = 3.4          # inches: one column of a two-column paper
-FULL_WIDTH = 7.0            # both columns
-MAX_SERIES = 8              # lines a panel can show and still be told apart
-PER_CLASS_SHOWN = 10        # classes at each end of a per-class panel (best and worst)
-NAME_CHARS = 28             # a class name longer than this is cut beside its bar
+COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
+FULL_WIDTH = 7.0  # both columns
+MAX_SERIES = 8  # lines a panel can show and still be told apart
+PER_CLASS_SHOWN = 10  # classes at each end of a per-class panel (best and worst)
+NAME_CHARS = 28  # a class name longer than this is cut beside its bar
 DPI = 200
-STYLE = {"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6.5,
-         "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "figure.titlesize": 8, "lines.linewidth": 1.2,
-         "lines.markersize": 3.5, "axes.grid": True, "grid.alpha": 0.3}
+STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 8,
+    "axes.labelsize": 7,
+    "legend.fontsize": 6.5,
+    "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5,
+    "figure.titlesize": 8,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
 SWEEP_FIELDS = ("fraction", "epochs")
 AXIS_LABELS = {"fraction": "training fraction (%)", "epochs": "epochs"}
 TERMS = ("total", "mse", "cyc_s", "cyc_t", "cyc_u", "kd", "ridge")
-TERM_TITLES = {"total": "total", "mse": "L_mse", "cyc_s": "cycle (image, source)", "cyc_t": "cycle (image, CLIP)",
-               "cyc_u": "cycle (text)", "kd": "PG-KD", "ridge": "ridge penalty"}
+TERM_TITLES = {
+    "total": "total",
+    "mse": "L_mse",
+    "cyc_s": "cycle (image, source)",
+    "cyc_t": "cycle (image, CLIP)",
+    "cyc_u": "cycle (text)",
+    "kd": "PG-KD",
+    "ridge": "ridge penalty",
+}
 CLIP_LINE = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 ADAPTED_CLIP_LINE = {"color": "dimgray", "linestyle": ":", "linewidth": 1.2}
 
 
 # ---- figure scaffolding ----------------------------------------------------------------------------
 
+
 def styled(build: Callable[..., plt.Figure]) -> Callable[..., plt.Figure]:
     """Build the figure inside the paper style (fonts, line widths): text takes its size when drawn."""
+
     @functools.wraps(build)
     def wrapper(*args, **kwargs) -> plt.Figure:
         with plt.rc_context(STYLE):
             return build(*args, **kwargs)
+
     return wrapper
 
 
-def _figure(n_panels: int, height: float = 2.3, ncols: int | None = None,
-            sharey: bool = True) -> tuple[plt.Figure, list[plt.Axes]]:
+def _figure(
+    n_panels: int, height: float = 2.3, ncols: int | None = None, sharey: bool = True
+) -> tuple[plt.Figure, list[plt.Axes]]:
     ncols = min(n_panels, ncols or n_panels)
     nrows = math.ceil(n_panels / ncols)
-    width = min(FULL_WIDTH, max(COLUMN_WIDTH, 2.2 * ncols + 1.4))   # + room for the legend at the right
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), sharey=sharey, squeeze=False,
-                             layout="constrained")
+    width = min(FULL_WIDTH, max(COLUMN_WIDTH, 2.2 * ncols + 1.4))  # + room for the legend at the right
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width, height * nrows), sharey=sharey, squeeze=False, layout="constrained"
+    )
     flat = list(axes.flat)
     for extra in flat[n_panels:]:
         extra.remove()
@@ -89,8 +112,13 @@ def _legend_outside(fig: plt.Figure, axes: Sequence[plt.Axes], below: bool = Fal
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center" if below else "outside right upper",
-                   frameon=False, markerscale=2 if below else 1)
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center" if below else "outside right upper",
+            frameon=False,
+            markerscale=2 if below else 1,
+        )
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -111,12 +139,14 @@ def _pct(value: float) -> float:
 
 # ---- accuracy against a sweep axis ------------------------------------------------------------------
 
+
 @dataclass
 class Sweep:
     """The summary rows of one dataset that a sweep figure draws."""
+
     x_field: str
-    series: dict[str, list[dict[str, Any]]]      # label -> rows (across encoders and x values)
-    references: dict[str, float]                 # label -> top-1 drawn as a horizontal line
+    series: dict[str, list[dict[str, Any]]]  # label -> rows (across encoders and x values)
+    references: dict[str, float]  # label -> top-1 drawn as a horizontal line
     title: str
 
 
@@ -137,8 +167,15 @@ def accuracy_figure(sweep: Sweep) -> plt.Figure:
                 continue
             x = [_pct(r[sweep.x_field]) if sweep.x_field == "fraction" else r[sweep.x_field] for r in mine]
             err = [_pct(r["acc1_std"]) if r["n_seeds"] > 1 and not math.isnan(r["acc1_std"]) else 0.0 for r in mine]
-            ax.errorbar(x, [_pct(r["acc1_mean"]) for r in mine], yerr=err if any(err) else None, marker="o",
-                        capsize=2, color=f"C{i}", label=label)
+            ax.errorbar(
+                x,
+                [_pct(r["acc1_mean"]) for r in mine],
+                yerr=err if any(err) else None,
+                marker="o",
+                capsize=2,
+                color=f"C{i}",
+                label=label,
+            )
         for label, value in sweep.references.items():
             ax.axhline(_pct(value), label=label, **_reference_style(label))
         if xs and xs[-1] >= 10 * xs[0] > 0:
@@ -159,8 +196,7 @@ def _variant_order(row: dict[str, Any]) -> tuple:
     return row["method"] == "zoomshot", row["base_variant"]
 
 
-def sweeps(rows: list[dict[str, Any]], dataset: str, x_field: str,
-           chosen: dict[str, Any]) -> list[tuple[str, Sweep]]:
+def sweeps(rows: list[dict[str, Any]], dataset: str, x_field: str, chosen: dict[str, Any]) -> list[tuple[str, Sweep]]:
     """(file stem, Sweep) of every sweep figure of one dataset along `x_field`: zero-shot rows in parts
     of at most MAX_SERIES series, then one per adapter. The other sweep field is fixed at the chosen
     value (default: its largest), so no line mixes two settings."""
@@ -174,36 +210,58 @@ def sweeps(rows: list[dict[str, Any]], dataset: str, x_field: str,
     clip = {adapter_label(r): r["acc1_mean"] for r in mine if r["teacher"]}
     where = f" ({other} {at})" if at is not None else ""
     zero_shot = sorted((r for r in students if adapter_label(r) is None), key=_variant_order)
-    kinds = {r["variant"]: r["method"] == "zoomshot" for r in zero_shot}   # adapted lines keep their colours
+    kinds = {r["variant"]: r["method"] == "zoomshot" for r in zero_shot}  # adapted lines keep their colours
     refs = {"CLIP zero-shot": clip[None]} if None in clip else {}
-    out = _parts(f"acc_vs_{x_field}_{dataset}", x_field, zero_shot, "variant", refs,
-                 f"{dataset}: zero-shot top-1 against {x_field}{where}")
-    for adapter in sorted({adapter_label(r) for r in students} - {None}):     # one figure per support set too
-        adapted = sorted((r for r in students if adapter_label(r) == adapter),
-                         key=lambda r: (kinds.get(r["base_variant"], True), r["base_variant"]))
+    out = _parts(
+        f"acc_vs_{x_field}_{dataset}",
+        x_field,
+        zero_shot,
+        "variant",
+        refs,
+        f"{dataset}: zero-shot top-1 against {x_field}{where}",
+    )
+    for adapter in sorted({adapter_label(r) for r in students} - {None}):  # one figure per support set too
+        adapted = sorted(
+            (r for r in students if adapter_label(r) == adapter),
+            key=lambda r: (kinds.get(r["base_variant"], True), r["base_variant"]),
+        )
         with_clip = {**refs, **({f"CLIP + {adapter}": clip[adapter]} if adapter in clip else {})}
-        out += _parts(f"acc_vs_{x_field}_{dataset}_{slug(adapter)}", x_field, adapted, "base_variant", with_clip,
-                      f"{dataset}: top-1 with {adapter} against {x_field}{where}", f" + {adapter}")
+        out += _parts(
+            f"acc_vs_{x_field}_{dataset}_{slug(adapter)}",
+            x_field,
+            adapted,
+            "base_variant",
+            with_clip,
+            f"{dataset}: top-1 with {adapter} against {x_field}{where}",
+            f" + {adapter}",
+        )
     return out
 
 
-def _parts(stem: str, x_field: str, rows: list[dict[str, Any]], key: str, refs: dict[str, float], title: str,
-           suffix: str = "") -> list[tuple[str, Sweep]]:
+def _parts(
+    stem: str, x_field: str, rows: list[dict[str, Any]], key: str, refs: dict[str, float], title: str, suffix: str = ""
+) -> list[tuple[str, Sweep]]:
     """The rows as series (grouped by `key`, in their order) in figures of at most MAX_SERIES."""
     series: dict[str, list] = {}
     for row in rows:
         series.setdefault(row[key], []).append(row)
     labels = list(series)
-    chunks = [labels[i:i + MAX_SERIES] for i in range(0, len(labels), MAX_SERIES)]
-    return [(stem + (f"_part{k}" if len(chunks) > 1 else ""),
-             Sweep(x_field, {label + suffix: series[label] for label in chunk}, refs, title))
-            for k, chunk in enumerate(chunks, 1)]
+    chunks = [labels[i : i + MAX_SERIES] for i in range(0, len(labels), MAX_SERIES)]
+    return [
+        (
+            stem + (f"_part{k}" if len(chunks) > 1 else ""),
+            Sweep(x_field, {label + suffix: series[label] for label in chunk}, refs, title),
+        )
+        for k, chunk in enumerate(chunks, 1)
+    ]
 
 
 # ---- loss terms per epoch ----------------------------------------------------------------------------
 
-def load_histories(results: list[dict[str, Any]], runs_dir: Path, names: Sequence[str] = (),
-                   chosen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+
+def load_histories(
+    results: list[dict[str, Any]], runs_dir: Path, names: Sequence[str] = (), chosen: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """run.json records with a per-epoch history (> 1 epoch): the named runs, or else, per encoder and
     variant, the run of the lowest seed at the chosen fraction and epochs (default: the largest)."""
     runs = {r["run"]: r for r in results if r.get("run") and r["run"] != "clip" and r.get("epochs")}
@@ -221,7 +279,7 @@ def load_histories(results: list[dict[str, Any]], runs_dir: Path, names: Sequenc
         picked = [r["run"] for r in first.values()]
     records = []
     for name in picked:
-        if not (Path(runs_dir) / name).is_dir():     # runs removed since: their results still count
+        if not (Path(runs_dir) / name).is_dir():  # runs removed since: their results still count
             continue
         try:
             record = read_run(Path(runs_dir) / name).record
@@ -260,6 +318,7 @@ def loss_terms_figure(records: list[dict[str, Any]], title: str) -> plt.Figure:
 
 # ---- the modality gap ------------------------------------------------------------------------------
 
+
 def _unit(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2:
@@ -272,16 +331,18 @@ class Projection:
     """Two axes fitted on CLIP's image and text features: the gap direction (text centroid to image
     centroid, of L2-normalised rows) and the first principal component of what is left, with both
     groups weighing the same (64 class texts count as much as 1,500 images)."""
+
     mean: np.ndarray
-    components: np.ndarray     # (2, d)
-    explained: np.ndarray      # share of the fitted groups' variance along each axis
+    components: np.ndarray  # (2, d)
+    explained: np.ndarray  # share of the fitted groups' variance along each axis
 
     @classmethod
     def fit(cls, image: np.ndarray, text: np.ndarray) -> Projection:
         units = [_unit(image), _unit(text)]
         if units[0].shape[1] != units[1].shape[1]:
-            raise ValueError(f"image and text features must have the same width, got "
-                             f"{units[0].shape[1]} and {units[1].shape[1]}")
+            raise ValueError(
+                f"image and text features must have the same width, got {units[0].shape[1]} and {units[1].shape[1]}"
+            )
         centroids = [u.mean(axis=0) for u in units]
         mean = (centroids[0] + centroids[1]) / 2
         gap = centroids[0] - centroids[1]
@@ -291,7 +352,7 @@ class Projection:
         vt = np.linalg.svd(rest, full_matrices=False)[2]
         second = vt[0] * (np.sign(vt[0][np.abs(vt[0]).argmax()]) or 1.0)
         components = np.stack([axis, second])
-        total = float((weighted ** 2).sum())
+        total = float((weighted**2).sum())
         explained = ((weighted @ components.T) ** 2).sum(axis=0) / total if total else np.zeros(2)
         return cls(mean, components, explained)
 
@@ -309,12 +370,28 @@ def gap_figure(view: GapView, title: str, labelled: int = 6, max_points: int = 1
     for i, (label, points) in enumerate(groups.items()):
         xy = proj(points[:: max(1, math.ceil(len(points) / max_points))])
         gap = view.gaps.get(label)
-        ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.35, color="gray" if i == 0 else f"C{i - 1}", linewidths=0,
-                   label=label + (f" (gap {gap:.2f})" if gap is not None else ""))
+        ax.scatter(
+            xy[:, 0],
+            xy[:, 1],
+            s=3,
+            alpha=0.35,
+            color="gray" if i == 0 else f"C{i - 1}",
+            linewidths=0,
+            label=label + (f" (gap {gap:.2f})" if gap is not None else ""),
+        )
     text = proj(view.clip_text)
-    size = 28 * min(1.0, 64 / len(text)) ** 0.5     # 1,000 full-size stars would hide the images
-    ax.scatter(text[:, 0], text[:, 1], s=size, marker="*", color="black", edgecolors="white", linewidths=0.4,
-               zorder=5, label=f"CLIP class text ({len(text)} classes)")
+    size = 28 * min(1.0, 64 / len(text)) ** 0.5  # 1,000 full-size stars would hide the images
+    ax.scatter(
+        text[:, 0],
+        text[:, 1],
+        s=size,
+        marker="*",
+        color="black",
+        edgecolors="white",
+        linewidths=0.4,
+        zorder=5,
+        label=f"CLIP class text ({len(text)} classes)",
+    )
     for i in np.linspace(0, len(text) - 1, min(labelled, len(text))).astype(int):
         ax.annotate(view.classnames[i], text[i], xytext=(3, 3), textcoords="offset points", fontsize=6, zorder=6)
     ax.set_xlabel(f"gap direction: CLIP text to image centroid ({100 * proj.explained[0]:.0f} % of var.)")
@@ -326,48 +403,53 @@ def gap_figure(view: GapView, title: str, labelled: int = 6, max_points: int = 1
 
 # ---- per-class accuracy ------------------------------------------------------------------------------
 
+
 def _short(name: str, limit: int = NAME_CHARS) -> str:
     """A class name cut to fit beside a bar (ImageNet has "Mexican hairless dog (xoloitzcuintli)")."""
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def class_ends(diff: np.ndarray, shown: int) -> tuple[list[int], list[int]]:
     """Classes with test rows, by top-1 minus CLIP's: the `shown` lost most and the `shown` best (both
     from the worst down), or every class as the first list where there are at most 2 x `shown`."""
-    order = [int(i) for i in np.argsort(diff, kind="stable") if not math.isnan(diff[i])]   # NaN sorts last
+    order = [int(i) for i in np.argsort(diff, kind="stable") if not math.isnan(diff[i])]  # NaN sorts last
     return (order, []) if len(order) <= 2 * shown else (order[:shown], order[-shown:])
 
 
 @styled
-def per_class_figure(deficits: dict[str, np.ndarray], classnames: list[str], title: str,
-                     shown: int = PER_CLASS_SHOWN) -> plt.Figure:
+def per_class_figure(
+    deficits: dict[str, np.ndarray], classnames: list[str], title: str, shown: int = PER_CLASS_SHOWN
+) -> plt.Figure:
     """Per encoder (a panel each): top-1 minus CLIP's per class, in points, for every class or, with
     more than 2 x `shown` classes (ImageNet's 1,000), only the `shown` lost most and the `shown` best,
     a row between them counting the classes left out. The title says which."""
     n_classes = max(int((~np.isnan(d)).sum()) for d in deficits.values())
     cut = n_classes > 2 * shown
-    fig, axes = _figure(len(deficits), height=0.14 * (min(n_classes, 2 * shown) + cut) + 1.0, ncols=2,
-                        sharey=False)
+    fig, axes = _figure(len(deficits), height=0.14 * (min(n_classes, 2 * shown) + cut) + 1.0, ncols=2, sharey=False)
     for ax, (label, diff) in zip(axes, deficits.items()):
         worst, best = class_ends(diff, shown)
-        rows = worst + ([None] if best else []) + best       # None: the classes left out
+        rows = worst + ([None] if best else []) + best  # None: the classes left out
         values = [0.0 if i is None else 100 * diff[i] for i in rows]
         ax.barh(range(len(rows)), values, color=["C3" if v < 0 else "C2" for v in values])
-        ax.set_yticks(range(len(rows)), [f"… {len(diff) - len(worst) - len(best)} more" if i is None
-                                         else _short(classnames[i]) for i in rows])
+        ax.set_yticks(
+            range(len(rows)),
+            [f"… {len(diff) - len(worst) - len(best)} more" if i is None else _short(classnames[i]) for i in rows],
+        )
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlim(min([0.0, *values]) - 5, max([0.0, *values]) + 5)
         ax.set_title(label)
         ax.set_xlabel("top-1 minus CLIP's (points)")
-    which = (f"the {shown} classes lost most and the {shown} best of {n_classes:,}" if cut
-             else f"all {n_classes} classes")
+    which = (
+        f"the {shown} classes lost most and the {shown} best of {n_classes:,}" if cut else f"all {n_classes} classes"
+    )
     fig.suptitle(f"{title}: {which}, against CLIP")
     return fig
 
 
-def _per_class(results: list[dict[str, Any]], rows: list[dict[str, Any]],
-               dataset: str) -> tuple[dict[str, np.ndarray], list[str]] | None:
+def _per_class(
+    results: list[dict[str, Any]], rows: list[dict[str, Any]], dataset: str
+) -> tuple[dict[str, np.ndarray], list[str]] | None:
     """Per encoder: its best zero-shot variant's per-class top-1 (mean over seeds) minus CLIP's."""
     mine = [r for r in results if r["dataset"] == dataset and "per_class_acc" in r["metrics"]]
     clip = next((r for r in mine if r["method"] == "clip"), None)
@@ -376,8 +458,12 @@ def _per_class(results: list[dict[str, Any]], rows: list[dict[str, Any]],
     base = np.asarray(clip["metrics"]["per_class_acc"], dtype=float)
     best: dict[str, dict] = {}
     for row in rows:
-        if row["dataset"] == dataset and not row["teacher"] and row["adapter"] is None and (
-                row["encoder"] not in best or row["acc1_mean"] > best[row["encoder"]]["acc1_mean"]):
+        if (
+            row["dataset"] == dataset
+            and not row["teacher"]
+            and row["adapter"] is None
+            and (row["encoder"] not in best or row["acc1_mean"] > best[row["encoder"]]["acc1_mean"])
+        ):
             best[row["encoder"]] = row
     keys = ("encoder", "variant", "fraction", "epochs")
     deficits = {}
@@ -390,9 +476,15 @@ def _per_class(results: list[dict[str, Any]], rows: list[dict[str, Any]],
 
 # ---- everything at once ------------------------------------------------------------------------------
 
-def write_plots(results: list[dict[str, Any]], runs_dir: Path, out_dir: Path,
-                gap_views: dict[str, GapView] | None = None, chosen: dict[str, Any] | None = None,
-                runs: Sequence[str] = ()) -> list[Path]:
+
+def write_plots(
+    results: list[dict[str, Any]],
+    runs_dir: Path,
+    out_dir: Path,
+    gap_views: dict[str, GapView] | None = None,
+    chosen: dict[str, Any] | None = None,
+    runs: Sequence[str] = (),
+) -> list[Path]:
     """Every figure the results support, written into out_dir as PNG and PDF; returns the paths written."""
     chosen = chosen or {}
     rows = summary_rows(results)
@@ -404,17 +496,20 @@ def write_plots(results: list[dict[str, Any]], runs_dir: Path, out_dir: Path,
                 written += _save(accuracy_figure(sweep), out_dir, stem)
     records = load_histories(results, runs_dir, runs, chosen)
     for encoder in sorted({r["encoder"] for r in records}):
-        mine = sorted((r for r in records if r["encoder"] == encoder),
-                      key=lambda r: (r["variant"], r["fraction"], r["seed"]))
+        mine = sorted(
+            (r for r in records if r["encoder"] == encoder), key=lambda r: (r["variant"], r["fraction"], r["seed"])
+        )
         for k in range(0, len(mine), MAX_SERIES):
             suffix = f"_part{k // MAX_SERIES + 1}" if len(mine) > MAX_SERIES else ""
-            written += _save(loss_terms_figure(mine[k:k + MAX_SERIES], f"{encoder}: loss terms per epoch"),
-                             out_dir, f"loss_terms_{encoder}{suffix}")
+            written += _save(
+                loss_terms_figure(mine[k : k + MAX_SERIES], f"{encoder}: loss terms per epoch"),
+                out_dir,
+                f"loss_terms_{encoder}{suffix}",
+            )
     for dataset, view in (gap_views or {}).items():
         written += _save(gap_figure(view, f"{dataset}: the modality gap"), out_dir, f"modality_gap_{dataset}")
     for dataset in datasets:
         found = _per_class(results, rows, dataset)
         if found:
-            written += _save(per_class_figure(*found, f"{dataset}: top-1 per class"), out_dir,
-                             f"per_class_{dataset}")
+            written += _save(per_class_figure(*found, f"{dataset}: top-1 per class"), out_dir, f"per_class_{dataset}")
     return written

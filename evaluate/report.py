@@ -5,6 +5,7 @@ directory walk. Seeds of the same configuration collapse into mean and sample st
 cell: the report shows the config's grid (`select_results`), results of other runs only when asked and
 then under their own label, and two results that would fill one cell are an error naming both runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,7 @@ from zoomshot.cache.errors import PipelineError
 RECALL_K = (1, 5, 10)
 #: The retrieval metrics (`evaluate/retrieval.py`), CLIP_benchmark's names.
 RETRIEVAL = tuple(f"{side}_retrieval_recall@{k}" for k in RECALL_K for side in ("image", "text"))
-METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos",
-           *RETRIEVAL)
+METRICS = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "gap", "text_cos", *RETRIEVAL)
 GROUP_FIELDS = ("encoder", "method", "variant", "fraction", "epochs", "dataset")
 REQUIRED_FIELDS = ("dataset", "encoder", "method", "variant", "metrics")
 CLIP = "clip"
@@ -84,8 +84,7 @@ def load_results(
     return kept
 
 
-def select_results(results: list[dict[str, Any]], grid: set[str], all_runs: bool = False
-                   ) -> list[dict[str, Any]]:
+def select_results(results: list[dict[str, Any]], grid: set[str], all_runs: bool = False) -> list[dict[str, Any]]:
     """CLIP's results and those of the runs named `grid` (the config's); with `all_runs` also every other
     run's, its variant labelled `<variant> [old run NAME]` so that it has a row of its own."""
     kept = []
@@ -94,8 +93,14 @@ def select_results(results: list[dict[str, Any]], grid: set[str], all_runs: bool
             kept.append(result)
         elif all_runs:
             label = f"[old run {result.get('run')}]"
-            kept.append({**result, "variant": f"{result['variant']} {label}", "old_run": True,
-                         **({"base_variant": f"{result['base_variant']} {label}"} if "base_variant" in result else {})})
+            kept.append(
+                {
+                    **result,
+                    "variant": f"{result['variant']} {label}",
+                    "old_run": True,
+                    **({"base_variant": f"{result['base_variant']} {label}"} if "base_variant" in result else {}),
+                }
+            )
     return kept
 
 
@@ -125,7 +130,8 @@ def _one_per_seed(key: tuple, results: list[dict[str, Any]]) -> list[dict[str, A
                 f"two results fill one cell ({cell}, seed {seed}): run {both[0].get('run')} (split "
                 f"{both[0].get('split')}) and run {both[1].get('run')} (split {both[1].get('split')}); give "
                 "differing configurations different variant names ([fit.definitions]), or remove one "
-                "(`pipeline runs --prune`)")
+                "(`pipeline runs --prune`)"
+            )
         one[seed] = result
     return list(one.values())
 
@@ -136,8 +142,14 @@ def _sort_key(row: dict[str, Any]) -> tuple:
     def opt(value: Any) -> tuple:
         return (value is not None, value if value is not None else 0)
 
-    return (row["method"] != CLIP, row["encoder"], row["variant"], opt(row["fraction"]), opt(row["epochs"]),
-            row["dataset"])
+    return (
+        row["method"] != CLIP,
+        row["encoder"],
+        row["variant"],
+        opt(row["fraction"]),
+        opt(row["epochs"]),
+        row["dataset"],
+    )
 
 
 def metric_names(results: list[dict[str, Any]]) -> list[str]:
@@ -166,22 +178,40 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in names:
             values = [_metric(r, name) for r in members]
             row[f"{name}_mean"] = statistics.fmean(values)
-            finite = len(values) > 1 and not any(math.isnan(v) for v in values)   # stdev fails on NaN
+            finite = len(values) > 1 and not any(math.isnan(v) for v in values)  # stdev fails on NaN
             row[f"{name}_std"] = statistics.stdev(values) if finite else math.nan
         rows.append(row)
     return sorted(rows, key=_sort_key)
 
 
-SETTING_FIELDS = ("run", "dataset", "split", "encoder", "method", "variant", "base_variant", "fraction", "epochs",
-                  "seed", "rows", "created")
+SETTING_FIELDS = (
+    "run",
+    "dataset",
+    "split",
+    "encoder",
+    "method",
+    "variant",
+    "base_variant",
+    "fraction",
+    "epochs",
+    "seed",
+    "rows",
+    "created",
+)
 
 
 def tidy_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per result file, for a notebook: the run's settings (its train data joined by `+`, each
     method setting as `params.<name>`), then every scalar metric (per-class lists left out)."""
-    return [{**{k: r.get(k) for k in SETTING_FIELDS}, "train": "+".join(r.get("train_data") or []) or None,
-             **{f"params.{k}": v for k, v in (r.get("params") or {}).items()},
-             **{k: v for k, v in r["metrics"].items() if not isinstance(v, (list, dict))}} for r in results]
+    return [
+        {
+            **{k: r.get(k) for k in SETTING_FIELDS},
+            "train": "+".join(r.get("train_data") or []) or None,
+            **{f"params.{k}": v for k, v in (r.get("params") or {}).items()},
+            **{k: v for k, v in r["metrics"].items() if not isinstance(v, (list, dict))},
+        }
+        for r in results
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -195,8 +225,14 @@ def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     plain_rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json"}
     names = [k.removesuffix("_mean") for k in (rows[0] if rows else {}) if k.endswith("_mean")]
-    fields = [*GROUP_FIELDS, "base_variant", "adapter", "teacher", "n_seeds",
-              *(f"{m}_{s}" for m in names for s in ("mean", "std"))]
+    fields = [
+        *GROUP_FIELDS,
+        "base_variant",
+        "adapter",
+        "teacher",
+        "n_seeds",
+        *(f"{m}_{s}" for m in names for s in ("mean", "std")),
+    ]
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=fields)
     writer.writeheader()

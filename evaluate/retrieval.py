@@ -13,6 +13,7 @@ arbitrarily; they occur here when two images share a caption string (the world's
 `text_retrieval` can differ from CLIP_benchmark's on such ties. The test images are read, mapped and
 scored in chunks of rows, so memory stays bounded by `chunk_rows` x the number of captions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from zoomshot.cache.settings import Project
 
 from .report import RECALL_K
 
-MAX_SCORES = 1 << 24     # similarities held at once (64 MiB of float32)
+MAX_SCORES = 1 << 24  # similarities held at once (64 MiB of float32)
 
 
 def _ranks(scores: Tensor, true: Tensor) -> Tensor:
@@ -44,14 +45,20 @@ def _chunk(n_other: int, chunk_rows: int) -> int:
     return max(1, min(chunk_rows, MAX_SCORES // max(1, n_other)))
 
 
-def recall_at_k(images: Tensor, texts: Tensor, image_of_text: Tensor, ks: tuple[int, ...] = RECALL_K,
-                chunk_rows: int = 65536) -> dict[str, float]:
+def recall_at_k(
+    images: Tensor, texts: Tensor, image_of_text: Tensor, ks: tuple[int, ...] = RECALL_K, chunk_rows: int = 65536
+) -> dict[str, float]:
     """Retrieval recalls: `images` (N, d), `texts` (K, d), `image_of_text` (K,) the image row of each text."""
     return streamed_recall_at_k(images.split, texts, image_of_text, ks, chunk_rows)
 
 
-def streamed_recall_at_k(image_chunks: Callable[[int], Iterable[Tensor]], texts: Tensor, image_of_text: Tensor,
-                         ks: tuple[int, ...] = RECALL_K, chunk_rows: int = 65536) -> dict[str, float]:
+def streamed_recall_at_k(
+    image_chunks: Callable[[int], Iterable[Tensor]],
+    texts: Tensor,
+    image_of_text: Tensor,
+    ks: tuple[int, ...] = RECALL_K,
+    chunk_rows: int = 65536,
+) -> dict[str, float]:
     """`recall_at_k` of images that arrive in consecutive chunks: `image_chunks(rows)` yields them, `rows` at
     a time, and is called twice. Only one chunk's scores against every text are held at once.
 
@@ -62,7 +69,7 @@ def streamed_recall_at_k(image_chunks: Callable[[int], Iterable[Tensor]], texts:
     txt = F.normalize(texts.float(), dim=-1)
     k_texts = txt.shape[0]
 
-    def scored() -> Iterator[tuple[Tensor, Tensor]]:    # (dataset rows of the chunk, their scores (rows, K))
+    def scored() -> Iterator[tuple[Tensor, Tensor]]:  # (dataset rows of the chunk, their scores (rows, K))
         start = 0
         for chunk in image_chunks(_chunk(k_texts, chunk_rows)):
             yield torch.arange(start, start + chunk.shape[0]), F.normalize(chunk.float(), dim=-1) @ txt.T
@@ -103,8 +110,10 @@ class Retrieval:
             path = layout.caption_text_path(self.project, self.ref, clip_key)
             try:
                 if not path.exists():
-                    raise PipelineError(f"its caption embeddings ({path.name}) are not cached: add {self.ref} to "
-                                        f"[extract] captions and run `pipeline extract`")
+                    raise PipelineError(
+                        f"its caption embeddings ({path.name}) are not cached: add {self.ref} to "
+                        f"[extract] captions and run `pipeline extract`"
+                    )
                 text = store.read_text(path)
                 self._captions[clip_key] = torch.from_numpy(text.embeddings), text.class_of_prompt
             except PipelineError as e:
@@ -121,8 +130,10 @@ class Retrieval:
         with store.open_complete(test_file) as f:
             row_of = {int(i): r for r, i in enumerate(f["index"][:])}
             if set(row_of) != set(image_index.tolist()):
-                raise PipelineError(f"the captions of {self.ref} are not those of the images of {test_file.name}: "
-                                    f"remove the caption file and extract again")
+                raise PipelineError(
+                    f"the captions of {self.ref} are not those of the images of {test_file.name}: "
+                    f"remove the caption file and extract again"
+                )
             image_of_text = torch.tensor([row_of[int(i)] for i in image_index], dtype=torch.long)
 
             def image_chunks(rows: int) -> Iterator[Tensor]:

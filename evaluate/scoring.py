@@ -9,6 +9,7 @@ or whose inputs the cache does not hold, is one line and is skipped; the others 
 Reads only the cache and run folders: never an image, never an encoder, never `fit` internals.
 Test sets stream in chunks of rows, so memory stays bounded whatever their size.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,16 +39,18 @@ Say = Callable[[str], None]
 @dataclass
 class Classes:
     """A dataset's zero-shot classifier, from its class-prompt text file."""
-    emb: torch.Tensor                 # (C, d) class embeddings
+
+    emb: torch.Tensor  # (C, d) class embeddings
     names: list[str]
-    groups: dict[str, list[int]]      # named class sets scored on their own too (`acc1_<name>`)
+    groups: dict[str, list[int]]  # named class sets scored on their own too (`acc1_<name>`)
 
 
 def load_classes(path: Path) -> Classes:
     text = store.read_text(path)
     try:
-        emb = class_embeddings(torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt),
-                               len(text.classnames))
+        emb = class_embeddings(
+            torch.from_numpy(text.embeddings), torch.from_numpy(text.class_of_prompt), len(text.classnames)
+        )
     except ValueError as e:
         raise PipelineError(f"{path.name}: {e}") from None
     return Classes(emb, text.classnames, json.loads(text.attrs.get("class_groups", "{}")))
@@ -63,15 +66,17 @@ def aligned_chunks(paths: list[Path], chunk_rows: int) -> Iterator[list[store.Fe
         for f, p in zip(files[1:], paths[1:]):
             store.check_same_rows(f"{p.name} and {paths[0].name}", f["index"][:], files[0]["index"][:])
         for i in range(0, n, chunk_rows):
-            yield [store.FeatureFile(p, *store.read_rows(p, f, slice(i, i + chunk_rows)), {})
-                   for f, p in zip(files, paths)]
+            yield [
+                store.FeatureFile(p, *store.read_rows(p, f, slice(i, i + chunk_rows)), {}) for f, p in zip(files, paths)
+            ]
     finally:
         for f in files:
             f.close()
 
 
-def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chunk_rows: int,
-          per_class: bool = False) -> dict:
+def score(
+    student: Path, teacher: Path, classes: Classes, maps: Maps | None, chunk_rows: int, per_class: bool = False
+) -> dict:
     """Metrics of `maps.to_clip(student features)` (or the features themselves) against the classes,
     with CLIP (`teacher`) agreement and the modality gap (`evaluate/gap.py`). Every width and label is
     checked: one clear line, not a traceback."""
@@ -83,13 +88,17 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
         s, t = torch.from_numpy(chunk[0].features), torch.from_numpy(chunk[-1].features)
         if maps is not None:
             if s.shape[1] != maps.source_dim:
-                raise PipelineError(f"{student.name} holds {s.shape[1]}-wide features, the run's map takes "
-                                    f"{maps.source_dim}: they come from different encoders")
+                raise PipelineError(
+                    f"{student.name} holds {s.shape[1]}-wide features, the run's map takes "
+                    f"{maps.source_dim}: they come from different encoders"
+                )
             s = maps.to_clip(s)
         for what, x in (("mapped" if maps is not None else student.name, s), (teacher.name, t)):
             if x.shape[1] != width:
-                raise PipelineError(f"{what} features are {x.shape[1]}-wide, the class-prompt embeddings "
-                                    f"{width}-wide: they come from different CLIP models")
+                raise PipelineError(
+                    f"{what} features are {x.shape[1]}-wide, the class-prompt embeddings "
+                    f"{width}-wide: they come from different CLIP models"
+                )
         labels = torch.from_numpy(chunk[0].labels)
         try:
             acc.update(cosine_similarities(s, classes.emb), labels, cosine_similarities(t, classes.emb))
@@ -98,8 +107,9 @@ def score(student: Path, teacher: Path, classes: Classes, maps: Maps | None, chu
         gap.update(s, labels)
     metrics = {**acc.compute(per_class, classes.groups), **gap.compute()}
     if metrics["n_labeled"] == 0:
-        raise PipelineError(f"{student.name} has no labels (every row is -1): there is nothing to score; "
-                            f"import the split with --labels")
+        raise PipelineError(
+            f"{student.name} has no labels (every row is -1): there is nothing to score; import the split with --labels"
+        )
     return metrics
 
 
@@ -111,11 +121,22 @@ def write_result(result: dict, path: Path) -> Path:
 def run_fields(run: Run) -> dict:
     """The provenance of a fitted run that every result of it carries."""
     r = run.record
-    return {"model": r["encoder"], "pretrained": r.get("encoder_pretrained", ""), "run": run.name,
-            "encoder": r["encoder"], "encoder_key": r["encoder_key"], "clip_key": r["clip_key"],
-            "loss_weights": {k: v for k, v in r["params"].items() if k.startswith("w_")},
-            "params": r["params"], "fraction": r["fraction"], "epochs": r["epochs"],
-            "seed": r["seed"], "train_data": r["train"], "rows": r.get("rows"), "versions": r.get("versions", {})}
+    return {
+        "model": r["encoder"],
+        "pretrained": r.get("encoder_pretrained", ""),
+        "run": run.name,
+        "encoder": r["encoder"],
+        "encoder_key": r["encoder_key"],
+        "clip_key": r["clip_key"],
+        "loss_weights": {k: v for k, v in r["params"].items() if k.startswith("w_")},
+        "params": r["params"],
+        "fraction": r["fraction"],
+        "epochs": r["epochs"],
+        "seed": r["seed"],
+        "train_data": r["train"],
+        "rows": r.get("rows"),
+        "versions": r.get("versions", {}),
+    }
 
 
 def open_runs(project: Project, names: list[str] | None, say: Say) -> tuple[list[tuple[Run, Maps]], int]:
@@ -138,6 +159,7 @@ def open_runs(project: Project, names: list[str] | None, say: Say) -> tuple[list
 @dataclass
 class TestInputs:
     """The files one run is scored with on one test split, located by the run's content keys."""
+
     test_file: Path
     clip_file: Path
     classes: Classes
@@ -146,6 +168,7 @@ class TestInputs:
 @dataclass
 class Inputs:
     """Locates and caches what every run needs on one test split."""
+
     project: Project
     ref: str
     _classes: dict[str, Classes] = field(default_factory=dict)
@@ -156,11 +179,15 @@ class Inputs:
             return path
         configured = self.project.encoder(name).key() if name in self._names() else None
         if configured == key:
-            raise PipelineError(f"cache file {path.name} ({role} on {self.ref}) is missing: run `pipeline "
-                                f"extract` (or `pipeline cache import`) with the same config")
-        raise PipelineError(f"it was fitted with {role} {name!r} of other weights or settings than the config's; "
-                            f"the cache holds no {self.ref} features of those: fit it again with this config "
-                            f"(`pipeline fit`), or evaluate it with the config that made it")
+            raise PipelineError(
+                f"cache file {path.name} ({role} on {self.ref}) is missing: run `pipeline "
+                f"extract` (or `pipeline cache import`) with the same config"
+            )
+        raise PipelineError(
+            f"it was fitted with {role} {name!r} of other weights or settings than the config's; "
+            f"the cache holds no {self.ref} features of those: fit it again with this config "
+            f"(`pipeline fit`), or evaluate it with the config that made it"
+        )
 
     def _names(self) -> list[str]:
         return [self.project.clip.name] + [e.name for e in self.project.encoders]
@@ -170,9 +197,11 @@ class Inputs:
             dataset, _ = parse_ref(self.ref)
             path = layout.class_text_path(self.project, dataset, clip_key=clip_key)
             if not path.exists():
-                raise PipelineError(f"the class-prompt embeddings of {dataset} for this CLIP ({path.name}) are "
-                                    f"missing: run `pipeline extract` (or `pipeline cache import --text "
-                                    f"class-prompts`) with the config of that CLIP")
+                raise PipelineError(
+                    f"the class-prompt embeddings of {dataset} for this CLIP ({path.name}) are "
+                    f"missing: run `pipeline extract` (or `pipeline cache import --text "
+                    f"class-prompts`) with the config of that CLIP"
+                )
             self._classes[clip_key] = load_classes(path)
         return self._classes[clip_key]
 
@@ -183,8 +212,7 @@ class Inputs:
 
     def of_run(self, run: Run) -> TestInputs:
         r = run.record
-        test = self.features("encoder", r["encoder"], r["encoder_key"],
-                             r["encoder_identity"].get("family") == IMPORTED)
+        test = self.features("encoder", r["encoder"], r["encoder_key"], r["encoder_identity"].get("family") == IMPORTED)
         clip = self.features("CLIP", r["clip"], r["clip_key"], r["clip_identity"].get("family") == IMPORTED)
         return TestInputs(test, clip, self.classes(r["clip_key"]))
 
@@ -207,14 +235,18 @@ class Skips:
 
     def report(self, say: Say) -> int:
         for reason, runs in self.by_reason.items():
-            names = f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs ({', '.join(runs[:3])}" + \
-                (", ...)" if len(runs) > 3 else ")")
+            names = (
+                f"run {runs[0]}"
+                if len(runs) == 1
+                else f"{len(runs)} runs ({', '.join(runs[:3])}" + (", ...)" if len(runs) > 3 else ")")
+            )
             say(f"skip {self.what}{names} on {self.ref}: {reason}")
         return sum(len(r) for r in self.by_reason.values())
 
 
-def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]], say: Say = print,
-                 progress: bool = True) -> Outcome:
+def run_evaluate(
+    project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]], say: Say = print, progress: bool = True
+) -> Outcome:
     """The given runs (`open_runs`) on every configured test split, plus the CLIP row."""
     out_dir, written, skipped = project.path("results_dir"), [], 0
     for ref in ev.test:
@@ -224,7 +256,7 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
         base = {"dataset": dataset, "split": split, "task": TASK}
         try:
             clip = inputs.clip()
-            if ev.per_class:   # the names that per_class_acc's entries belong to, for the per-class figure
+            if ev.per_class:  # the names that per_class_acc's entries belong to, for the per-class figure
                 base["classnames"] = clip.classes.names
             clip_metrics = score(clip.test_file, clip.clip_file, clip.classes, None, ev.chunk_rows, ev.per_class)
             clip_metrics.update(retrieval.metrics(clip.test_file, None, project.clip.key()))
@@ -232,11 +264,23 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             say(f"skip {ref} (CLIP and every run): {e}")
             skipped += 1 + len(runs)
             continue
-        written.append(write_result({**base, "model": project.clip.model, "pretrained": project.clip.pretrained,
-                                     "metrics": clip_metrics, "encoder": project.clip.name, "method": "clip",
-                                     "variant": "clip", "run": "clip", "clip_key": project.clip.key(),
-                                     "cache_keys": [clip.test_file.name]},
-                                    out_dir / "clip" / f"{dataset}-{split}.json"))
+        written.append(
+            write_result(
+                {
+                    **base,
+                    "model": project.clip.model,
+                    "pretrained": project.clip.pretrained,
+                    "metrics": clip_metrics,
+                    "encoder": project.clip.name,
+                    "method": "clip",
+                    "variant": "clip",
+                    "run": "clip",
+                    "clip_key": project.clip.key(),
+                    "cache_keys": [clip.test_file.name],
+                },
+                out_dir / "clip" / f"{dataset}-{split}.json",
+            )
+        )
         skips = Skips("", ref)
         for run, maps in tqdm(runs, desc=f"score {ref}", unit="run", disable=not progress):
             try:
@@ -246,11 +290,19 @@ def run_evaluate(project: Project, ev: EvaluateCfg, runs: list[tuple[Run, Maps]]
             except PipelineError as e:
                 skips.add(run, str(e))
                 continue
-            metrics["clip_acc1"] = clip_metrics["acc1"] if got.clip_file == clip.clip_file else \
-                score(got.clip_file, got.clip_file, got.classes, None, ev.chunk_rows)["acc1"]
-            result = {**base, **run_fields(run), "metrics": metrics, "method": run.record["method"],
-                      "variant": run.record["variant"],
-                      "cache_keys": run.record["inputs"]["files"] + [got.test_file.name, got.clip_file.name]}
+            metrics["clip_acc1"] = (
+                clip_metrics["acc1"]
+                if got.clip_file == clip.clip_file
+                else score(got.clip_file, got.clip_file, got.classes, None, ev.chunk_rows)["acc1"]
+            )
+            result = {
+                **base,
+                **run_fields(run),
+                "metrics": metrics,
+                "method": run.record["method"],
+                "variant": run.record["variant"],
+                "cache_keys": run.record["inputs"]["files"] + [got.test_file.name, got.clip_file.name],
+            }
             written.append(write_result(result, out_dir / run.name / f"{dataset}-{split}.json"))
         skipped += skips.report(say)
     return Outcome(written, skipped)
@@ -280,8 +332,9 @@ def gap_views(project: Project, test: list[str], results: list[dict], max_rows: 
             view.gaps["CLIP image"] = clip_gaps[-1]
         best: dict[str, dict] = {}
         for r in mine:
-            if r["method"] != "clip" and (r["encoder"] not in best
-                                          or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]):
+            if r["method"] != "clip" and (
+                r["encoder"] not in best or r["metrics"]["acc1"] > best[r["encoder"]]["metrics"]["acc1"]
+            ):
                 best[r["encoder"]] = r
         for enc, r in sorted(best.items()):
             label = f"{enc} mapped ({r['variant']})"

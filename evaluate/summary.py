@@ -2,6 +2,7 @@
 fraction, epochs) it scored, zero-shot and with each adapter, seeds averaged. It replaces a line per
 result (those stay behind `--verbose`); `pipeline report` makes the full tables.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -13,8 +14,13 @@ KEY = ("test", "encoder", "variant", "fraction", "epochs")
 
 def _row_key(result: dict[str, Any]) -> tuple:
     """What a row stands for; an adapted result belongs to the row of the variant it adapted."""
-    return (f"{result['dataset']}:{result['split']}", result["encoder"], result.get("base_variant", result["variant"]),
-            result.get("fraction"), result.get("epochs"))
+    return (
+        f"{result['dataset']}:{result['split']}",
+        result["encoder"],
+        result.get("base_variant", result["variant"]),
+        result.get("fraction"),
+        result.get("epochs"),
+    )
 
 
 def _order(key: tuple) -> tuple:
@@ -36,8 +42,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     for key in sorted(cells, key=_order):
         row = {name: "-" if value is None else str(value) for name, value in zip(KEY, key)}
         row["seeds"] = str(max(len(v) for v in cells[key].values()))
-        row.update({f"{c} top-1": f"{100 * statistics.fmean(cells[key][c]):.1f}" if c in cells[key] else "-"
-                    for c in scores})
+        row.update(
+            {f"{c} top-1": f"{100 * statistics.fmean(cells[key][c]):.1f}" if c in cells[key] else "-" for c in scores}
+        )
         rows.append(row)
     head = [name for name in KEY if name != "test" or len({r["test"] for r in rows}) > 1]
     head += ["seeds"] * any(r["seeds"] != "1" for r in rows) + [f"{c} top-1" for c in scores]
@@ -46,4 +53,5 @@ def summary_table(results: list[dict[str, Any]]) -> str:
 
     def line(cells: dict[str, str]) -> str:
         return "  ".join(cells[n].ljust(widths[n]) if n in left else cells[n].rjust(widths[n]) for n in head).rstrip()
+
     return "\n".join([line({n: n for n in head}), *map(line, rows)])

@@ -9,6 +9,7 @@ anything else must already be single-valued (filter it, or put it in the pivot).
 Wildcards keep the reference rows complete: CLIP's results belong to no encoder, fraction or epochs,
 and a closed-form baseline to no epochs, so such a result fills every column of those fields.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,17 +27,26 @@ from .report import GROUP_PREFIX, RECALL_K, RETRIEVAL
 
 FIELDS = ("encoder", "dataset", "variant", "fraction", "epochs", "metric")
 SLICED = ("fraction", "epochs")
-WILDCARD = None        # a record's value on a field it does not depend on
-TEACHER, BASELINE, ZOOMSHOT = range(3)      # row order of the three kinds of variant
+WILDCARD = None  # a record's value on a field it does not depend on
+TEACHER, BASELINE, ZOOMSHOT = range(3)  # row order of the three kinds of variant
 #: metrics that are a share of samples: shown in %, best marked, compared with CLIP's
 PERCENT = ("acc1", "acc5", "mean_per_class_recall", "teacher_agreement", "clip_acc1", "zero_shot_acc1", *RETRIEVAL)
-ADAPTED = "↳ + "       # an adapter row's label prefix: it sits under the variant it adapts
-TITLES = {"acc1": "top-1", "acc5": "top-5", "mean_per_class_recall": "mean per-class recall",
-          "teacher_agreement": "agreement with CLIP's top-1", "gap": "modality gap (centroid distance)",
-          "text_cos": "mean cosine to the class text", **{m: "retrieval Recall@k" for m in RETRIEVAL}}
+ADAPTED = "↳ + "  # an adapter row's label prefix: it sits under the variant it adapts
+TITLES = {
+    "acc1": "top-1",
+    "acc5": "top-5",
+    "mean_per_class_recall": "mean per-class recall",
+    "teacher_agreement": "agreement with CLIP's top-1",
+    "gap": "modality gap (centroid distance)",
+    "text_cos": "mean cosine to the class text",
+    **{m: "retrieval Recall@k" for m in RETRIEVAL},
+}
 #: column labels of the retrieval metrics: CLIP_benchmark's image retrieval is text -> image
-SHORT = {f"{side}_retrieval_recall@{k}": f"{arrow} R@{k}" for side, arrow in (("image", "t→i"), ("text", "i→t"))
-         for k in RECALL_K}
+SHORT = {
+    f"{side}_retrieval_recall@{k}": f"{arrow} R@{k}"
+    for side, arrow in (("image", "t→i"), ("text", "i→t"))
+    for k in RECALL_K
+}
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,10 @@ class Pivot:
         used = pivot.rows + pivot.columns
         bad = sorted(set(used) - set(FIELDS))
         if not sep or not pivot.rows or not pivot.columns or bad or len(set(used)) < len(used):
-            raise ValueError(f"must be ROWS:COLUMNS, each a comma-separated list of distinct fields among "
-                             f"{', '.join(FIELDS)}, e.g. 'variant:encoder,dataset'; got {text!r}")
+            raise ValueError(
+                f"must be ROWS:COLUMNS, each a comma-separated list of distinct fields among "
+                f"{', '.join(FIELDS)}, e.g. 'variant:encoder,dataset'; got {text!r}"
+            )
         return pivot
 
 
@@ -68,22 +80,29 @@ class Cell:
 class Table:
     caption: str
     pivot: Pivot
-    rows: list[tuple]                          # row keys, in order; a variant value is (base, adapter)
-    columns: list[tuple]                       # column keys, in order
+    rows: list[tuple]  # row keys, in order; a variant value is (base, adapter)
+    columns: list[tuple]  # column keys, in order
     cells: dict[tuple[tuple, tuple], Cell]
     percent: bool
     best: set[tuple[tuple, tuple]] = field(default_factory=set)
-    share: dict[tuple, float] = field(default_factory=dict)   # row -> mean share (%) of CLIP's cells
-    partial: set[tuple] = field(default_factory=set)          # rows whose share covers only some columns
-    kinds: dict[tuple, int] = field(default_factory=dict)     # row -> TEACHER / BASELINE / ZOOMSHOT
+    share: dict[tuple, float] = field(default_factory=dict)  # row -> mean share (%) of CLIP's cells
+    partial: set[tuple] = field(default_factory=set)  # rows whose share covers only some columns
+    kinds: dict[tuple, int] = field(default_factory=dict)  # row -> TEACHER / BASELINE / ZOOMSHOT
 
 
 def metric_family(metric: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The metric, then (for top-1) its value on each class group any row holds: the group columns."""
     if metric != "acc1":
         return [metric]
-    groups = sorted({k.removesuffix("_mean") for r in rows for k, v in r.items()
-                     if k.startswith(GROUP_PREFIX) and k.endswith("_mean") and not math.isnan(v)} - {metric})
+    groups = sorted(
+        {
+            k.removesuffix("_mean")
+            for r in rows
+            for k, v in r.items()
+            if k.startswith(GROUP_PREFIX) and k.endswith("_mean") and not math.isnan(v)
+        }
+        - {metric}
+    )
     return [metric, *groups]
 
 
@@ -102,10 +121,18 @@ def _records(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dic
             mean = r.get(f"{metric}_mean", math.nan)
             if math.isnan(mean):
                 continue
-            out.append({"encoder": WILDCARD if r["teacher"] else r["encoder"], "dataset": r["dataset"],
-                        "variant": (r["base_variant"], adapter_label(r)), "fraction": r["fraction"],
-                        "epochs": r["epochs"], "metric": metric, "kind": _kind(r, methods),
-                        "cell": Cell(mean, r[f"{metric}_std"], r["n_seeds"])})
+            out.append(
+                {
+                    "encoder": WILDCARD if r["teacher"] else r["encoder"],
+                    "dataset": r["dataset"],
+                    "variant": (r["base_variant"], adapter_label(r)),
+                    "fraction": r["fraction"],
+                    "epochs": r["epochs"],
+                    "metric": metric,
+                    "kind": _kind(r, methods),
+                    "cell": Cell(mean, r[f"{metric}_std"], r["n_seeds"]),
+                }
+            )
     return out
 
 
@@ -118,8 +145,9 @@ def adapter_label(row: dict[str, Any]) -> str | None:
     return row["variant"].removeprefix(f"{row['base_variant']}+")
 
 
-def _slice(records: list[dict[str, Any]], pivot: Pivot,
-           chosen: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _slice(
+    records: list[dict[str, Any]], pivot: Pivot, chosen: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Keep the records at the chosen value (default: the largest) of each sliced field not in the pivot;
     returns them and the values used."""
     used = {}
@@ -131,8 +159,9 @@ def _slice(records: list[dict[str, Any]], pivot: Pivot,
         if value is None:
             value = max(values, default=None)
         elif value not in values:
-            raise PipelineError(f"no result has {name} {value}; there are: "
-                                f"{', '.join(map(str, sorted(values))) or 'none'}")
+            raise PipelineError(
+                f"no result has {name} {value}; there are: {', '.join(map(str, sorted(values))) or 'none'}"
+            )
         records = [r for r in records if r[name] in (WILDCARD, value)]
         used[name] = value
     return records, used
@@ -158,14 +187,20 @@ def _expand(record: dict[str, Any], names: Sequence[str], values: dict[str, list
 
 def _ambiguity(a: dict[str, Any], b: dict[str, Any], pivot: Pivot) -> str:
     differ = [f for f in FIELDS if f not in pivot.rows + pivot.columns and a[f] != b[f]]
-    what = ", ".join(f"{f} ({_value_label(f, a[f], row=False)} and {_value_label(f, b[f], row=False)})"
-                     for f in differ)
-    return (f"two results fall in one cell of the table: they differ in {what}; put "
-            f"{' or '.join(differ)} into the pivot (--pivot), or keep one with the report's filters")
+    what = ", ".join(f"{f} ({_value_label(f, a[f], row=False)} and {_value_label(f, b[f], row=False)})" for f in differ)
+    return (
+        f"two results fall in one cell of the table: they differ in {what}; put "
+        f"{' or '.join(differ)} into the pivot (--pivot), or keep one with the report's filters"
+    )
 
 
-def pivot_table(rows: Sequence[dict[str, Any]], pivot: Pivot, metrics: Sequence[str],
-                chosen: dict[str, Any] | None = None, adapters: bool = True) -> Table:
+def pivot_table(
+    rows: Sequence[dict[str, Any]],
+    pivot: Pivot,
+    metrics: Sequence[str],
+    chosen: dict[str, Any] | None = None,
+    adapters: bool = True,
+) -> Table:
     """The pivot of `summary_rows` over `metrics` (the `metric` field's values, in this order); with
     several metrics and no `metric` in the pivot, they become the innermost columns (class groups)."""
     if len(metrics) > 1 and "metric" not in pivot.rows + pivot.columns:
@@ -178,8 +213,10 @@ def pivot_table(rows: Sequence[dict[str, Any]], pivot: Pivot, metrics: Sequence[
     metric_order = {m: i for i, m in enumerate(metrics)}
     variant_order = {r["variant"]: r["kind"] for r in records}
     order = metric_order | variant_order
-    values = {name: sorted({r[name] for r in records} - {WILDCARD}, key=lambda v, n=name: _sort_value(n, v, order))
-              for name in FIELDS}
+    values = {
+        name: sorted({r[name] for r in records} - {WILDCARD}, key=lambda v, n=name: _sort_value(n, v, order))
+        for name in FIELDS
+    }
     cells: dict[tuple[tuple, tuple], Cell] = {}
     source: dict[tuple[tuple, tuple], dict] = {}
     kinds: dict[tuple, int] = {}
@@ -199,21 +236,31 @@ def pivot_table(rows: Sequence[dict[str, Any]], pivot: Pivot, metrics: Sequence[
     row_keys = sorted(kinds, key=lambda k: (kinds[k] != TEACHER, key_order(pivot.rows)(k)))
     col_keys = sorted({c for _, c in cells}, key=key_order(pivot.columns))
     percent = all(m in PERCENT or m.startswith(GROUP_PREFIX) for m in metrics)
-    table = Table(_caption(metrics, records, used, percent, "variant" in pivot.rows), pivot, row_keys, col_keys,
-                  cells, percent, kinds=kinds)
+    table = Table(
+        _caption(metrics, records, used, percent, "variant" in pivot.rows),
+        pivot,
+        row_keys,
+        col_keys,
+        cells,
+        percent,
+        kinds=kinds,
+    )
     if percent:
         _mark(table, source)
     return table
 
 
-def _caption(metrics: Sequence[str], records: list[dict[str, Any]], used: dict[str, Any], percent: bool,
-             share: bool) -> str:
+def _caption(
+    metrics: Sequence[str], records: list[dict[str, Any]], used: dict[str, Any], percent: bool, share: bool
+) -> str:
     """What the cells are, so that a table pasted anywhere still says it."""
     what = " and ".join(dict.fromkeys(TITLES.get(m, m) for m in metrics if not m.startswith(GROUP_PREFIX)))
     seeds = sorted({r["cell"].n for r in records if r["kind"] != TEACHER})
-    parts = [f"{what}{' (%)' if percent else ''} on {', '.join(sorted({r['dataset'] for r in records}))}",
-             f"mean ± std over {'/'.join(map(str, seeds))} seed(s)" if seeds and max(seeds) > 1 else "one seed",
-             *(f"{name} {value}" for name, value in used.items() if value is not None)]
+    parts = [
+        f"{what}{' (%)' if percent else ''} on {', '.join(sorted({r['dataset'] for r in records}))}",
+        f"mean ± std over {'/'.join(map(str, seeds))} seed(s)" if seeds and max(seeds) > 1 else "one seed",
+        *(f"{name} {value}" for name, value in used.items() if value is not None),
+    ]
     if percent:
         parts.append("bold: best zero-shot student per column")
         if any(r["variant"][1] for r in records):
@@ -226,11 +273,12 @@ def _caption(metrics: Sequence[str], records: list[dict[str, Any]], used: dict[s
 def _mark(table: Table, source: dict[tuple[tuple, tuple], dict]) -> None:
     """Best zero-shot student cell per column (CLIP and adapted results are references, not contenders),
     and, where variants are rows, each row's mean share of the CLIP zero-shot cell of its columns."""
+
     def zero_shot(key: tuple[tuple, tuple], kind: int) -> bool:
         record = source.get(key)
         return record is not None and record["variant"][1] is None and (record["kind"] == TEACHER) == (kind == TEACHER)
 
-    for col in table.columns:   # compared as printed: two cells that read the same are both best
+    for col in table.columns:  # compared as printed: two cells that read the same are both best
         found = [(_number(table, table.cells[r, col].mean), r) for r in table.rows if zero_shot((r, col), ZOOMSHOT)]
         top = max((m for m, _ in found), default=None, key=float)
         table.best |= {(r, col) for m, r in found if m == top}
@@ -243,7 +291,7 @@ def _mark(table: Table, source: dict[tuple[tuple, tuple], dict]) -> None:
             table.share[row] = 100 * sum(ratios) / len(ratios)
             if len(ratios) < sum(1 for c in table.columns if clip.get(c)):
                 table.partial.add(row)
-    if table.partial:   # a share over fewer columns is not comparable with the others': say so on the number
+    if table.partial:  # a share over fewer columns is not comparable with the others': say so on the number
         table.caption = table.caption.removesuffix(".") + f"; {PARTIAL}: over the columns the row fills only."
 
 
@@ -258,6 +306,7 @@ def _share_text(table: Table, row: tuple, fmt: str, missing: str, mark: str = PA
 
 
 # ---- text of a table -------------------------------------------------------------------------------
+
 
 def _value_label(name: str, value: Any, row: bool = True) -> str:
     """A row label puts an adapter under its variant (the row above); a column label names both."""
@@ -325,16 +374,25 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out)
     row_names = [n for name in table.pivot.rows for n in (("variant", "adapter") if name == "variant" else (name,))]
     labels = [_column_label(table, c) or "value" for c in table.columns]
-    writer.writerow(row_names + [f"{lab} {s}" for lab in labels for s in ("mean", "std")]
-                    + (["share_of_clip"] if table.share else []))
+    writer.writerow(
+        row_names
+        + [f"{lab} {s}" for lab in labels for s in ("mean", "std")]
+        + (["share_of_clip"] if table.share else [])
+    )
     scale = 100 if table.percent else 1
     for row in table.rows:
-        line = [x for name, v in zip(table.pivot.rows, row)
-                for x in ((v[0], v[1] or "") if name == "variant" else ("" if v is WILDCARD else v,))]
+        line = [
+            x
+            for name, v in zip(table.pivot.rows, row)
+            for x in ((v[0], v[1] or "") if name == "variant" else ("" if v is WILDCARD else v,))
+        ]
         for col in table.columns:
             cell = table.cells.get((row, col))
-            line += ["", ""] if cell is None else [f"{scale * cell.mean:.4g}",
-                                                   "" if math.isnan(cell.std) else f"{scale * cell.std:.4g}"]
+            line += (
+                ["", ""]
+                if cell is None
+                else [f"{scale * cell.mean:.4g}", "" if math.isnan(cell.std) else f"{scale * cell.std:.4g}"]
+            )
         if table.share:
             line.append(f"{table.share[row]:.4g}" if row in table.share else "")
         writer.writerow(line)
@@ -342,8 +400,14 @@ def to_csv(table: Table) -> str:
 
 
 def _tex(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
-        .replace("#", r"\#").replace("–", "--")
+    return (
+        text.replace("\\", r"\textbackslash{}")
+        .replace("_", r"\_")
+        .replace("%", r"\%")
+        .replace("&", r"\&")
+        .replace("#", r"\#")
+        .replace("–", "--")
+    )
 
 
 def _header_levels(table: Table) -> list[str]:
@@ -362,11 +426,17 @@ def _header_levels(table: Table) -> list[str]:
         for key, _, width in spans:
             label = _tex(_value_label(name, key[-1], row=False))
             cells.append(label if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{label}}}")
-        first = " & ".join(_tex(n.capitalize()) for n in table.pivot.rows) if level == len(table.pivot.columns) - 1 \
+        first = (
+            " & ".join(_tex(n.capitalize()) for n in table.pivot.rows)
+            if level == len(table.pivot.columns) - 1
             else lead
+        )
         share = (r" & \% of CLIP" if level == len(table.pivot.columns) - 1 else " & ") if table.share else ""
-        rules = " ".join(rf"\cmidrule(lr){{{start + len(table.pivot.rows) + 1}-{start + len(table.pivot.rows) + w}}}"
-                         for _, start, w in spans if w > 1)
+        rules = " ".join(
+            rf"\cmidrule(lr){{{start + len(table.pivot.rows) + 1}-{start + len(table.pivot.rows) + w}}}"
+            for _, start, w in spans
+            if w > 1
+        )
         lines.append(f"{first} & {' & '.join(cells)}{share} \\\\" + (f" {rules}" if rules else ""))
     return lines
 
@@ -374,8 +444,13 @@ def _header_levels(table: Table) -> list[str]:
 def to_latex(table: Table) -> str:
     """A booktabs tabular (\\usepackage{booktabs}); the best cell of each column in bold."""
     spec = "l" * len(table.pivot.rows) + "r" * (len(table.columns) + bool(table.share))
-    lines = [f"% {_tex(table.caption)}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", *_header_levels(table),
-             r"\midrule"]
+    lines = [
+        f"% {_tex(table.caption)}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        *_header_levels(table),
+        r"\midrule",
+    ]
     previous = None
     for row in table.rows:
         if previous is not None and table.kinds[row] != table.kinds[previous]:
@@ -397,8 +472,12 @@ FORMATS: dict[str, Callable[[Table], str]] = {"md": to_markdown, "csv": to_csv, 
 MAIN_PIVOT = "variant:encoder,dataset"
 
 
-def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1", pivot: Pivot | None = None,
-                 chosen: dict[str, Any] | None = None) -> dict[str, Table]:
+def build_tables(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "acc1",
+    pivot: Pivot | None = None,
+    chosen: dict[str, Any] | None = None,
+) -> dict[str, Table]:
     """The report's tables by file stem: `table` (the paper's main table, `pivot` at the slice `chosen`),
     `data_efficiency` (the metric against fraction x epochs per encoder and variant, when those vary) and
     `modality_gap` (gap and text cosine per variant) and `retrieval` (Recall@1/5/10 both ways), when the
@@ -407,17 +486,22 @@ def build_tables(rows: Sequence[dict[str, Any]], metric: str = "acc1", pivot: Pi
     tables = {"table": pivot_table(rows, pivot, metric_family(metric, rows), chosen)}
     several = ("dataset",) if len({r["dataset"] for r in rows}) > 1 else ()
     if len({(r["fraction"], r["epochs"]) for r in rows if not r["teacher"] and r["adapter"] is None}) > 1:
-        tables["data_efficiency"] = pivot_table(rows, Pivot(("encoder", "variant"), (*several, "fraction", "epochs")),
-                                                [metric], adapters=False)
-    by_direction = sorted(RETRIEVAL, key=lambda m: not m.startswith("image"))    # t->i R@1/5/10, then i->t
+        tables["data_efficiency"] = pivot_table(
+            rows, Pivot(("encoder", "variant"), (*several, "fraction", "epochs")), [metric], adapters=False
+        )
+    by_direction = sorted(RETRIEVAL, key=lambda m: not m.startswith("image"))  # t->i R@1/5/10, then i->t
     for stem, metrics in (("modality_gap", ["gap", "text_cos"]), ("retrieval", by_direction)):
         if any(not math.isnan(r.get(f"{metrics[0]}_mean", math.nan)) for r in rows):
-            tables[stem] = pivot_table(rows, Pivot(("variant",), ("encoder", *several, "metric")), metrics, chosen,
-                                       adapters=False)
+            tables[stem] = pivot_table(
+                rows, Pivot(("variant",), ("encoder", *several, "metric")), metrics, chosen, adapters=False
+            )
     return tables
 
 
 def write_tables(tables: dict[str, Table], out_dir: Path) -> list[Path]:
     """Each table as <stem>.md, .csv and .tex in out_dir (atomically, like every output)."""
-    return [atomic.write_text(Path(out_dir) / f"{stem}.{ext}", fmt(table))
-            for stem, table in tables.items() for ext, fmt in FORMATS.items()]
+    return [
+        atomic.write_text(Path(out_dir) / f"{stem}.{ext}", fmt(table))
+        for stem, table in tables.items()
+        for ext, fmt in FORMATS.items()
+    ]

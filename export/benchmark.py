@@ -14,6 +14,7 @@ and `evaluate_classification` calls its `zeroshot_classification.evaluate` on a 
 * its CLI's default of 4 DataLoader workers fails on a webdataset of fewer shards (webdataset 1.0's
   empty check stops a worker without a shard): its CLI gets `--num_workers 1` unless one is given.
 """
+
 from __future__ import annotations
 
 import sys
@@ -37,10 +38,12 @@ def _modules() -> tuple[ModuleType, ModuleType]:
         from clip_benchmark.metrics import zeroshot_classification
     except ModuleNotFoundError as e:
         if e.name == "requests":
-            raise PipelineError("clip-benchmark imports `requests` without declaring it: pip install requests") \
-                from None
-        raise PipelineError(f"CLIP_benchmark is not installed ({e}): pip install clip-benchmark "
-                            f"(the project's test extra pins it)") from None
+            raise PipelineError(
+                "clip-benchmark imports `requests` without declaring it: pip install requests"
+            ) from None
+        raise PipelineError(
+            f"CLIP_benchmark is not installed ({e}): pip install clip-benchmark (the project's test extra pins it)"
+        ) from None
     return models, zeroshot_classification
 
 
@@ -61,7 +64,7 @@ def register() -> None:
     models, zeroshot = _modules()
     models.TYPE2FUNC[MODEL_TYPE] = load_zoomshot
     if MODEL_TYPE not in models.MODEL_TYPES:
-        models.MODEL_TYPES.append(MODEL_TYPE)   # the list its CLI offers as --model_type choices
+        models.MODEL_TYPES.append(MODEL_TYPE)  # the list its CLI offers as --model_type choices
     try:
         zeroshot.accuracy(torch.eye(5), torch.arange(5), topk=(1,))
     except TypeError:
@@ -72,8 +75,9 @@ def use_amp(device: str) -> bool:
     return str(device).startswith("cuda")
 
 
-def evaluate_classification(model_dir: str | Path, wds_root: str | Path, split: str = "test", batch_size: int = 64,
-                            device: str = "cpu") -> dict:
+def evaluate_classification(
+    model_dir: str | Path, wds_root: str | Path, split: str = "test", batch_size: int = 64, device: str = "cpu"
+) -> dict:
     """CLIP_benchmark's zero-shot classification metrics of an export on a `pipeline export-wds` folder,
     the way its CLI computes them (its loader registry, dataset builder and `evaluate`)."""
     register()
@@ -82,11 +86,13 @@ def evaluate_classification(model_dir: str | Path, wds_root: str | Path, split: 
 
     _, zeroshot = _modules()
     model, transform, tokenizer = load_clip(MODEL_TYPE, Path(model_dir).name, str(model_dir), None, device)
-    dataset = build_dataset(f"wds/{Path(wds_root).name}", root=str(wds_root), transform=transform, split=split,
-                            task=TASK)
+    dataset = build_dataset(
+        f"wds/{Path(wds_root).name}", root=str(wds_root), transform=transform, split=split, task=TASK
+    )
     loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, shuffle=False)
-    return zeroshot.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates, device=device,
-                             amp=use_amp(device))
+    return zeroshot.evaluate(
+        model, loader, tokenizer, dataset.classes, dataset.templates, device=device, amp=use_amp(device)
+    )
 
 
 def main(args: list[str]) -> None:
@@ -98,7 +104,7 @@ def main(args: list[str]) -> None:
     if args[:1] == ["eval"]:
         if not torch.cuda.is_available() and "--no_amp" not in args:
             args.append("--no_amp")
-        if "--output" not in args:   # its default name holds --pretrained, here a path
+        if "--output" not in args:  # its default name holds --pretrained, here a path
             args += ["--output", "{dataset}_{model}_{language}_{task}.json"]
         if "--num_workers" not in args:
             args += ["--num_workers", "1"]

@@ -11,6 +11,7 @@ file (or folder) against the checksum the run was fitted with, the encoder and C
 their content keys, and the rebuilt preprocessing against the recorded one. A missing, damaged or
 mismatched export is one `PipelineError` line that says what to do.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,17 @@ SOURCES = ("file", "dir", "asset", "tag", "random")
 class ZoomshotCLIP(torch.nn.Module):
     """A CLIP-like model: the mapped encoder (or CLIP's image tower) beside CLIP's text tower."""
 
-    def __init__(self, clip: torch.nn.Module, encoder: torch.nn.Module | None = None, maps: Maps | None = None,
-                 info: dict | None = None):
+    def __init__(
+        self,
+        clip: torch.nn.Module,
+        encoder: torch.nn.Module | None = None,
+        maps: Maps | None = None,
+        info: dict | None = None,
+    ):
         super().__init__()
         self.mapped = maps is not None
         if self.mapped:
-            clip.visual = torch.nn.Identity()    # CLIP's image tower is no part of a mapped model
+            clip.visual = torch.nn.Identity()  # CLIP's image tower is no part of a mapped model
             self.visual = encoder
             for name in ("h_weight", "h_bias", "hinv_weight", "hinv_bias"):
                 self.register_buffer(name, getattr(maps, name).float().clone())
@@ -93,8 +99,11 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
-        hint = f"a run folder: export it first (`pipeline export {folder.name}`)" if (folder / "run.json").is_file() \
+        hint = (
+            f"a run folder: export it first (`pipeline export {folder.name}`)"
+            if (folder / "run.json").is_file()
             else "not an export of `pipeline export`"
+        )
         raise PipelineError(f"{folder} holds no {MANIFEST}: it is {hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(folder, f"{MANIFEST} is damaged ({e})") from None
@@ -133,8 +142,13 @@ def model_spec(folder: Path, entry: dict, role: str) -> dict:
         raise _bad(folder, f"the {role} weights {ref} do not match their recorded checksum (changed or damaged)")
     if keys.digest(identity) != key:
         raise _bad(folder, f"the {role} identity does not match its content key {key}")
-    return {"family": identity["family"], "name": name, "model": identity["model"], "pretrained": location,
-            "options": identity.get("options", {})}
+    return {
+        "family": identity["family"],
+        "name": name,
+        "model": identity["model"],
+        "pretrained": location,
+        "options": identity.get("options", {}),
+    }
 
 
 @dataclass
@@ -142,7 +156,7 @@ class Assembled:
     model: ZoomshotCLIP
     preprocess: Callable
     tokenizer: Callable
-    towers: dict[str, Encoder]     # "clip" and, for a mapped export, "encoder": as the factory built them
+    towers: dict[str, Encoder]  # "clip" and, for a mapped export, "encoder": as the factory built them
 
 
 def read_maps(folder: Path, entry: dict) -> Maps:
@@ -154,7 +168,7 @@ def read_maps(folder: Path, entry: dict) -> Maps:
         raise _bad(folder, f"{path.name} does not match its recorded sha256 (changed or damaged)")
     try:
         return Maps.load(path)
-    except Exception as e:   # safetensors raises its own error types for a torn file
+    except Exception as e:  # safetensors raises its own error types for a torn file
         raise _bad(folder, f"cannot read {path.name} ({e})") from None
 
 
@@ -170,8 +184,11 @@ def assemble(folder: Path, manifest: dict, device: str = "cpu") -> Assembled:
         return Assembled(ZoomshotCLIP(clip.model, info=manifest).eval(), clip.transform, clip.tokenizer, towers)
     encoder = towers["encoder"]
     if (encoder.dim, clip.dim) != (maps.source_dim, maps.clip_dim):
-        raise _bad(folder, f"the maps take {maps.source_dim} -> {maps.clip_dim} features, the models give "
-                           f"{encoder.dim} and {clip.dim}")
+        raise _bad(
+            folder,
+            f"the maps take {maps.source_dim} -> {maps.clip_dim} features, the models give "
+            f"{encoder.dim} and {clip.dim}",
+        )
     model = ZoomshotCLIP(clip.model, encoder.model, maps.to(device), manifest).eval()
     return Assembled(model, encoder.transform, clip.tokenizer, towers)
 
@@ -185,6 +202,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Zo
     for role, tower in built.towers.items():
         recorded = manifest[role].get("preprocess")
         if recorded != json.loads(json.dumps(tower.preprocess, default=str)):
-            raise _bad(folder, f"the {role}'s preprocessing differs from the recorded one (another timm or "
-                               f"open_clip version?); recorded {recorded}")
+            raise _bad(
+                folder,
+                f"the {role}'s preprocessing differs from the recorded one (another timm or "
+                f"open_clip version?); recorded {recorded}",
+            )
     return built.model, built.preprocess, built.tokenizer

@@ -10,6 +10,7 @@ checksums (its run.json), the encoder's and CLIP's identity and preprocessing, t
 templates of its evaluation, and every top-1 `pipeline evaluate` wrote for it. The folder is written
 beside its target and renamed into place; an existing folder is never overwritten.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,13 +56,22 @@ def _weights(cfg: ClipCfg | EncoderCfg, role: str, tmp: Path) -> dict:
 def _model_entry(cfg: ClipCfg | EncoderCfg, role: str, key: str, tmp: Path) -> dict:
     """A model of the config, which must be the one the run was fitted with (by content key)."""
     if cfg.model == IMPORTED:
-        raise PipelineError(f"{role} {cfg.name!r} is imported (model = 'imported'): the cache holds its features "
-                            f"but there is no model to export")
+        raise PipelineError(
+            f"{role} {cfg.name!r} is imported (model = 'imported'): the cache holds its features "
+            f"but there is no model to export"
+        )
     if cfg.key() != key:
-        raise PipelineError(f"the run was fitted with {role} {cfg.name!r} of other weights or settings than the "
-                            f"config's: export it with the config that made it")
-    return {"name": cfg.name, "key": key, "identity": cfg.identity(), "config_pretrained": cfg.pretrained,
-            "weights": _weights(cfg, "clip" if isinstance(cfg, ClipCfg) else "encoder", tmp)}
+        raise PipelineError(
+            f"the run was fitted with {role} {cfg.name!r} of other weights or settings than the "
+            f"config's: export it with the config that made it"
+        )
+    return {
+        "name": cfg.name,
+        "key": key,
+        "identity": cfg.identity(),
+        "config_pretrained": cfg.pretrained,
+        "weights": _weights(cfg, "clip" if isinstance(cfg, ClipCfg) else "encoder", tmp),
+    }
 
 
 def _evaluated(results_dir: Path, name: str) -> list[dict]:
@@ -70,11 +80,19 @@ def _evaluated(results_dir: Path, name: str) -> list[dict]:
     for path in sorted((results_dir / name).glob("*.json")):
         try:
             r = json.loads(path.read_text())
-            rows.append({"file": path.name, "dataset": r["dataset"], "split": r.get("split"),
-                         "variant": r.get("variant"), "acc1": r["metrics"]["acc1"],
-                         "acc5": r["metrics"].get("acc5"), "clip_acc1": r["metrics"].get("clip_acc1")})
+            rows.append(
+                {
+                    "file": path.name,
+                    "dataset": r["dataset"],
+                    "split": r.get("split"),
+                    "variant": r.get("variant"),
+                    "acc1": r["metrics"]["acc1"],
+                    "acc5": r["metrics"].get("acc5"),
+                    "clip_acc1": r["metrics"].get("clip_acc1"),
+                }
+            )
         except (OSError, ValueError, KeyError, TypeError):
-            continue    # not a result file
+            continue  # not a result file
     return rows
 
 
@@ -83,22 +101,30 @@ def export_model(project: Project, name: str, out: Path, say: Callable[[str], No
     check_out_folder(out)
     clip_cfg, runs_dir = project.clip, project.path("runs_dir")
     if name != clip_cfg.name and name not in {p.name for p in run_dirs(runs_dir)}:
-        raise PipelineError(f"no run named {name} under {runs_dir}: give a run's name (its folder there, the `run` "
-                            f"of its results) or {clip_cfg.name!r} for CLIP itself")
+        raise PipelineError(
+            f"no run named {name} under {runs_dir}: give a run's name (its folder there, the `run` "
+            f"of its results) or {clip_cfg.name!r} for CLIP itself"
+        )
     run = None if name == clip_cfg.name else read_run(runs_dir / name)
     if run is not None:
-        run.maps()   # checked against run.json before anything is written
+        run.maps()  # checked against run.json before anything is written
     record = run.record if run else {}
     templates = load_templates(clip_cfg.templates, Path(clip_cfg.templates_file))
     evaluated = _evaluated(project.path("results_dir"), name)
     if not evaluated:
-        say(f"note: no result of {name} under {project.path('results_dir')}: the export records no top-1 "
-            f"(run `pipeline evaluate` first to record it)")
+        say(
+            f"note: no result of {name} under {project.path('results_dir')}: the export records no top-1 "
+            f"(run `pipeline evaluate` first to record it)"
+        )
     with atomic.replacing(out) as tmp:
         tmp.mkdir()
-        manifest = {"format": FORMAT, "name": name, "kind": "mapped" if run else "clip",
-                    "clip": _model_entry(clip_cfg, "CLIP", record.get("clip_key", clip_cfg.key()), tmp),
-                    "templates": {"name": clip_cfg.templates, "templates": templates}}
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "kind": "mapped" if run else "clip",
+            "clip": _model_entry(clip_cfg, "CLIP", record.get("clip_key", clip_cfg.key()), tmp),
+            "templates": {"name": clip_cfg.templates, "templates": templates},
+        }
         if run:
             encoder_cfg = project.encoder(record["encoder"])
             manifest["encoder"] = _model_entry(encoder_cfg, "encoder", record["encoder_key"], tmp)
@@ -106,9 +132,8 @@ def export_model(project: Project, name: str, out: Path, say: Callable[[str], No
             manifest["maps"] = {"file": MAPS_FILE, "sha256": keys.file_sha256(tmp / MAPS_FILE)}
             if manifest["maps"]["sha256"] != record["maps_sha256"]:
                 raise PipelineError(f"{MAPS_FILE} of run {name} changed while it was copied: export it again")
-        manifest.update(run=record or None, evaluated=evaluated, versions=versions(),
-                        exported=timestamps.now())
-        built = assemble(tmp, manifest)   # builds both models: the export loads before it is in place
+        manifest.update(run=record or None, evaluated=evaluated, versions=versions(), exported=timestamps.now())
+        built = assemble(tmp, manifest)  # builds both models: the export loads before it is in place
         for role, tower in built.towers.items():
             manifest[role]["preprocess"] = tower.preprocess
         atomic.write_json(tmp / MANIFEST, manifest)

@@ -5,6 +5,7 @@ same code runs for CLIP and for a mapped encoder); probabilities are the softmax
 times the cosines. Images are decoded in batches by the extraction's decoder, so an unreadable image is
 skipped (and reported) or fatal exactly as `on_bad_image` says there.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,7 +29,7 @@ from zoomshot.extract.runner import Decoded, collate
 
 from .model import load_model, read_manifest
 
-EXPORT_TEMPLATES = "export"   # the templates the export was evaluated with
+EXPORT_TEMPLATES = "export"  # the templates the export was evaluated with
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -45,16 +46,19 @@ def image_paths(inputs: list[str]) -> list[Path]:
         else:
             raise PipelineError(f"no image file or folder at {path}")
     if not found:
-        raise PipelineError(f"no image files in {', '.join(inputs)} (looked for "
-                            f"{', '.join(sorted(suffixes)[:6])}, ...)")
+        raise PipelineError(
+            f"no image files in {', '.join(inputs)} (looked for {', '.join(sorted(suffixes)[:6])}, ...)"
+        )
     return found
 
 
 def class_names(classes: str | None, classnames_file: str | None) -> list[str]:
     """`--classes a,b,c` or a file of one name a line: at least one, no duplicates."""
     if bool(classes) == bool(classnames_file):
-        raise PipelineError("give the class names with --classes \"cat,dog,...\" or with --classnames-file FILE "
-                            "(one name a line), one of the two")
+        raise PipelineError(
+            'give the class names with --classes "cat,dog,..." or with --classnames-file FILE '
+            "(one name a line), one of the two"
+        )
     if classnames_file:
         try:
             text = Path(classnames_file).read_text(encoding="utf-8")
@@ -64,8 +68,9 @@ def class_names(classes: str | None, classnames_file: str | None) -> list[str]:
     else:
         names = [c.strip() for c in classes.split(",") if c.strip()]
     if not names:
-        raise PipelineError("no class names given: --classes needs names separated by commas, a class-names file "
-                            "one name a line")
+        raise PipelineError(
+            "no class names given: --classes needs names separated by commas, a class-names file one name a line"
+        )
     if len(set(names)) != len(names):
         raise PipelineError(f"class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     return names
@@ -76,8 +81,10 @@ def templates_of(value: str, model_dir: Path, key: str | None = None) -> list[st
     CLIP_benchmark JSON file (entry `key`, or its only entry)."""
     if value == EXPORT_TEMPLATES:
         entry = read_manifest(model_dir).get("templates")
-        return _with_placeholder(entry.get("templates") if isinstance(entry, dict) else None,
-                                 f"the manifest of {model_dir} (give --templates openai-imagenet or a file)")
+        return _with_placeholder(
+            entry.get("templates") if isinstance(entry, dict) else None,
+            f"the manifest of {model_dir} (give --templates openai-imagenet or a file)",
+        )
     if value == OPENAI_TEMPLATES:
         return load_templates(value, Path())
     path = Path(value)
@@ -94,8 +101,9 @@ def templates_of(value: str, model_dir: Path, key: str | None = None) -> list[st
     try:
         templates = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise PipelineError(f"--templates {value}: neither 'export', '{OPENAI_TEMPLATES}' nor a readable file ({e})") \
-            from None
+        raise PipelineError(
+            f"--templates {value}: neither 'export', '{OPENAI_TEMPLATES}' nor a readable file ({e})"
+        ) from None
     return _with_placeholder(templates, f"{path} (one template a line)")
 
 
@@ -103,17 +111,20 @@ def _with_placeholder(templates: list | None, where: str) -> list[str]:
     """At least one template, each a string with a `{c}` placeholder (else every class gets the same
     prompt, and every probability is 1/C)."""
     if not templates or any(not isinstance(t, str) or "{c}" not in t for t in templates):
-        raise PipelineError(f"no usable templates in {where}: each needs a {{c}} placeholder for the class name, got "
-                            f"{json.dumps(templates)[:60]}")
+        raise PipelineError(
+            f"no usable templates in {where}: each needs a {{c}} placeholder for the class name, got "
+            f"{json.dumps(templates)[:60]}"
+        )
     return templates
 
 
-def zero_shot_weights(model: torch.nn.Module, tokenizer: Callable, classnames: list[str], templates: list[str],
-                      device: str) -> torch.Tensor:
+def zero_shot_weights(
+    model: torch.nn.Module, tokenizer: Callable, classnames: list[str], templates: list[str], device: str
+) -> torch.Tensor:
     """(d, C) class embeddings by open_clip's own `build_zero_shot_classifier`."""
     from open_clip import build_zero_shot_classifier
 
-    fill = [lambda c, t=t: t.replace("{c}", c) for t in templates]   # `{c}` templates, as the cache's prompts
+    fill = [lambda c, t=t: t.replace("{c}", c) for t in templates]  # `{c}` templates, as the cache's prompts
     return build_zero_shot_classifier(model, tokenizer, classnames, fill, num_classes_per_batch=16, device=device)
 
 
@@ -130,21 +141,31 @@ class _Files(Dataset):
 
 @dataclass
 class Predictions:
-    rows: list[dict]               # {"image", "top": [{"class", "prob"}, ...]} per readable image
+    rows: list[dict]  # {"image", "top": [{"class", "prob"}, ...]} per readable image
     skipped: list[tuple[Path, str]]
 
 
-def predict(model_dir: Path, classnames: list[str], templates: list[str], paths: list[Path], top_k: int,
-            batch_size: int = 64, device: str = "cpu", on_bad_image: str = "skip", progress: bool = True,
-            say: Callable[[str], None] = print) -> Predictions:
+def predict(
+    model_dir: Path,
+    classnames: list[str],
+    templates: list[str],
+    paths: list[Path],
+    top_k: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+    on_bad_image: str = "skip",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> Predictions:
     """Top-`top_k` classes of every image; unreadable ones are skipped (one line each) or stop it."""
     if not 1 <= top_k <= len(classnames):
         raise PipelineError(f"--top-k must be between 1 and the number of classes ({len(classnames)}), got {top_k}")
     model, preprocess, tokenizer = load_model(model_dir, device)
     with torch.inference_mode():
         weights = zero_shot_weights(model, tokenizer, classnames, templates, device)
-    loader = DataLoader(Decoded(_Files(paths), np.arange(len(paths)), [preprocess]), batch_size=batch_size,
-                        collate_fn=collate)
+    loader = DataLoader(
+        Decoded(_Files(paths), np.arange(len(paths)), [preprocess]), batch_size=batch_size, collate_fn=collate
+    )
     rows, skipped = [], []
     for _, index, _, views, bad in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         for i, error in bad:

@@ -16,6 +16,7 @@ decoded at full size on the CPU: every PNG (the world's images) and every image 
 CLIP_benchmark sees slightly different pixels of the same images, and the command says for how many.
 The folder is written beside its target and renamed into place; an existing folder is never overwritten.
 """
+
 from __future__ import annotations
 
 import io
@@ -44,19 +45,31 @@ def _encoded(image, image_format: str) -> bytes:
 
 def _other_pixels(preprocess: dict, drafted: int, n: int) -> str | None:
     """What says that the features came from other pixels than the written ones, or None."""
-    notes = [f"{drafted} of {n} images are JPEGs that extraction decoded at reduced size ([extract] jpeg_draft)"] \
-        if drafted else []
+    notes = (
+        [f"{drafted} of {n} images are JPEGs that extraction decoded at reduced size ([extract] jpeg_draft)"]
+        if drafted
+        else []
+    )
     if {"gpu_preprocess", "gpu_decode"} & set(preprocess.get("pixels", {})):
         notes.append("extraction resized them on the GPU ([extract] gpu_preprocess / gpu_decode)")
     if not notes:
         return None
-    return (f"export-wds: {' and '.join(notes)}; they are written decoded at full size, so CLIP_benchmark's "
-            f"numbers can differ slightly from `pipeline evaluate`'s (extract with those settings off for the "
-            f"same pixels)")
+    return (
+        f"export-wds: {' and '.join(notes)}; they are written decoded at full size, so CLIP_benchmark's "
+        f"numbers can differ slightly from `pipeline evaluate`'s (extract with those settings off for the "
+        f"same pixels)"
+    )
 
 
-def write_wds(project: Project, ref: str, out: Path, shard_size: int = 10_000, image_format: str = "png",
-              progress: bool = True, say: Callable[[str], None] = print) -> int:
+def write_wds(
+    project: Project,
+    ref: str,
+    out: Path,
+    shard_size: int = 10_000,
+    image_format: str = "png",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> int:
     """Write split `ref` to `out`; returns the number of samples. Says when the features were computed from
     other pixels than the written ones (module docstring)."""
     import webdataset
@@ -64,14 +77,18 @@ def write_wds(project: Project, ref: str, out: Path, shard_size: int = 10_000, i
     name, split = parse_ref(ref)
     cache_file = layout.feature_path(project, project.clip.name, ref)
     if not cache_file.exists():
-        raise PipelineError(f"{ref} is not in the cache ({cache_file.name} is missing): run `pipeline extract` "
-                            f"with it in [extract] splits first")
+        raise PipelineError(
+            f"{ref} is not in the cache ({cache_file.name} is missing): run `pipeline extract` "
+            f"with it in [extract] splits first"
+        )
     with store.open_complete(cache_file) as f:
         index, labels = f["index"][:], f["labels"][:]
-        preprocess = json.loads(f.attrs.get("preprocess", "{}"))     # absent from imported features
+        preprocess = json.loads(f.attrs.get("preprocess", "{}"))  # absent from imported features
     if (labels < 0).any():
-        raise PipelineError(f"{ref} has {int((labels < 0).sum())} rows without a label: CLIP_benchmark's "
-                            f"classification needs every label")
+        raise PipelineError(
+            f"{ref} has {int((labels < 0).sum())} rows without a label: CLIP_benchmark's "
+            f"classification needs every label"
+        )
     check_out_folder(out)
     data = open_split(project.dataset(name).spec(), split)
     templates = load_templates(project.clip.templates, Path(project.clip.templates_file))
@@ -80,15 +97,21 @@ def write_wds(project: Project, ref: str, out: Path, shard_size: int = 10_000, i
         (tmp / split).mkdir(parents=True)
         sink = webdataset.ShardWriter(str(tmp / split / "%d.tar"), maxcount=shard_size, verbose=0)
         with sink:
-            for i, label in tqdm(zip(index.tolist(), labels.tolist()), total=len(index), unit="img",
-                                 desc=f"write {ref}", disable=not progress):
+            for i, label in tqdm(
+                zip(index.tolist(), labels.tolist()),
+                total=len(index),
+                unit="img",
+                desc=f"write {ref}",
+                disable=not progress,
+            ):
                 try:
                     image = data.dataset[i][0]
                     payload = _encoded(image, image_format)
                     drafted += image.format == "JPEG" and draft_scale(image.size, preprocess.get("jpeg_draft_size")) > 1
-                except (OSError, ValueError, SyntaxError) as e:   # what PIL raises on corrupt files
-                    raise PipelineError(f"image {i} of {ref} cannot be read now ({e}): extract the split again") \
-                        from None
+                except (OSError, ValueError, SyntaxError) as e:  # what PIL raises on corrupt files
+                    raise PipelineError(
+                        f"image {i} of {ref} cannot be read now ({e}): extract the split again"
+                    ) from None
                 sink.write({"__key__": f"s{i:08d}", image_format: payload, "cls": label})
             shards = sink.shard
         (tmp / split / "nshards.txt").write_text(f"{shards}\n")
@@ -97,4 +120,3 @@ def write_wds(project: Project, ref: str, out: Path, shard_size: int = 10_000, i
     if note := _other_pixels(preprocess, drafted, len(index)):
         say(note)
     return len(index)
-

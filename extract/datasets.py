@@ -9,13 +9,14 @@ ImageFolder trees `<root>/<split>/<class>/<image>` (`imagefolder`, `imagenet` (a
 (`webdataset`, `extract/webdataset_kind.py`). `options.classnames_file` overrides class names: a text
 file (one name a line, in class-index order) or a CLIP_benchmark-style JSON (`options.classnames_key`).
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -49,12 +50,13 @@ def _shapes(spec: dict, split: str) -> Split:
     opts = _opts(spec)
     size = opts.get(f"{split}_size", 0)
     if not size:
-        raise PipelineError(f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test "
-                            f"(with options.{split}_size > 0)")
+        raise PipelineError(
+            f"dataset {spec['name']!r} (shapes) has no split {split!r}: use train or test "
+            f"(with options.{split}_size > 0)"
+        )
     held_out = list(HELD_OUT_LABELS)
     seen = [c for c in range(len(CLASSNAMES)) if c not in held_out]
-    world = ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"],
-                        style=opts["style"])
+    world = ShapesWorld(split=split, size=size, seed=opts["seed"], image_size=opts["image_size"], style=opts["style"])
     return Split(world, list(CLASSNAMES), {"held_out": held_out, "seen": seen}, lambda i: [world.caption(i)])
 
 
@@ -76,8 +78,11 @@ def _shapes_support(spec: dict, split: str) -> Split:
     rendered from its class name alone (`extract/world.py` `render_from_classname`) in `options.style`."""
     from .world import CLASSNAMES, ClassNameSupportSet
 
-    return _support_set(spec, split, lambda o: ClassNameSupportSet(o["per_class"], o["seed"], o["image_size"],
-                                                                   CLASSNAMES, style=o["style"]))
+    return _support_set(
+        spec,
+        split,
+        lambda o: ClassNameSupportSet(o["per_class"], o["seed"], o["image_size"], CLASSNAMES, style=o["style"]),
+    )
 
 
 def _shapes_shots(spec: dict, split: str) -> Split:
@@ -85,8 +90,7 @@ def _shapes_shots(spec: dict, split: str) -> Split:
     world's train split (`extract/world.py` `KShotSet`), in the test images' style unless told."""
     from .world import KShotSet
 
-    return _support_set(spec, split, lambda o: KShotSet(o["per_class"], o["seed"], o["image_size"],
-                                                        style=o["style"]))
+    return _support_set(spec, split, lambda o: KShotSet(o["per_class"], o["seed"], o["image_size"], style=o["style"]))
 
 
 def user_classnames(spec: dict, count: int | None) -> list[str] | None:
@@ -122,8 +126,10 @@ def _clean(name: str) -> str:
 def _named(spec: dict, dataset: Dataset, found: list[str] | None) -> Split:
     names = user_classnames(spec, len(found) if found else _count_classes(dataset))
     if names is None and found is None:
-        raise PipelineError(f"dataset {spec['name']!r}: torchvision gives no class names for it; set "
-                            f"options.classnames_file (a text file, or CLIP_benchmark's en_classnames.json)")
+        raise PipelineError(
+            f"dataset {spec['name']!r}: torchvision gives no class names for it; set "
+            f"options.classnames_file (a text file, or CLIP_benchmark's en_classnames.json)"
+        )
     return Split(dataset, names or found)
 
 
@@ -137,20 +143,27 @@ _TV: dict[str, tuple[str, Callable[[str], dict], Callable[[Dataset], list[str] |
     "cifar10": ("CIFAR10", lambda s: {"train": s == "train"}, lambda d: [_clean(c) for c in d.classes]),
     "cifar100": ("CIFAR100", lambda s: {"train": s == "train"}, lambda d: [_clean(c) for c in d.classes]),
     "flowers102": ("Flowers102", lambda s: {"split": s}, lambda d: None),
-    "pets": ("OxfordIIITPet", lambda s: {"split": "trainval" if s == "train" else s},
-             lambda d: [_clean(c) for c in d.classes]),
+    "pets": (
+        "OxfordIIITPet",
+        lambda s: {"split": "trainval" if s == "train" else s},
+        lambda d: [_clean(c) for c in d.classes],
+    ),
     "cars": ("StanfordCars", lambda s: {"split": s}, lambda d: [_clean(c) for c in d.classes]),
 }
 
 
 def _unverified(cls: type) -> type:
     """The torchvision class without its md5 checks, for re-packed copies (`options.verify = false`)."""
-    return type(f"Unverified{cls.__name__}", (cls,), {"_check_integrity": lambda self: True,
-                                                      "_load_meta": _load_meta_unverified})
+    return type(
+        f"Unverified{cls.__name__}",
+        (cls,),
+        {"_check_integrity": lambda self: True, "_load_meta": _load_meta_unverified},
+    )
 
 
 def _load_meta_unverified(self) -> None:
-    import pickle   # torchvision's own CIFAR format; the user vouches for the files by turning verify off
+    import pickle  # torchvision's own CIFAR format; the user vouches for the files by turning verify off
+
     with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
         self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
     self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -162,17 +175,21 @@ def _torchvision(spec: dict, split: str) -> Split:
     cls_name, split_args, names = _TV[spec["kind"]]
     root = spec.get("root", "")
     if not root:
-        raise PipelineError(f"dataset {spec['name']!r} ({spec['kind']}) needs `root`: the folder that holds "
-                            f"torchvision's {cls_name} files")
+        raise PipelineError(
+            f"dataset {spec['name']!r} ({spec['kind']}) needs `root`: the folder that holds "
+            f"torchvision's {cls_name} files"
+        )
     try:
         cls = getattr(tvd, cls_name)
         if _opts(spec).get("verify", True) is False and cls_name.startswith("CIFAR"):
             cls = _unverified(cls)
         ds = cls(root, download=bool(_opts(spec).get("download", False)), **split_args(split))
     except (RuntimeError, FileNotFoundError, ValueError) as e:
-        raise PipelineError(f"dataset {spec['name']!r}: no {cls_name} {split!r} data under {root} "
-                            f"({str(e).splitlines()[0]}); put torchvision's files there or set "
-                            f"options.download = true") from None
+        raise PipelineError(
+            f"dataset {spec['name']!r}: no {cls_name} {split!r} data under {root} "
+            f"({str(e).splitlines()[0]}); put torchvision's files there or set "
+            f"options.download = true"
+        ) from None
     return _named(spec, ds, names(ds))
 
 
@@ -186,12 +203,16 @@ def _folder_tree(spec: dict, split: str, keep: set[str] | None = None):
 
     root = Path(spec.get("root", "")) / split
     if not spec.get("root") or not root.is_dir():
-        raise PipelineError(f"dataset {spec['name']!r}: expected an ImageFolder tree at {root} "
-                            f"(<root>/{split}/<class>/<image>); fix `root` in the config")
+        raise PipelineError(
+            f"dataset {spec['name']!r}: expected an ImageFolder tree at {root} "
+            f"(<root>/{split}/<class>/<image>); fix `root` in the config"
+        )
 
     class _Subset(ImageFolder):
         def find_classes(self, directory):
-            classes = sorted(e.name for e in Path(directory).iterdir() if e.is_dir() and (keep is None or e.name in keep))
+            classes = sorted(
+                e.name for e in Path(directory).iterdir() if e.is_dir() and (keep is None or e.name in keep)
+            )
             if not classes:
                 raise PipelineError(f"dataset {spec['name']!r}: no class folders under {directory}")
             return classes, {c: i for i, c in enumerate(classes)}
@@ -224,8 +245,10 @@ def _imagenet(spec: dict, split: str) -> Split:
     if names is None:
         every = sorted(e.name for e in (Path(spec["root"]) / split).iterdir() if e.is_dir())
         if len(every) != len(IMAGENET_CLASSNAMES):
-            raise PipelineError(f"dataset {spec['name']!r}: {len(every)} class folders, ImageNet has 1000; give "
-                                f"options.classnames_file for a partial tree")
+            raise PipelineError(
+                f"dataset {spec['name']!r}: {len(every)} class folders, ImageNet has 1000; give "
+                f"options.classnames_file for a partial tree"
+            )
         names = [IMAGENET_CLASSNAMES[every.index(w)] for w in ds.classes]
     return Split(ds, names)
 
@@ -239,8 +262,10 @@ def _webdataset(spec: dict, split: str) -> Split:
     if not _opts(spec).get("classnames_file"):
         path = Path(spec["root"]) / "classnames.txt"
         if not path.is_file():
-            raise PipelineError(f"dataset {spec['name']!r}: no {path} (one class name a line, in label order); "
-                                f"write it or set options.classnames_file")
+            raise PipelineError(
+                f"dataset {spec['name']!r}: no {path} (one class name a line, in label order); "
+                f"write it or set options.classnames_file"
+            )
         spec = {**spec, "options": {**_opts(spec), "classnames_file": str(path)}}
     # the labels are in the .cls members, so the class count comes from the names, and checks them
     names = user_classnames(spec, None)
@@ -249,9 +274,11 @@ def _webdataset(spec: dict, split: str) -> Split:
 
 
 def _imported(spec: dict, split: str) -> Split:
-    raise PipelineError(f"dataset {spec['name']!r} is imported (kind = 'imported'): it has no images to "
-                        f"extract; bring its features in with `pipeline cache import` and leave it out of "
-                        f"[extract] splits")
+    raise PipelineError(
+        f"dataset {spec['name']!r} is imported (kind = 'imported'): it has no images to "
+        f"extract; bring its features in with `pipeline cache import` and leave it out of "
+        f"[extract] splits"
+    )
 
 
 #: Every kind of `extract/settings.py` DATASET_KINDS, opened here.
@@ -275,16 +302,17 @@ def open_split(spec: dict, split: str) -> Split:
     leaves out take their kind's defaults."""
     kind = spec.get("kind")
     if kind not in DATASETS:
-        raise PipelineError(f"dataset {spec.get('name')!r} has unknown kind {kind!r} "
-                            f"(known: {', '.join(DATASETS)})")
+        raise PipelineError(f"dataset {spec.get('name')!r} has unknown kind {kind!r} (known: {', '.join(DATASETS)})")
     options = asdict(build(DATASET_KINDS[kind], spec.get("options", {}), f"dataset {spec.get('name')} options"))
     split_data = DATASETS[kind]({**spec, "options": options}, split)
     if len(split_data.dataset) == 0:
         raise PipelineError(f"dataset {spec['name']!r} split {split!r} is empty")
     names = split_data.classnames
     repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
-    if repeated is not None:     # two classes would share one prompt set, and zero-shot could not tell them apart
+    if repeated is not None:  # two classes would share one prompt set, and zero-shot could not tell them apart
         where = f"classnames_file {options['classnames_file']}" if options.get("classnames_file") else "its class names"
-        raise PipelineError(f"dataset {spec['name']!r}: {where} name {repeated!r} for classes "
-                            f"{[i for i, n in enumerate(names) if n == repeated]}; every class needs its own name")
+        raise PipelineError(
+            f"dataset {spec['name']!r}: {where} name {repeated!r} for classes "
+            f"{[i for i, n in enumerate(names) if n == repeated]}; every class needs its own name"
+        )
     return split_data

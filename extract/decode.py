@@ -12,6 +12,7 @@
   (`torchvision.io.decode_jpeg(device="cuda")`, nvJPEG). Both change pixels slightly (other resampling
   and IDCT code), so both are part of the key. The tensor ops run on any device; tests run them on the CPU.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,7 +36,7 @@ def first_resize(transform) -> tuple[int, int] | None:
     if not isinstance(resize, T.Resize) or resize.max_size is not None:
         return None
     size = resize.size
-    if isinstance(size, int) or len(size) == 1:       # shorter side to S: both sides must stay >= S
+    if isinstance(size, int) or len(size) == 1:  # shorter side to S: both sides must stay >= S
         s = size if isinstance(size, int) else size[0]
         return s, s
     return size[1], size[0]
@@ -115,8 +116,10 @@ class TensorTransform:
                 self.mean = torch.as_tensor(step.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
                 self.std = torch.as_tensor(step.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
             elif name not in self.KNOWN_NOOPS:
-                raise PipelineError(f"gpu_preprocess cannot run the step {name} of {transform!r} on the GPU: set "
-                                    f"[extract] gpu_preprocess = false")
+                raise PipelineError(
+                    f"gpu_preprocess cannot run the step {name} of {transform!r} on the GPU: set "
+                    f"[extract] gpu_preprocess = false"
+                )
         if not hasattr(self, "mean"):
             raise PipelineError(f"gpu_preprocess needs a Normalize step in {transform!r}: set gpu_preprocess = false")
 
@@ -143,10 +146,10 @@ class DevicePixels:
         import torchvision.io as tio
 
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)   # torchvision 0.29 flags its codecs deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 flags its codecs deprecated
             try:
                 decoded = tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=self.device)
-                return [x.to(self.device) for x in decoded]    # only CUDA decodes on the device itself
+                return [x.to(self.device) for x in decoded]  # only CUDA decodes on the device itself
             except (RuntimeError, ValueError):  # one bad file fails the batch: decode one by one to find it
                 out = []
                 for x in data:
@@ -159,8 +162,10 @@ class DevicePixels:
     def __call__(self, items: list, index: np.ndarray, labels: np.ndarray, bad: list):
         """(views on the device, index, labels, bad) of the images that decoded."""
         encoded = [i for i, (decodes, _) in enumerate(items) if decodes[0].dim() == 1]
-        images = [decodes if decodes[0].dim() == 1 else [x.to(self.device, non_blocking=True) for x in decodes]
-                  for decodes, _ in items]      # JPEG bytes stay on the CPU, where decode_jpeg reads them
+        images = [
+            decodes if decodes[0].dim() == 1 else [x.to(self.device, non_blocking=True) for x in decodes]
+            for decodes, _ in items
+        ]  # JPEG bytes stay on the CPU, where decode_jpeg reads them
         for i, x in zip(encoded, self._jpegs([images[i][0] for i in encoded]) if encoded else []):
             images[i] = [x]
         ok = [i for i, x in enumerate(images) if not isinstance(x[0], str)]

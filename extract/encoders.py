@@ -4,13 +4,14 @@ Every encoder exposes its own eval preprocessing (from its pretrained config) an
 vector; CLIP additionally encodes text. A missing weight file or an unknown model name is a
 PipelineError with one line saying what to fix.
 """
+
 from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -23,8 +24,8 @@ from .shipped import LOCAL_DIR, MODEL_CONFIGS, missing_weights
 class Encoder:
     name: str
     model: torch.nn.Module
-    transform: Callable          # PIL image -> tensor (the encoder's own eval preprocessing)
-    preprocess: dict             # that preprocessing, as JSON-able provenance
+    transform: Callable  # PIL image -> tensor (the encoder's own eval preprocessing)
+    preprocess: dict  # that preprocessing, as JSON-able provenance
     dim: int
     encode_image: Callable[[torch.Tensor], torch.Tensor]
     tokenizer: Callable | None = None
@@ -35,8 +36,10 @@ class Encoder:
 
 def _check_weights_file(pretrained: str, what: str) -> None:
     if (target := missing_weights(pretrained)) is not None:
-        raise PipelineError(f"weights for {what} not found at {target}: fix `pretrained` in the config "
-                            f"(a tag, an existing file, or local-dir:FOLDER; empty = random weights)")
+        raise PipelineError(
+            f"weights for {what} not found at {target}: fix `pretrained` in the config "
+            f"(a tag, an existing file, or local-dir:FOLDER; empty = random weights)"
+        )
 
 
 def _transform_provenance(transform) -> dict:
@@ -53,8 +56,11 @@ def _is_torchscript(path: str) -> bool:
 
 def _warn_quickgelu(model_name: str, pretrained: str, torchscript: bool) -> None:
     if (torchscript or "openai" in Path(pretrained).name.lower()) and "quickgelu" not in model_name.lower():
-        warnings.warn(f"{pretrained} looks like OpenAI CLIP weights, which were trained with QuickGELU: "
-                      f"use the model name '{model_name}-quickgelu' or the features will be wrong", stacklevel=3)
+        warnings.warn(
+            f"{pretrained} looks like OpenAI CLIP weights, which were trained with QuickGELU: "
+            f"use the model name '{model_name}-quickgelu' or the features will be wrong",
+            stacklevel=3,
+        )
 
 
 def _feature_dim(model: torch.nn.Module, encode: Callable, input_size: tuple, device: str) -> int:
@@ -71,11 +77,15 @@ def _local_dir(folder: str) -> str:
     """open_clip reads `local-dir:FOLDER` from the model name (config and weights from the folder)."""
     path = Path(folder)
     if not (path / "open_clip_config.json").is_file():
-        raise PipelineError(f"local-dir:{folder} holds no open_clip_config.json: put the checkpoint's "
-                            f"open_clip_config.json and weights (e.g. open_clip_model.safetensors) there")
+        raise PipelineError(
+            f"local-dir:{folder} holds no open_clip_config.json: put the checkpoint's "
+            f"open_clip_config.json and weights (e.g. open_clip_model.safetensors) there"
+        )
     if not any(any(path.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
-        raise PipelineError(f"local-dir:{folder} holds no weights file (.safetensors, .bin or .pth): open_clip "
-                            f"would build the model with random weights")
+        raise PipelineError(
+            f"local-dir:{folder} holds no weights file (.safetensors, .bin or .pth): open_clip "
+            f"would build the model with random weights"
+        )
     return f"{LOCAL_DIR}{folder}"
 
 
@@ -88,34 +98,50 @@ def _build_open_clip(spec: dict, device: str) -> Encoder:
     if pretrained.startswith(LOCAL_DIR):
         model_name, pretrained = _local_dir(pretrained.removeprefix(LOCAL_DIR)), ""
     elif model_name not in open_clip.list_models():
-        raise PipelineError(f"unknown open_clip model {model_name!r}: see open_clip.list_models() "
-                            f"or add a model config JSON")
+        raise PipelineError(
+            f"unknown open_clip model {model_name!r}: see open_clip.list_models() or add a model config JSON"
+        )
     torchscript = bool(pretrained) and Path(pretrained).is_file() and _is_torchscript(pretrained)
     if pretrained and Path(pretrained).is_file():
         _warn_quickgelu(model_name, pretrained, torchscript)
     try:
-        if torchscript:   # open_clip's own loader rebuilds the model from the archive's state dict
+        if torchscript:  # open_clip's own loader rebuilds the model from the archive's state dict
             model = open_clip.load_openai_model(pretrained, precision="fp32", device=device)
-            transform = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                                  mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+            transform = open_clip.image_transform(
+                model.visual.image_size,
+                is_train=False,
+                mean=open_clip.OPENAI_DATASET_MEAN,
+                std=open_clip.OPENAI_DATASET_STD,
+            )
         else:
             model, _, transform = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained or None, device=device)
-    except Exception as e:   # open_clip, torch and safetensors each raise their own types for bad weights
-        raise PipelineError(f"cannot load CLIP {spec['model']!r} with pretrained={spec.get('pretrained')!r}: "
-                            f"{_first_line(e)}") from None
+                model_name, pretrained=pretrained or None, device=device
+            )
+    except Exception as e:  # open_clip, torch and safetensors each raise their own types for bad weights
+        raise PipelineError(
+            f"cannot load CLIP {spec['model']!r} with pretrained={spec.get('pretrained')!r}: {_first_line(e)}"
+        ) from None
     model.eval()
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     dim = _feature_dim(model, model.encode_image, (3, *size), device)
-    return Encoder(spec["name"], model, transform, _transform_provenance(transform), dim,
-                   model.encode_image, open_clip.get_tokenizer(model_name))
+    return Encoder(
+        spec["name"],
+        model,
+        transform,
+        _transform_provenance(transform),
+        dim,
+        model.encode_image,
+        open_clip.get_tokenizer(model_name),
+    )
 
 
 def _timm_kwargs(options: dict) -> dict:
     """TOML has no tuples; timm wants `input_size` and friends as tuples."""
+
     def fix(v):
         return tuple(v) if isinstance(v, list) else ({k: fix(x) for k, x in v.items()} if isinstance(v, dict) else v)
+
     return {k: fix(v) for k, v in options.items()}
 
 
@@ -123,9 +149,15 @@ def _not_loaded(model: torch.nn.Module, reference: torch.nn.Module) -> list[str]
     """Randomly initialised tensors that still hold their initial values after loading a weights file:
     timm drops mismatched keys of a checkpoint silently when the classifier is removed."""
     ref = reference.state_dict()
-    return [k for k, v in model.state_dict().items()
-            if k in ref and v.is_floating_point() and v.numel() > 1 and bool(ref[k].std() > 0)
-            and torch.equal(v.cpu(), ref[k].cpu())]
+    return [
+        k
+        for k, v in model.state_dict().items()
+        if k in ref
+        and v.is_floating_point()
+        and v.numel() > 1
+        and bool(ref[k].std() > 0)
+        and torch.equal(v.cpu(), ref[k].cpu())
+    ]
 
 
 def _build_timm(spec: dict, device: str) -> Encoder:
@@ -151,19 +183,28 @@ def _build_timm(spec: dict, device: str) -> Encoder:
         if from_file:
             reference = timm.create_model(model_name, num_classes=0, **{**kwargs, "pretrained": False})
             if missed := _not_loaded(model, reference):
-                raise PipelineError(f"weights file {pretrained} does not fit timm model {model_name!r}: {len(missed)} "
-                                    f"of its tensors were not loaded (e.g. {missed[0]!r}); is it another "
-                                    f"architecture's file?")
+                raise PipelineError(
+                    f"weights file {pretrained} does not fit timm model {model_name!r}: {len(missed)} "
+                    f"of its tensors were not loaded (e.g. {missed[0]!r}); is it another "
+                    f"architecture's file?"
+                )
     except PipelineError:
         raise
-    except Exception as e:   # timm, torch and safetensors each raise their own types for bad weights
-        raise PipelineError(f"cannot build timm {model_name!r} with pretrained={pretrained!r}: {_first_line(e)}") \
-            from None
+    except Exception as e:  # timm, torch and safetensors each raise their own types for bad weights
+        raise PipelineError(
+            f"cannot build timm {model_name!r} with pretrained={pretrained!r}: {_first_line(e)}"
+        ) from None
     model.eval().to(device)
     data_cfg = resolve_model_data_config(model)
     transform = create_transform(**data_cfg, is_training=False)
-    return Encoder(spec["name"], model, transform, {**data_cfg, **_transform_provenance(transform)},
-                   _feature_dim(model, model, data_cfg["input_size"], device), model)
+    return Encoder(
+        spec["name"],
+        model,
+        transform,
+        {**data_cfg, **_transform_provenance(transform)},
+        _feature_dim(model, model, data_cfg["input_size"], device),
+        model,
+    )
 
 
 FAMILIES: dict[str, Callable[[dict, str], Encoder]] = {
@@ -178,5 +219,5 @@ def build_encoder(spec: dict, device: str = "cpu") -> Encoder:
     if family not in FAMILIES:
         raise PipelineError(f"unknown encoder family {family!r} (known: {', '.join(FAMILIES)})")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)   # random-weight encoders are the same on every run (same cache key)
+        torch.manual_seed(0)  # random-weight encoders are the same on every run (same cache key)
         return FAMILIES[family](spec, device)

@@ -6,6 +6,7 @@ Pure data making: it rewrites the raw config (a TOML dict) to point at the gener
 what it substituted; the command runs the stages on the result. The published sizes of each dataset
 (`REAL`) project the real run's cache and time from what the rehearsal measures.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ from zoomshot.cache.settings import parse_ref
 @dataclass(frozen=True)
 class RealData:
     """A dataset kind as published: images per split, classes, a typical image size (w, h) and format."""
+
     splits: dict[str, int]
     classes: int
     size: tuple[int, int]
@@ -65,6 +67,7 @@ def real_names(kind: str, options: dict) -> tuple[list[str] | None, str]:
     """The real class names of a kind where a library installed here ships them, and where from."""
     if kind == "imagenet":
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
         return list(IMAGENET_CLASSNAMES), "open_clip's ImageNet names"
     if kind == "cifar10":
         return CIFAR10, "CIFAR-10's published names"
@@ -82,6 +85,7 @@ def real_names(kind: str, options: dict) -> tuple[list[str] | None, str]:
 def imagenet_wnids() -> list[str]:
     """ImageNet-1k's WordNet ids in class-index order (timm ships the list)."""
     import timm
+
     return (Path(timm.__file__).parent / "data" / "_info" / "imagenet_synsets.txt").read_text().split()
 
 
@@ -98,14 +102,15 @@ def image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
 @dataclass
 class StandIn:
     """One dataset of the config, rehearsed."""
+
     name: str
-    kind: str                     # the config's kind
-    layout: str                   # the kind rehearsed ("imagefolder" where torchvision's files cannot be made)
+    kind: str  # the config's kind
+    layout: str  # the kind rehearsed ("imagefolder" where torchvision's files cannot be made)
     classes: list[str]
     names_from: str
     real: RealData | None
-    images: dict[str, int] = field(default_factory=dict)   # split -> generated images
-    class_list: bool = False      # ImageNet-100: a class list picks 100 of the 1,000 classes
+    images: dict[str, int] = field(default_factory=dict)  # split -> generated images
+    class_list: bool = False  # ImageNet-100: a class list picks 100 of the 1,000 classes
 
     @property
     def real_classes(self) -> int:
@@ -121,14 +126,15 @@ def _folder(i: int, name: str) -> str:
     return f"{i:03d}." + "".join(c if c.isalnum() or c in " -'" else "_" for c in name).strip()
 
 
-def _write_split(root: Path, split: str, folders: list[str], per_class: int, size: tuple[int, int],
-                 suffix: str, seed: int) -> int:
+def _write_split(
+    root: Path, split: str, folders: list[str], per_class: int, size: tuple[int, int], suffix: str, seed: int
+) -> int:
     rng = np.random.default_rng(seed)
     for folder in folders:
         target = root / split / folder
         target.mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
-            if (target / f"{k:05d}{suffix}").exists():   # a root two datasets share (ImageNet and ImageNet-100)
+            if (target / f"{k:05d}{suffix}").exists():  # a root two datasets share (ImageNet and ImageNet-100)
                 continue
             jitter = rng.uniform(0.8, 1.2)
             img = image(rng, (max(8, round(size[0] * jitter)), max(8, round(size[1] * jitter))))
@@ -141,7 +147,9 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
     was substituted. Splits used for training get enough images that the smallest fit fraction of the
     split still holds `min_train_rows` rows."""
     cfg = copy.deepcopy(raw)
-    cfg["paths"] = {k: str(out / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")}
+    cfg["paths"] = {
+        k: str(out / k.removesuffix("_dir")) for k in ("cache_dir", "runs_dir", "results_dir", "report_dir")
+    }
     extract, fit = cfg.get("extract", {}), cfg.get("fit", {})
     splits = {parse_ref(r) for r in extract.get("splits", [])}
     train = {parse_ref(p) for r in fit.get("train", []) for p in r.split("+")}
@@ -154,7 +162,7 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
             real = user_data(d.get("root", ""), classes)
         elif kind in REAL:
             real = REAL[kind]
-        else:                    # generated (the world) or imported kinds: nothing to stand in for
+        else:  # generated (the world) or imported kinds: nothing to stand in for
             continue
         names, source = real_names(kind, opts)
         chosen = list(range(min(classes, real.classes)))
@@ -163,30 +171,37 @@ def stand_in(raw: dict, out: Path, classes: int, per_class: int, min_train_rows:
         if names is None:
             names = [f"{d['name']} class {c + 1}" for c in range(real.classes)]
         root = roots.setdefault(d.get("root") or d["name"], out / "data" / d["name"])
-        entry = StandIn(d["name"], kind, "imagefolder" if kind in TORCHVISION_FILES + USER_KINDS else kind,
-                        [names[c] for c in chosen], source, real, class_list=bool(opts.get("class_list")))
+        entry = StandIn(
+            d["name"],
+            kind,
+            "imagefolder" if kind in TORCHVISION_FILES + USER_KINDS else kind,
+            [names[c] for c in chosen],
+            source,
+            real,
+            class_list=bool(opts.get("class_list")),
+        )
         if kind == "imagenet":
             wnids = imagenet_wnids()
             folders = [wnids[c] for c in chosen]
             if opts.get("class_list"):
                 opts["class_list"] = str(_lines(out / "data" / f"{d['name']}_class_list.txt", folders))
-            if len(chosen) < real.classes:   # a partial tree names its classes (`_imagenet`)
+            if len(chosen) < real.classes:  # a partial tree names its classes (`_imagenet`)
                 opts["classnames_file"] = str(_lines(out / "data" / f"{d['name']}_classnames.txt", entry.classes))
         else:
             folders = [_folder(c, names[c]) for c in chosen]
-            if opts.get("classnames_file"):   # the user's names file, as the same format with the same key
-                opts["classnames_file"] = str(_names_file(out / "data" / f"{d['name']}_classnames", opts,
-                                                          d["name"], entry.classes))
-        if entry.layout != kind:       # torchvision's and webdataset's own options mean nothing to an ImageFolder
+            if opts.get("classnames_file"):  # the user's names file, as the same format with the same key
+                opts["classnames_file"] = str(
+                    _names_file(out / "data" / f"{d['name']}_classnames", opts, d["name"], entry.classes)
+                )
+        if entry.layout != kind:  # torchvision's and webdataset's own options mean nothing to an ImageFolder
             opts = {k: v for k, v in opts.items() if k in ("classnames_file", "classnames_key")}
         for j, (name, split) in enumerate(sorted(splits)):
             if name != d["name"]:
                 continue
             count = per_class
-            if (name, split) in train:     # a fit's fraction counts rows of the whole split (nested subsets)
+            if (name, split) in train:  # a fit's fraction counts rows of the whole split (nested subsets)
                 count = max(per_class, math.ceil(min_train_rows / smallest / len(folders)))
-            entry.images[split] = _write_split(root, split, folders, count, real.size, real.suffix,
-                                               seed=1009 * i + j)
+            entry.images[split] = _write_split(root, split, folders, count, real.size, real.suffix, seed=1009 * i + j)
         cfg["datasets"][i] = {**d, "kind": entry.layout, "root": str(root), "options": opts}
         made.append(entry)
     return cfg, made

@@ -4,6 +4,7 @@ still needs it, and appended to that encoder's resumable cache file.
 Several `pipeline extract` may share one cache: each holds the locks of the files it writes, so a
 second one waits for them, says so, and then finds them done.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,11 +48,17 @@ def _autocast(device: str):
 
 
 def versions() -> dict:
+    from importlib.metadata import version
+
     import open_clip
     import timm
-    from importlib.metadata import version
-    return {"torch": torch.__version__, "open_clip": open_clip.__version__, "timm": timm.__version__,
-            "project": version("zoomshot-pipeline")}
+
+    return {
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "timm": timm.__version__,
+        "project": version("zoomshot-pipeline"),
+    }
 
 
 class Decoded(Dataset):
@@ -59,10 +66,17 @@ class Decoded(Dataset):
     distinct transform, or with `pixels` returns the uint8 decodes (a JPEG's bytes, with `encoded`) for
     `DevicePixels` to finish on the GPU; a bad image becomes a string saying why."""
 
-    def __init__(self, dataset: Dataset, indices: np.ndarray, transforms: list, sizes: list | None = None,
-                 pixels: bool = False, encoded: bool = False):
+    def __init__(
+        self,
+        dataset: Dataset,
+        indices: np.ndarray,
+        transforms: list,
+        sizes: list | None = None,
+        pixels: bool = False,
+        encoded: bool = False,
+    ):
         self.dataset, self.indices, self.transforms = dataset, indices, transforms
-        self.sizes = sizes or [None] * len(transforms)     # None: every view from the full-size decode
+        self.sizes = sizes or [None] * len(transforms)  # None: every view from the full-size decode
         self.pixels, self.encoded = pixels, encoded
 
     def __len__(self) -> int:
@@ -78,8 +92,8 @@ class Decoded(Dataset):
             if self.pixels:
                 return idx, int(label), ([uint8_chw(d) for d in decoded], which)
             return idx, int(label), [t(decoded[k]) for t, k in zip(self.transforms, which)]
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # PIL on corrupt files
-            return idx, -1, f"{type(e).__name__}: {' '.join(str(e).split())}"    # one line, for the list
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL on corrupt files
+            return idx, -1, f"{type(e).__name__}: {' '.join(str(e).split())}"  # one line, for the list
 
 
 def item_name(dataset: Dataset, idx: int) -> str:
@@ -95,17 +109,23 @@ def _report_bad(job: SplitJob, dataset: Dataset, writers: dict, reasons: dict[in
     """One line naming how many images the split skipped and the first few; every one, with why, in a
     text file beside each cache file (items skipped before a resume keep no reason)."""
     bad = sorted({i for w in writers.values() for i in w.bad_items})
-    names = {i: item_name(dataset, i) for i in bad}     # once per item (a tar sample is read to name it)
+    names = {i: item_name(dataset, i) for i in bad}  # once per item (a tar sample is read to name it)
     for n, w in writers.items():
         if w.bad_items:
-            atomic.write_text(layout.bad_list_path(job.targets[n]), "".join(
-                f"{i}\t{names[i]}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
-                for i in sorted(w.bad_items)))
+            atomic.write_text(
+                layout.bad_list_path(job.targets[n]),
+                "".join(
+                    f"{i}\t{names[i]}\t{reasons.get(i, 'skipped before the extraction resumed')}\n"
+                    for i in sorted(w.bad_items)
+                ),
+            )
     if bad:
         first = ", ".join(names[i] for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
         listed = layout.bad_list_path(next(job.targets[n] for n, w in writers.items() if w.bad_items))
-        say(f"{job.ref}: skipped {len(bad)} unreadable image(s) for every encoder: {first} (all of them, with "
-            f"the reasons: {listed})")
+        say(
+            f"{job.ref}: skipped {len(bad)} unreadable image(s) for every encoder: {first} (all of them, with "
+            f"the reasons: {listed})"
+        )
 
 
 def collate(items):
@@ -114,7 +134,7 @@ def collate(items):
     bad = [(it[0], it[2]) for it in items if isinstance(it[2], str)]
     index = np.array([it[0] for it in good], dtype=np.int64)
     labels = np.array([it[1] for it in good], dtype=np.int64)
-    if good and isinstance(good[0][2], tuple):     # (uint8 decodes, which) for DevicePixels
+    if good and isinstance(good[0][2], tuple):  # (uint8 decodes, which) for DevicePixels
         return len(items), index, labels, [it[2] for it in good], bad
     views = [_stacked(v) for v in zip(*[it[2] for it in good])] if good else []
     return len(items), index, labels, views, bad
@@ -146,9 +166,15 @@ def _loader(decoded: Decoded, batches: list, settings: ExtractCfg, device: str) 
     """Workers decode ahead (`prefetch` batches each) while the main process runs the encoders; on CUDA
     batches come in pinned memory, so the copies to the GPU do not block."""
     workers = loader_workers(settings.num_workers)
-    return DataLoader(decoded, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
-                      prefetch_factor=settings.prefetch if workers else None)
+    return DataLoader(
+        decoded,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=workers > 0,
+        prefetch_factor=settings.prefetch if workers else None,
+    )
 
 
 class Models:
@@ -160,8 +186,9 @@ class Models:
     def __getitem__(self, name: str) -> Encoder:
         if name not in self.built:
             cfg = self.project.encoder(name)
-            self.say(f"loading {name}: {cfg.family} {cfg.model} ({cfg.pretrained or 'random weights'}) "
-                     f"on {self.device}")
+            self.say(
+                f"loading {name}: {cfg.family} {cfg.model} ({cfg.pretrained or 'random weights'}) on {self.device}"
+            )
             self.built[name] = build_encoder(cfg.spec(), self.device)
         return self.built[name]
 
@@ -169,8 +196,8 @@ class Models:
 @dataclass
 class SplitJob:
     ref: str
-    targets: dict[str, Path]           # encoder name -> final cache path (or shard path)
-    items: tuple[int, int] | None = None   # the range of the subset a shard covers; None = all of it
+    targets: dict[str, Path]  # encoder name -> final cache path (or shard path)
+    items: tuple[int, int] | None = None  # the range of the subset a shard covers; None = all of it
 
 
 def _encode(enc: Encoder, images: torch.Tensor | None, micro_batch: int, device: str) -> np.ndarray:
@@ -182,29 +209,59 @@ def _encode(enc: Encoder, images: torch.Tensor | None, micro_batch: int, device:
         return torch.cat([enc.encode_image(p.to(device, non_blocking=True)).float().cpu() for p in parts]).numpy()
 
 
-def _writer(project: Project, settings: ExtractCfg, job: SplitJob, name: str, enc: Encoder, data, subset_len: int,
-            device: str, say: Say) -> store.FeatureWriter:
+def _writer(
+    project: Project,
+    settings: ExtractCfg,
+    job: SplitJob,
+    name: str,
+    enc: Encoder,
+    data,
+    subset_len: int,
+    device: str,
+    say: Say,
+) -> store.FeatureWriter:
     dataset, split = parse_ref(job.ref)
     cfg = project.encoder(name)
-    preprocess = {**enc.preprocess, "pixels": settings.pixels(),
-                  "jpeg_draft_size": first_resize(enc.transform) if settings.jpeg_draft else None}
-    attrs = {"encoder": name, "model": cfg.model, "pretrained": cfg.pretrained, "identity": cfg.identity(),
-             "encoder_key": cfg.key(), "dataset": dataset, "split": split,
-             "dataset_identity": project.split_identity(dataset, split),
-             "fraction": project.subsets.fraction_of(job.ref), "seed": project.subsets.subset_seed,
-             "split_size": len(data.dataset), "classnames": data.classnames, "preprocess": preprocess,
-             "versions": versions(), "device": device, "precision": precision(device),
-             **({"shard_items": list(job.items)} if job.items else {})}
-    resume = {"batch_size": settings.batch_size, "precision": precision(device), "preprocess": preprocess,
-              "encoder_key": cfg.key()}
+    preprocess = {
+        **enc.preprocess,
+        "pixels": settings.pixels(),
+        "jpeg_draft_size": first_resize(enc.transform) if settings.jpeg_draft else None,
+    }
+    attrs = {
+        "encoder": name,
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "identity": cfg.identity(),
+        "encoder_key": cfg.key(),
+        "dataset": dataset,
+        "split": split,
+        "dataset_identity": project.split_identity(dataset, split),
+        "fraction": project.subsets.fraction_of(job.ref),
+        "seed": project.subsets.subset_seed,
+        "split_size": len(data.dataset),
+        "classnames": data.classnames,
+        "preprocess": preprocess,
+        "versions": versions(),
+        "device": device,
+        "precision": precision(device),
+        **({"shard_items": list(job.items)} if job.items else {}),
+    }
+    resume = {
+        "batch_size": settings.batch_size,
+        "precision": precision(device),
+        "preprocess": preprocess,
+        "encoder_key": cfg.key(),
+    }
     return store.FeatureWriter(job.targets[name], enc.dim, attrs, resume, subset_len, say)
 
 
 def _gpu_pixels(settings: ExtractCfg, device: str) -> bool:
     """Whether the settings ask for the GPU resize/decode path; it needs CUDA."""
     if (settings.gpu_preprocess or settings.gpu_decode) and not device.startswith("cuda"):
-        raise PipelineError(f"[extract] gpu_preprocess / gpu_decode need a CUDA device, extraction runs on "
-                            f"{device!r}: set them to false (or device = 'cuda')")
+        raise PipelineError(
+            f"[extract] gpu_preprocess / gpu_decode need a CUDA device, extraction runs on "
+            f"{device!r}: set them to false (or device = 'cuda')"
+        )
     return settings.gpu_preprocess or settings.gpu_decode
 
 
@@ -213,8 +270,15 @@ def _pixel_path(settings: ExtractCfg, transforms: list, device: str) -> DevicePi
     return DevicePixels(transforms, device) if _gpu_pixels(settings, device) else None
 
 
-def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models: Models, device: str,
-                  progress: bool = True, say: Say = print) -> list[Path]:
+def extract_split(
+    project: Project,
+    settings: ExtractCfg,
+    job: SplitJob,
+    models: Models,
+    device: str,
+    progress: bool = True,
+    say: Say = print,
+) -> list[Path]:
     """Extract one split (or one shard of it) for every encoder of `job.targets`; the caller holds
     their locks."""
     name, split = parse_ref(job.ref)
@@ -223,7 +287,7 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
     plan = batch_plan(subset, settings.batch_size, data.groups)
     if job.items is not None:
         plan = [(a - job.items[0], b - job.items[0]) for a, b in plan if job.items[0] <= a < job.items[1]]
-        subset = subset[job.items[0]:job.items[1]]
+        subset = subset[job.items[0] : job.items[1]]
     todo = job.targets
     views = list(dict.fromkeys(repr(models[n].transform) for n in todo))
     view_of = {n: views.index(repr(models[n].transform)) for n in todo}
@@ -235,12 +299,15 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
     def open_writers() -> None:
         for n in todo:
             writers[n] = _writer(project, settings, job, n, models[n], data, len(subset), device, say)
+
     try:
         open_writers()
         start = min(w.items_done for w in writers.values())
         if start not in [a for a, _ in plan] + [len(subset)]:
-            raise PipelineError(f"{job.ref}: a partial file stopped at item {start}, inside a batch; remove it "
-                                f"(`pipeline cache rm`) and extract again")
+            raise PipelineError(
+                f"{job.ref}: a partial file stopped at item {start}, inside a batch; remove it "
+                f"(`pipeline cache rm`) and extract again"
+            )
         decoded = Decoded(data.dataset, subset[start:], transforms, sizes, on_device is not None, settings.gpu_decode)
         loader = _loader(decoded, [range(a - start, b - start) for a, b in plan if a >= start], settings, device)
         if loader.num_workers:
@@ -250,21 +317,29 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
                 w.close()
             loader = iter(loader)
             open_writers()
-        bar = tqdm(total=len(subset), initial=start, unit="img", disable=not progress,
-                   desc=f"extract {job.ref} [{', '.join(todo)}]")
+        bar = tqdm(
+            total=len(subset),
+            initial=start,
+            unit="img",
+            disable=not progress,
+            desc=f"extract {job.ref} [{', '.join(todo)}]",
+        )
         pos, reasons = start, {}
         for n_items, index, labels, batch_views, bad in loader:
             if on_device is not None:
                 batch_views, index, labels, bad = on_device(batch_views, index, labels, bad)
             if bad and settings.on_bad_image == "fail":
-                raise PipelineError(f"unreadable image {item_name(data.dataset, bad[0][0])} in {job.ref}: "
-                                    f"{bad[0][1]} (set on_bad_image = 'skip' to skip it for every encoder)")
+                raise PipelineError(
+                    f"unreadable image {item_name(data.dataset, bad[0][0])} in {job.ref}: "
+                    f"{bad[0][1]} (set on_bad_image = 'skip' to skip it for every encoder)"
+                )
             reasons.update(bad)
             for n, w in writers.items():
-                if w.items_done > pos:      # this encoder got past here before an interruption
+                if w.items_done > pos:  # this encoder got past here before an interruption
                     continue
-                feats = _encode(models[n], batch_views[view_of[n]] if len(index) else None,
-                                project.encoder(n).micro_batch, device)
+                feats = _encode(
+                    models[n], batch_views[view_of[n]] if len(index) else None, project.encoder(n).micro_batch, device
+                )
                 w.append(feats, index, labels, n_items, [b[0] for b in bad])
             pos += n_items
             bar.update(n_items)
@@ -279,8 +354,9 @@ def extract_split(project: Project, settings: ExtractCfg, job: SplitJob, models:
             w.close()
 
 
-def extract_range(project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str],
-                  items: tuple[int, int]) -> list[str]:
+def extract_range(
+    project: Project, settings: ExtractCfg, ref: str, targets: dict[str, str], items: tuple[int, int]
+) -> list[str]:
     """One dask task of a sharded extraction (`shards.run_sharded`): build the encoders on this worker's
     device and extract one range of the split's subset into the shard files `targets`."""
     device = resolve_device(settings.device, "extract.device")
@@ -290,8 +366,9 @@ def extract_range(project: Project, settings: ExtractCfg, ref: str, targets: dic
         if not todo:
             return []
         models = Models(project, device, say=lambda line: None)
-        return [str(p) for p in extract_split(project, settings, SplitJob(ref, todo, items), models, device,
-                                              progress=False)]
+        return [
+            str(p) for p in extract_split(project, settings, SplitJob(ref, todo, items), models, device, progress=False)
+        ]
 
 
 def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Callable[[], tuple]]]:
@@ -306,8 +383,13 @@ def _text_jobs(project: Project, settings: ExtractCfg) -> list[tuple[Path, Calla
                 data = open_split(project.dataset(name).spec(), split)
                 templates = load_templates(project.clip.templates, Path(project.clip.templates_file))
                 prompts, cop = class_prompts(templates, data.classnames)
-                return prompts, cop, data.classnames, {"dataset": name, "templates": project.clip.templates,
-                                                       "class_groups": data.class_groups}
+                return (
+                    prompts,
+                    cop,
+                    data.classnames,
+                    {"dataset": name, "templates": project.clip.templates, "class_groups": data.class_groups},
+                )
+
             jobs.append((path, make))
     path = layout.classfree_text_path(project)
     if not path.exists():
@@ -326,17 +408,24 @@ def _captions(project: Project, ref: str) -> tuple:
     name, split = parse_ref(ref)
     data = open_split(project.dataset(name).spec(), split)
     if data.captions is None:
-        raise PipelineError(f"dataset {name!r} ({project.dataset(name).kind}) has no captions: remove {ref} from "
-                            f"[extract] captions")
+        raise PipelineError(
+            f"dataset {name!r} ({project.dataset(name).kind}) has no captions: remove {ref} from [extract] captions"
+        )
     rows = layout.feature_path(project, project.clip.name, ref)
     if not rows.exists():
-        raise PipelineError(f"[extract] captions names {ref}, whose images are not extracted: add it to [extract] splits")
+        raise PipelineError(
+            f"[extract] captions names {ref}, whose images are not extracted: add it to [extract] splits"
+        )
     with store.open_complete(rows) as f:
         index = f["index"][:]
     per_image = [data.captions(int(i)) for i in index]
     image_of = np.repeat(index, [len(c) for c in per_image]).astype(np.int64)
-    return [c for caps in per_image for c in caps], image_of, [], {"dataset": name, "split": split,
-                                                                  "captions_of": rows.name}
+    return (
+        [c for caps in per_image for c in caps],
+        image_of,
+        [],
+        {"dataset": name, "split": split, "captions_of": rows.name},
+    )
 
 
 def extract_text(project: Project, jobs: list, models: Models, device: str, progress: bool, say: Say) -> list[Path]:
@@ -350,30 +439,53 @@ def extract_text(project: Project, jobs: list, models: Models, device: str, prog
                 continue
             prompts, cop, classnames, attrs = make()
             digest = hashlib.sha256(json.dumps([prompts, cop.tolist()]).encode()).hexdigest()
-            resume = {"batch_size": project.clip.batch_size, "precision": precision(device),
-                      "clip_key": project.clip.key(), "prompts_sha256": digest}
-            writer = store.TextWriter(path, models[project.clip.name].dim, prompts, cop, classnames, {
-                **attrs, "clip": project.clip.name, "identity": project.clip.identity(),
-                "clip_key": project.clip.key(), "versions": versions(), "device": device,
-                "precision": precision(device)}, resume, say)
-            written.append(_encode_prompts(writer, models[project.clip.name], project.clip.batch_size, device,
-                                           progress, say))
+            resume = {
+                "batch_size": project.clip.batch_size,
+                "precision": precision(device),
+                "clip_key": project.clip.key(),
+                "prompts_sha256": digest,
+            }
+            writer = store.TextWriter(
+                path,
+                models[project.clip.name].dim,
+                prompts,
+                cop,
+                classnames,
+                {
+                    **attrs,
+                    "clip": project.clip.name,
+                    "identity": project.clip.identity(),
+                    "clip_key": project.clip.key(),
+                    "versions": versions(),
+                    "device": device,
+                    "precision": precision(device),
+                },
+                resume,
+                say,
+            )
+            written.append(
+                _encode_prompts(writer, models[project.clip.name], project.clip.batch_size, device, progress, say)
+            )
     return written
 
 
-def _encode_prompts(writer: store.TextWriter, clip: Encoder, batch: int, device: str, progress: bool,
-                    say: Say) -> Path:
+def _encode_prompts(writer: store.TextWriter, clip: Encoder, batch: int, device: str, progress: bool, say: Say) -> Path:
     """Encode the writer's prompts from where its partial file stopped, then finish the file."""
     prompts = writer.prompts
     try:
         start = writer.rows_done
         if start:
             say(f"resuming {writer.partial.name} at prompt {start:,} of {len(prompts):,}")
-        bar = tqdm(total=len(prompts), initial=start, unit="prompt", disable=not progress,
-                   desc=f"encode text {writer.target.name}")
+        bar = tqdm(
+            total=len(prompts),
+            initial=start,
+            unit="prompt",
+            disable=not progress,
+            desc=f"encode text {writer.target.name}",
+        )
         for i in range(start, len(prompts), batch):
             with torch.inference_mode(), _autocast(device):
-                writer.append(clip.encode_text(prompts[i:i + batch], device).float().cpu().numpy())
+                writer.append(clip.encode_text(prompts[i : i + batch], device).float().cpu().numpy())
             bar.update(min(batch, len(prompts) - i))
             faults.point("extract.text_batch")
         bar.close()
@@ -406,8 +518,9 @@ def _record_data(project: Project, settings: ExtractCfg, say: Say) -> None:
         project.data_record(name).classes(fresh=True)
 
 
-def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
-                say: Say = print, timings: dict | None = None) -> dict[str, list[Path]]:
+def run_extract(
+    project: Project, settings: ExtractCfg, progress: bool = True, say: Say = print, timings: dict | None = None
+) -> dict[str, list[Path]]:
     """Extract every configured split with CLIP and every encoder; finished files are skipped.
 
     With `settings.scheduler` or `settings.cluster`, splits are sharded over the dask cluster's workers
@@ -416,11 +529,11 @@ def run_extract(project: Project, settings: ExtractCfg, progress: bool = True,
     timings = {} if timings is None else timings
     start = time.perf_counter()
     device = resolve_device(settings.device, "extract.device")
-    if not settings.distributed:     # a cluster's workers resolve their own device
+    if not settings.distributed:  # a cluster's workers resolve their own device
         _gpu_pixels(settings, device)
     _prepare(project, settings, say)
     _record_data(project, settings, say)
-    names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]   # imported: no model
+    names = [m.name for m in [project.clip, *project.encoders] if m.model != IMPORTED]  # imported: no model
     jobs = []
     for ref in settings.splits:
         targets = {n: layout.feature_path(project, n, ref) for n in names}

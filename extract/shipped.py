@@ -6,6 +6,7 @@ model config, the world's class-name templates and the default class-free prompt
 installed; the config loader resolves it here, so records keep the short, portable name and cache
 keys the file's sha256.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 ASSETS = Path(__file__).resolve().parent / "assets"
 PREFIX = "assets:"
 MODEL_CONFIGS = ASSETS / "model_configs"
-TEMPLATES = ASSETS / "world_templates.json"        # CLIP_benchmark JSON format, key "shapes"
-CLASSFREE_PROMPTS = ASSETS / "classfree_prompts.txt"   # the world's vocabulary ("something red")
-GENERIC_PROMPTS = ASSETS / "generic_prompts.txt"       # real data: scripts/make_generic_prompts.py
+TEMPLATES = ASSETS / "world_templates.json"  # CLIP_benchmark JSON format, key "shapes"
+CLASSFREE_PROMPTS = ASSETS / "classfree_prompts.txt"  # the world's vocabulary ("something red")
+GENERIC_PROMPTS = ASSETS / "generic_prompts.txt"  # real data: scripts/make_generic_prompts.py
 WORLD_KINDS = ("shapes", "shapes-support", "shapes-shots")
 
 
@@ -41,6 +42,7 @@ def missing_weights(location: str) -> str | None:
     """The path a `pretrained` location names when that path does not exist (None when it does, or
     when the value is a tag to download)."""
     target = location.removeprefix(LOCAL_DIR)
-    names_a_path = location.startswith(LOCAL_DIR) or os.sep in location or "/" in location or \
-        location.endswith(WEIGHT_SUFFIXES)
+    names_a_path = (
+        location.startswith(LOCAL_DIR) or os.sep in location or "/" in location or location.endswith(WEIGHT_SUFFIXES)
+    )
     return target if names_a_path and not Path(target).exists() else None

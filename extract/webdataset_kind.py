@@ -19,6 +19,7 @@ counts (or one it does not count), a shard cut short, a sample without a label o
 is not a class index (read with the headers, not with the images). A corrupt image is a bad image
 (`on_bad_image`), named `<shard>:<key>`.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,6 +43,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 @dataclass(frozen=True)
 class ShardIndex:
     """Where each sample of one tar file starts, how many members it has, and its label."""
+
     offsets: tuple[int, ...]
     members: tuple[int, ...]
     labels: tuple[int, ...]
@@ -61,8 +63,9 @@ def _index(path: Path, n_classes: int) -> ShardIndex:
     except TruncatedTar as e:
         raise PipelineError(f"tar shard {path.name} is truncated: {e}; copy or write it again") from None
     except tarfile.ReadError as e:
-        raise PipelineError(f"{path.name} is not a readable uncompressed tar shard ({e}): write the "
-                            f"shards as plain .tar files") from None
+        raise PipelineError(
+            f"{path.name} is not a readable uncompressed tar shard ({e}): write the shards as plain .tar files"
+        ) from None
     for m in listing:
         prefix, suffix = base_plus_ext(m.name)
         if _meta(m.name) or prefix is None:
@@ -85,8 +88,10 @@ def _label(path: Path, key: str, data: bytes, n_classes: int) -> int:
     """A sample's `.cls`: a class index, 0 to n_classes - 1 (as webdataset writes it: the decimal digits)."""
     text = data.decode("utf-8", "replace").strip()
     if not re.fullmatch(r"[+-]?\d+", text) or not 0 <= int(text) < n_classes:
-        raise PipelineError(f"{path.name}:{key}: its .cls is {text[:20]!r}, not a class index 0..{n_classes - 1} "
-                            f"(the dataset has {n_classes} class names): fix the label or the class names")
+        raise PipelineError(
+            f"{path.name}:{key}: its .cls is {text[:20]!r}, not a class index 0..{n_classes - 1} "
+            f"(the dataset has {n_classes} class names): fix the label or the class names"
+        )
     return int(text)
 
 
@@ -94,8 +99,10 @@ def _check_sample(path: Path, key: str | None, suffixes: list[str]) -> None:
     if key is None:
         return
     if "cls" not in suffixes:
-        raise PipelineError(f"{Path(path).name}: sample {key!r} has no .cls member (the label): every sample "
-                            f"needs <key>.cls next to its image")
+        raise PipelineError(
+            f"{Path(path).name}: sample {key!r} has no .cls member (the label): every sample "
+            f"needs <key>.cls next to its image"
+        )
     if not any(s in IMAGE_EXTENSIONS for s in suffixes):
         raise PipelineError(f"{Path(path).name}: sample {key!r} has no image (.{', .'.join(IMAGE_EXTENSIONS)})")
 
@@ -112,8 +119,10 @@ def _gap(paths: list[Path]) -> str | None:
         return None
     numbers = sorted(int(m[2]) for m in parts)
     width = len(parts[0][2]) if len({len(m[2]) for m in parts}) == 1 else 0
-    return next((f"{parts[0][1]}{n + 1:0{width}d}{parts[0][3]}" for n, after in zip(numbers, numbers[1:])
-                 if after != n + 1), None)
+    return next(
+        (f"{parts[0][1]}{n + 1:0{width}d}{parts[0][3]}" for n, after in zip(numbers, numbers[1:]) if after != n + 1),
+        None,
+    )
 
 
 def _counted(name: str, folder: Path, paths: list[Path]) -> list[Path]:
@@ -122,15 +131,20 @@ def _counted(name: str, folder: Path, paths: list[Path]) -> list[Path]:
     counted = folder / "nshards.txt"
     text = counted.read_text().strip()
     if not text.isdigit():
-        raise PipelineError(f"dataset {name!r}: {counted} holds {text[:20]!r}, not a number of shards: write the "
-                            f"number of .tar files in {folder}")
+        raise PipelineError(
+            f"dataset {name!r}: {counted} holds {text[:20]!r}, not a number of shards: write the "
+            f"number of .tar files in {folder}"
+        )
     expected = [folder / f"{i}.tar" for i in range(int(text))]
     if lost := [p.name for p in expected if not p.is_file()]:
-        raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {len(lost)} missing "
-                            f"(first: {lost[0]})")
+        raise PipelineError(
+            f"dataset {name!r}: {counted} says {len(expected)} shards, {len(lost)} missing (first: {lost[0]})"
+        )
     if extra := sorted({p.name for p in paths} - {p.name for p in expected}, key=lambda n: _natural(Path(n))):
-        raise PipelineError(f"dataset {name!r}: {counted} says {len(expected)} shards, {folder} holds "
-                            f"{len(extra)} more (first: {extra[0]}): fix the count or move them away")
+        raise PipelineError(
+            f"dataset {name!r}: {counted} says {len(expected)} shards, {folder} holds "
+            f"{len(extra)} more (first: {extra[0]}): fix the count or move them away"
+        )
     return expected
 
 
@@ -141,28 +155,35 @@ def find_shards(name: str, root: str, split: str, pattern: str) -> list[Path]:
     from webdataset.shardlists import expand_urls
 
     if not root:
-        raise PipelineError(f"dataset {name!r} (webdataset) needs `root`: the folder that holds <split>/*.tar "
-                            f"and classnames.txt")
+        raise PipelineError(
+            f"dataset {name!r} (webdataset) needs `root`: the folder that holds <split>/*.tar and classnames.txt"
+        )
     if pattern:
         paths = [Path(root) / p for p in expand_urls(pattern.replace("{split}", split))]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise PipelineError(f"dataset {name!r}: {len(missing)} of the {len(paths)} shards of options.shards "
-                                f"= {pattern!r} are missing (first: {missing[0]}); fix the pattern or the files")
+            raise PipelineError(
+                f"dataset {name!r}: {len(missing)} of the {len(paths)} shards of options.shards "
+                f"= {pattern!r} are missing (first: {missing[0]}); fix the pattern or the files"
+            )
         return paths
     folder = Path(root) / split
     if not folder.is_dir():
-        raise PipelineError(f"dataset {name!r}: no folder {folder} of tar shards (<root>/<split>/*.tar); fix "
-                            f"`root`, or set options.shards to a brace pattern")
+        raise PipelineError(
+            f"dataset {name!r}: no folder {folder} of tar shards (<root>/<split>/*.tar); fix "
+            f"`root`, or set options.shards to a brace pattern"
+        )
     paths = sorted(folder.glob("*.tar"), key=_natural)
     if not paths:
         raise PipelineError(f"dataset {name!r}: no .tar shards in {folder}")
     if (folder / "nshards.txt").is_file():
         return _counted(name, folder, paths)
     if lost := _gap(paths):
-        raise PipelineError(f"dataset {name!r}: shard {folder / lost} is missing from the sequence "
-                            f"{paths[0].name} .. {paths[-1].name}: restore it, or list the shards in "
-                            f"options.shards (a brace pattern)")
+        raise PipelineError(
+            f"dataset {name!r}: shard {folder / lost} is missing from the sequence "
+            f"{paths[0].name} .. {paths[-1].name}: restore it, or list the shards in "
+            f"options.shards (a brace pattern)"
+        )
     return paths
 
 
@@ -173,13 +194,13 @@ class TarShards(Dataset):
         self.shards = [str(p) for p in shards]
         self.index = [_index(Path(p), n_classes) for p in shards]
         self.starts = np.cumsum([0] + [len(ix.offsets) for ix in self.index])
-        self._file: tuple[int, int, object] | None = None    # (process, shard, open file)
+        self._file: tuple[int, int, object] | None = None  # (process, shard, open file)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}    # open files stay in the process that opened them
+        return {**self.__dict__, "_file": None}  # open files stay in the process that opened them
 
     def _stream(self, shard: int):
         """The shard's file, opened by this process: a forked DataLoader worker must not share the
@@ -203,7 +224,9 @@ class TarShards(Dataset):
         j = i - int(self.starts[shard])
         f = self._stream(shard)
         f.seek(self.index[shard].offsets[j])
-        files = ({**m, "__url__": self.shards[shard]} for m in islice(tar_file_iterator(f), self.index[shard].members[j]))
+        files = (
+            {**m, "__url__": self.shards[shard]} for m in islice(tar_file_iterator(f), self.index[shard].members[j])
+        )
         return next(group_by_keys(files))
 
     def __getitem__(self, i: int):

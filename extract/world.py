@@ -26,12 +26,14 @@ produced alone, in any order, in any process, bit-identically. The class is draw
 ``include_held_out=False`` shows the same images as the full world at every index whose class is not
 held out.
 """
+
 from __future__ import annotations
 
 import functools
 import re
 import zlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -191,8 +193,9 @@ def _draw_label(seed: int, split: str, index: int, include_held_out: bool) -> in
                 return label
 
 
-def sample_spec(seed: int, split: str, index: int, image_size: int = 64, include_held_out: bool = True,
-                style: str = "photo") -> dict:
+def sample_spec(
+    seed: int, split: str, index: int, image_size: int = 64, include_held_out: bool = True, style: str = "photo"
+) -> dict:
     """All parameters of sample ``index`` of ``(seed, split)``; :func:`render` turns them into an image.
 
     The returned dict holds the factor ids ``shape``, ``colour``, ``size``, ``background``, the
@@ -275,9 +278,9 @@ def _sketch_spec(rng: np.random.Generator, bg: np.ndarray) -> dict:
         "gradient_rgb": tuple(int(round(x)) for x in np.clip(bg + shade, 0, 255)),
         "gradient_angle": float(2.0 * np.pi * v[1]),
         "hatch_angle": float(np.pi * v[2]),
-        "hatch_period": float(2.6 + 1.6 * v[3]),      # pixels at 64 px, scaled with image_size
-        "stroke_jitter": float(0.03 + 0.05 * v[4]),   # outline vertex jitter, a fraction of the radius
-        "noise_seed": int(rng.integers(0, 2**32)),    # grain and jitter: any sample renders alone
+        "hatch_period": float(2.6 + 1.6 * v[3]),  # pixels at 64 px, scaled with image_size
+        "stroke_jitter": float(0.03 + 0.05 * v[4]),  # outline vertex jitter, a fraction of the radius
+        "noise_seed": int(rng.integers(0, 2**32)),  # grain and jitter: any sample renders alone
     }
 
 
@@ -352,7 +355,7 @@ def _pattern(spec: dict, stripe: float, dot: float) -> np.ndarray | None:
         a = spec["texture_angle"]
         proj = xx * np.cos(a) + yy * np.sin(a)
         return ((proj / period + px) % 1.0) < stripe
-    r = dot * period + 0.6   # dotted: a square grid of round dots
+    r = dot * period + 0.6  # dotted: a square grid of round dots
     dx = (xx / period + px) % 1.0 - 0.5
     dy = (yy / period + py) % 1.0 - 0.5
     return (dx * dx + dy * dy) * (period * period) < r * r
@@ -460,13 +463,14 @@ def classname_factors(name: str) -> tuple[int, int]:
     colours = {m.lower() for m in _COLOUR_RE.findall(name)}
     shapes = {m.lower() for m in _SHAPE_RE.findall(name)}
     if len(colours) != 1 or len(shapes) != 1:
-        raise ValueError(f"class name {name!r} must name exactly one colour ({', '.join(COLOURS)}) and one "
-                         f"shape ({', '.join(SHAPES)})")
+        raise ValueError(
+            f"class name {name!r} must name exactly one colour ({', '.join(COLOURS)}) and one "
+            f"shape ({', '.join(SHAPES)})"
+        )
     return COLOURS.index(colours.pop()), SHAPES.index(shapes.pop())
 
 
-def render_from_classname(name: str, seed: int, index: int, image_size: int = 64,
-                          style: str = "photo") -> Image.Image:
+def render_from_classname(name: str, seed: int, index: int, image_size: int = 64, style: str = "photo") -> Image.Image:
     """Image ``index`` of a support set rendered from the class name alone, in ``style``.
 
     The world generator plays the part of SuS-X's text-to-image model: only the colour and the shape
@@ -597,9 +601,15 @@ class ClassNameSupportSet(torch.utils.data.Dataset):
     :func:`render_from_classname` from the name alone; ``ds[i] -> (PIL RGB image, label)`` with
     ``label = i // per_class`` (class-major order), the index of the name in ``classnames``."""
 
-    def __init__(self, per_class: int = 16, seed: int = 0, image_size: int = 64,
-                 classnames: Iterable[str] = CLASSNAMES, transform: Callable | None = None,
-                 style: str = "sketch") -> None:
+    def __init__(
+        self,
+        per_class: int = 16,
+        seed: int = 0,
+        image_size: int = 64,
+        classnames: Iterable[str] = CLASSNAMES,
+        transform: Callable | None = None,
+        style: str = "sketch",
+    ) -> None:
         if int(per_class) < 1:
             raise ValueError(f"per_class must be >= 1, got {per_class}")
         _check_seed_and_size(seed, image_size)
@@ -632,8 +642,9 @@ def first_per_class(world: ShapesWorld, per_class: int) -> np.ndarray:
     rows = [np.flatnonzero(labels == c)[:per_class] for c in range(N_CLASSES)]
     short = [CLASSNAMES[c] for c, r in enumerate(rows) if len(r) < per_class]
     if short:
-        raise ValueError(f"{world!r} holds fewer than {per_class} images of {len(short)} classes (e.g. "
-                         f"{short[0]!r}); make it larger")
+        raise ValueError(
+            f"{world!r} holds fewer than {per_class} images of {len(short)} classes (e.g. {short[0]!r}); make it larger"
+        )
     return np.concatenate(rows)
 
 
@@ -643,8 +654,15 @@ class KShotSet(torch.utils.data.Dataset):
     same style, as the world's own training images); ``ds[i] -> (PIL RGB image, label)``, class-major
     like :class:`ClassNameSupportSet`. Only labels are drawn to find them, never images."""
 
-    def __init__(self, per_class: int = 16, seed: int = 0, image_size: int = 64, split: str = "train",
-                 style: str = "photo", transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        per_class: int = 16,
+        seed: int = 0,
+        image_size: int = 64,
+        split: str = "train",
+        style: str = "photo",
+        transform: Callable | None = None,
+    ) -> None:
         if int(per_class) < 1:
             raise ValueError(f"per_class must be >= 1, got {per_class}")
         # enough draws that every class is found with near certainty (a class's count is binomial)

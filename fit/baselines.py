@@ -4,6 +4,7 @@ orthogonal Procrustes, and Text-to-Concept's Linear Aligner.
 All of them work in the same variance-aligned spaces as Zoom-shot and return a `Maps`, so evaluation
 treats every method alike.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from zoomshot.cache.runs import Maps
 
-from .spaces import affine_pinv, variance_scale
 from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
+from .spaces import affine_pinv, variance_scale
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
 
 #: each baseline's revision, recorded in its run.json: bump one when a change moves its numbers (its
@@ -32,8 +33,9 @@ def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float, fit: dict | None 
     return Maps(*(x.float().cpu() for x in (hw, hb, iw, ib)), c_s, c_t, fit=fit or {})
 
 
-def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, ridge_by_gcv: bool = True,
-               target_variance: float = 4.5) -> Maps:
+def lstsq_maps(
+    s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, ridge_by_gcv: bool = True, target_variance: float = 4.5
+) -> Maps:
     """Closed-form ridge regression s -> t for h and, separately, t -> s for h_inv, in the scaled spaces.
 
     The strength of each is chosen by GCV from the training pairs (`fit/ridge.py`), or, with
@@ -45,8 +47,13 @@ def lstsq_maps(s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, ridge_by_g
     r_inv = gcv_ridge(mo.tt, mo.ts.T, float(torch.trace(mo.ss)), mo.n) if ridge_by_gcv else ridge
     h = ridge_fit(mo.ss, mo.ts, mo.mean_s, mo.mean_t, r_h)
     h_inv = ridge_fit(mo.tt, mo.ts.T, mo.mean_t, mo.mean_s, r_inv)
-    return _to_maps(h, h_inv, c_s, c_t, {"ridge": r_h, "ridge_h_inv": r_inv,
-                                         "ridge_chosen_by": "gcv" if ridge_by_gcv else "setting"})
+    return _to_maps(
+        h,
+        h_inv,
+        c_s,
+        c_t,
+        {"ridge": r_h, "ridge_h_inv": r_inv, "ridge_chosen_by": "gcv" if ridge_by_gcv else "setting"},
+    )
 
 
 def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4.5) -> Maps:

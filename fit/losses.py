@@ -13,6 +13,7 @@ prompts left unexplained, `ht-ce` and `kl` are in units of log K (a uniform gues
 depends on the batch size, the feature widths or the number of prompts. `scaled=False` drops every
 divisor (the terms in their raw units, as the paper writes them: the `paper` preset).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,15 @@ KD_VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], tuple[torch
 }
 
 
-def pgkd_loss(h_s: torch.Tensor, t: torch.Tensor, u: torch.Tensor, tau: float = 100.0, variant: str = "lm",
-              temperature: float = 1.0, scaled: bool = True) -> torch.Tensor:
+def pgkd_loss(
+    h_s: torch.Tensor,
+    t: torch.Tensor,
+    u: torch.Tensor,
+    tau: float = 100.0,
+    variant: str = "lm",
+    temperature: float = 1.0,
+    scaled: bool = True,
+) -> torch.Tensor:
     """Prompt-guided distillation: teacher z_T = tau*cos(t, u_k), student z_S = tau*cos(h(s), u_k) over prompts u_k.
 
     `lm` (logit matching) is the mean squared error between the logits (Ba & Caruana 2014; Kim et al. 2021
@@ -140,8 +148,9 @@ def total_loss(
     if h_s is None and (w_mse or w_cyc or w_kd):
         h_s = h(s)
     variance = target_variance if scaled else 1.0
-    terms = cycle_terms(s if w_cyc else None, t if w_cyc else None, u if w_cyc_text else None, h, h_inv,
-                        math.sqrt(variance), h_s=h_s)
+    terms = cycle_terms(
+        s if w_cyc else None, t if w_cyc else None, u if w_cyc_text else None, h, h_inv, math.sqrt(variance), h_s=h_s
+    )
     if w_mse:
         terms["mse"] = mse_loss(h_s, t, variance)
     if w_kd:

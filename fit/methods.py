@@ -3,10 +3,11 @@
 Each method is a registry entry: `settings` is a dataclass whose fields are the method's config keys
 (checked by the same builder as pipeline.toml, so a bad key or value is one line naming it, found
 when the sweep is expanded), `fit` runs it, `revision` numbers its maths (recorded in every run.json; a
-finished run of another revision is fitted again, so a changed method never reuses it), `by_epochs` says whether the grid's epochs apply,
-`needs_prompts` whether its settings read the class-free prompt embeddings, and `presets` the named recipes
-its `preset` setting chooses from (fit/presets.py).
+finished run of another revision is fitted again, so a changed method never reuses it), `by_epochs`
+says whether the grid's epochs apply, `needs_prompts` whether its settings read the class-free prompt
+embeddings, and `presets` the named recipes its `preset` setting chooses from (fit/presets.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +46,18 @@ class Method(NamedTuple):
 def _settings_of(fn: Callable[..., Any], checks: dict[str, Check]) -> type:
     """A settings dataclass from a function's keyword arguments and their defaults."""
     params = inspect.signature(fn).parameters.values()
-    return make_dataclass(f"{fn.__name__}_settings", [
-        (p.name, type(p.default), field(default=p.default, metadata={"checks": (checks[p.name],)} if p.name in checks
-                                        else {}))
-        for p in params if p.name not in SUPPLIED and p.default is not inspect.Parameter.empty])
+    return make_dataclass(
+        f"{fn.__name__}_settings",
+        [
+            (
+                p.name,
+                type(p.default),
+                field(default=p.default, metadata={"checks": (checks[p.name],)} if p.name in checks else {}),
+            )
+            for p in params
+            if p.name not in SUPPLIED and p.default is not inspect.Parameter.empty
+        ],
+    )
 
 
 def _zoomshot(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
@@ -69,15 +78,39 @@ def _positive(v: float) -> str | None:
 
 
 METHODS: dict[str, Method] = {
-    "zoomshot": Method(TrainConfig, _zoomshot, REVISION, by_epochs=True,
-                       needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"]), presets=PRESETS),
-    "linear-aligner": Method(_settings_of(linear_aligner_maps, {
-        "epochs": at_least(1), "batch_size": at_least(1), "lr": _positive, "t_max": at_least(1),
-        "weight_decay": at_least(0), "target_variance": _positive}), _linear_aligner, REVISIONS["linear-aligner"]),
-    "lstsq": Method(_settings_of(lstsq_maps, {"ridge": at_least(0), "target_variance": _positive}),
-                    _closed_form(lstsq_maps), REVISIONS["lstsq"]),
-    "procrustes": Method(_settings_of(procrustes_maps, {"target_variance": _positive}), _closed_form(procrustes_maps),
-                         REVISIONS["procrustes"]),
+    "zoomshot": Method(
+        TrainConfig,
+        _zoomshot,
+        REVISION,
+        by_epochs=True,
+        needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"]),
+        presets=PRESETS,
+    ),
+    "linear-aligner": Method(
+        _settings_of(
+            linear_aligner_maps,
+            {
+                "epochs": at_least(1),
+                "batch_size": at_least(1),
+                "lr": _positive,
+                "t_max": at_least(1),
+                "weight_decay": at_least(0),
+                "target_variance": _positive,
+            },
+        ),
+        _linear_aligner,
+        REVISIONS["linear-aligner"],
+    ),
+    "lstsq": Method(
+        _settings_of(lstsq_maps, {"ridge": at_least(0), "target_variance": _positive}),
+        _closed_form(lstsq_maps),
+        REVISIONS["lstsq"],
+    ),
+    "procrustes": Method(
+        _settings_of(procrustes_maps, {"target_variance": _positive}),
+        _closed_form(procrustes_maps),
+        REVISIONS["procrustes"],
+    ),
 }
 
 
@@ -94,17 +127,21 @@ def resolve_params(name: str, params: dict, where: str = "") -> dict:
     settings, presets = method(name).settings, method(name).presets
     supplied = [k for k in params if k in SUPPLIED]
     if supplied:
-        raise PipelineError(f"'{supplied[0]}' is set by the sweep ([fit] seeds / device), not per variant: "
-                            f"remove it{f' from [{where}]' if where else ''}")
+        raise PipelineError(
+            f"'{supplied[0]}' is set by the sweep ([fit] seeds / device), not per variant: "
+            f"remove it{f' from [{where}]' if where else ''}"
+        )
     if presets:
         preset = params.get("preset", DEFAULT_PRESET)
         if preset not in presets:
-            raise PipelineError(f"{f'config table {where!r}: ' if where else ''}unknown preset {preset!r}; "
-                                f"valid presets: {', '.join(presets)}")
+            raise PipelineError(
+                f"{f'config table {where!r}: ' if where else ''}unknown preset {preset!r}; "
+                f"valid presets: {', '.join(presets)}"
+            )
         params = {**presets[preset], **params}
     try:
         resolved = asdict(build(settings, params, where))
-    except (ValueError, TypeError) as e:   # a settings class's own checks (TrainConfig.__post_init__)
+    except (ValueError, TypeError) as e:  # a settings class's own checks (TrainConfig.__post_init__)
         raise PipelineError(f"config table '{where}': {e}" if where else str(e)) from None
     return {k: v for k, v in resolved.items() if k not in SUPPLIED}
 
@@ -127,8 +164,9 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def fit_method(name: str, s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str,
-               threads: int = 1) -> Result:
+def fit_method(
+    name: str, s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str, threads: int = 1
+) -> Result:
     """Fit method `name` on row-aligned s (N, m), t (N, d) and prompt set u (K, d) or None, on `threads`
     intra-op CPU threads (`torch_threads`; the same maps for the same settings, bit for bit).
 

@@ -5,24 +5,25 @@ defaults (the recipe this project measured best), `paper` undoes each of its dep
 (arXiv 2401.11633) and fills what the paper leaves unsaid with stated assumptions. A variant's table and
 `[fit] trainer` still override a preset, key by key.
 """
+
 from __future__ import annotations
 
 DEFAULT_PRESET = "tuned"
 PRESETS: dict[str, dict] = {
     "tuned": {},
     "paper": {
-        "init": "random",          # the paper trains the maps from a random start
-        "ridge": 0.0,              # no ridge: the paper's L_mse is plain
+        "init": "random",  # the paper trains the maps from a random start
+        "ridge": 0.0,  # no ridge: the paper's L_mse is plain
         "ridge_by_gcv": False,
-        "whiten": False,           # Adam on the raw weights of h and h_inv
-        "scale_terms": False,      # each term in its raw units (mean per element, logits at tau = 100)
-        "w_cyc": 1.0,              # equal weights: L = L_mse + L_cyc + L_pgkd
+        "whiten": False,  # Adam on the raw weights of h and h_inv
+        "scale_terms": False,  # each term in its raw units (mean per element, logits at tau = 100)
+        "w_cyc": 1.0,  # equal weights: L = L_mse + L_cyc + L_pgkd
         "w_cyc_text": 1.0,
         "w_kd": 1.0,
-        "steps_per_epoch": 1,      # no batch floor: an epoch is ceil(rows / batch) steps
-        "batch_size": 256,         # assumed (not stated in what we could retrieve)
-        "lr": 1e-3,                # assumed: Adam's default learning rate
-        "schedule": "constant",    # assumed: no schedule is described
+        "steps_per_epoch": 1,  # no batch floor: an epoch is ceil(rows / batch) steps
+        "batch_size": 256,  # assumed (not stated in what we could retrieve)
+        "lr": 1e-3,  # assumed: Adam's default learning rate
+        "schedule": "constant",  # assumed: no schedule is described
     },
 }
 

@@ -7,6 +7,7 @@ every strength in closed form from one eigendecomposition, so the strength follo
 100 rows, negligible for 100,000. Strengths are relative to the mean eigenvalue of the input covariance,
 so one grid fits any feature scale. Only the training pairs are used (no label, no test row).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ class Moments:
 
     def scaled(self, c_s: float, c_t: float) -> Moments:
         """The moments of (c_s * s, c_t * t), without copying the data."""
-        return Moments(self.n, self.mean_s * c_s, self.mean_t * c_t, self.ss * c_s**2, self.tt * c_t**2,
-                       self.ts * (c_s * c_t))
+        return Moments(
+            self.n, self.mean_s * c_s, self.mean_t * c_t, self.ss * c_s**2, self.tt * c_t**2, self.ts * (c_s * c_t)
+        )
 
 
 def moments(s: torch.Tensor, t: torch.Tensor) -> Moments:
@@ -54,8 +56,14 @@ def absolute(ridge: float, xx: torch.Tensor) -> float:
     return float(ridge * torch.trace(xx) / xx.shape[0])
 
 
-def gcv_ridge(xx: torch.Tensor, yx: torch.Tensor, yy: float, n: int, grid: tuple[float, ...] = GRID,
-              spectrum: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+def gcv_ridge(
+    xx: torch.Tensor,
+    yx: torch.Tensor,
+    yy: float,
+    n: int,
+    grid: tuple[float, ...] = GRID,
+    spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> float:
     """The relative strength (from `grid`) whose ridge fit of Y on X has the least GCV score
     RSS(lam)/n / (1 - df(lam)/n)^2, from centered sums xx = X^T X, yx = Y^T X and yy = ||Y||^2
     (`spectrum`: xx's `torch.linalg.eigh`, when the caller has it).
@@ -66,15 +74,15 @@ def gcv_ridge(xx: torch.Tensor, yx: torch.Tensor, yy: float, n: int, grid: tuple
     """
     eigenvalues, vectors = spectrum if spectrum is not None else torch.linalg.eigh(xx)
     rank = int((eigenvalues > eigenvalues.max() * xx.shape[0] * torch.finfo(xx.dtype).eps).sum())
-    top = torch.argsort(eigenvalues, descending=True)[:min(rank, n - 1)]
+    top = torch.argsort(eigenvalues, descending=True)[: min(rank, n - 1)]
     eigenvalues, vectors = eigenvalues[top], vectors[:, top]
-    explained = (vectors.T @ yx.T).pow(2).sum(dim=1) / eigenvalues   # ||Y along each principal direction||^2
+    explained = (vectors.T @ yx.T).pow(2).sum(dim=1) / eigenvalues  # ||Y along each principal direction||^2
     unexplained = max(yy - float(explained.sum()), 0.0)
     scores = []
     for ridge in grid:
         lam = absolute(ridge, xx)
-        shrunk = lam / (eigenvalues + lam)             # 1 - the share of each direction the fit keeps
-        rss = unexplained + float((shrunk ** 2 * explained).sum())
+        shrunk = lam / (eigenvalues + lam)  # 1 - the share of each direction the fit keeps
+        rss = unexplained + float((shrunk**2 * explained).sum())
         df = 1 + float((1 - shrunk).sum())
         scores.append(rss / n / (1 - df / n) ** 2 if df < n else float("inf"))
     return grid[min(range(len(grid)), key=scores.__getitem__)]

@@ -6,6 +6,7 @@ spaces, where each space has been multiplied by one scalar (DESIGN.md section 5)
 `zoomshot.cache.runs.Maps`, the run folder's contract, so that saving, loading and applying a map never
 needs to know which method produced it.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ so a bad key or value in `[fit.definitions.NAME]` or `[fit] trainer` is a config
 run starts. Tasks receive plain dicts of paths and settings, never open HDF5 handles, so the same code
 runs on the threaded scheduler and on a `dask.distributed` cluster.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -44,8 +45,10 @@ def variant(fit: FitCfg, name: str) -> tuple[str, dict, str]:
     elif name in BUILTIN_VARIANTS:
         spec, where = BUILTIN_VARIANTS[name], f"variant {name}"
     else:
-        raise PipelineError(f"unknown fit variant {name!r}: define [fit.definitions.{name}] "
-                            f"or use one of {', '.join({**BUILTIN_VARIANTS, **fit.definitions})}")
+        raise PipelineError(
+            f"unknown fit variant {name!r}: define [fit.definitions.{name}] "
+            f"or use one of {', '.join({**BUILTIN_VARIANTS, **fit.definitions})}"
+        )
     if not isinstance(spec, dict) or "method" not in spec:
         raise PipelineError(f"[{where}] must be a table with a `method` key")
     spec = dict(spec)
@@ -55,8 +58,10 @@ def variant(fit: FitCfg, name: str) -> tuple[str, dict, str]:
 def _check_presets(project: Project, fit: FitCfg) -> None:
     """Every preset of the grid and of `preset_encoders` is known, and so is every encoder named there."""
     if "preset" in fit.trainer:
-        raise PipelineError("config key 'fit.trainer.preset': choose presets with [fit] presets (or a variant's "
-                            "own `preset`), not in the trainer table")
+        raise PipelineError(
+            "config key 'fit.trainer.preset': choose presets with [fit] presets (or a variant's "
+            "own `preset`), not in the trainer table"
+        )
     for preset in [*fit.presets, *fit.preset_encoders]:
         if preset not in PRESETS:
             raise PipelineError(f"config key 'fit.presets': unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -96,30 +101,64 @@ def expand(project: Project, fit: FitCfg) -> list[dict]:
         params = resolve_params(method_name, given, where)
         label = variant_label(vname, preset)
         refs = train.split("+")
-        pairs = [{"ref": r, "source": layout.feature_path(project, enc, r),
-                  "clip": layout.feature_path(project, clip.name, r)} for r in refs]
+        pairs = [
+            {
+                "ref": r,
+                "source": layout.feature_path(project, enc, r),
+                "clip": layout.feature_path(project, clip.name, r),
+            }
+            for r in refs
+        ]
         classfree = layout.classfree_text_path(project) if method(method_name).needs_prompts(params) else None
-        identity = {"variant": label, "encoder": enc, "method": method_name, "params": params,
-                    "fraction": fraction, "seed": seed,
-                    "train": [{"ref": p["ref"], "source": p["source"].name, "clip": p["clip"].name} for p in pairs],
-                    "classfree": classfree.name if classfree else None,
-                    "threads": fit.threads}     # a reduction's last bits follow the thread count
+        identity = {
+            "variant": label,
+            "encoder": enc,
+            "method": method_name,
+            "params": params,
+            "fraction": fraction,
+            "seed": seed,
+            "train": [{"ref": p["ref"], "source": p["source"].name, "clip": p["clip"].name} for p in pairs],
+            "classfree": classfree.name if classfree else None,
+            "threads": fit.threads,
+        }  # a reduction's last bits follow the thread count
         name = run_name(identity)
-        record = {"name": name, "variant": label, "method": method_name, "revision": method(method_name).revision,
-                  "preset": preset if has_presets else None, "params": params, "encoder": enc,
-                  "encoder_key": project.encoder(enc).key(), "encoder_identity": project.encoder(enc).identity(),
-                  "encoder_pretrained": project.encoder(enc).pretrained, "clip": clip.name, "clip_key": clip.key(),
-                  "clip_identity": clip.identity(), "train": refs, "fraction": fraction,
-                  "epochs": epochs if by_epochs else None, "seed": seed,
-                  "identity": identity}
-        specs.setdefault(name, {
-            "name": name, "record": record, "device": fit.device, "threads": fit.threads,
-            "run_dir": str(project.path("runs_dir") / name),
-            "pairs": [{"source": str(p["source"]), "clip": str(p["clip"])} for p in pairs],
-            "classfree": str(classfree) if classfree else "",
-            "imported": {"encoder": project.encoder(enc).model == IMPORTED, "clip": clip.model == IMPORTED,
-                         "datasets": [project.dataset(parse_ref(r)[0]).kind == IMPORTED for r in refs]},
-        })
+        record = {
+            "name": name,
+            "variant": label,
+            "method": method_name,
+            "revision": method(method_name).revision,
+            "preset": preset if has_presets else None,
+            "params": params,
+            "encoder": enc,
+            "encoder_key": project.encoder(enc).key(),
+            "encoder_identity": project.encoder(enc).identity(),
+            "encoder_pretrained": project.encoder(enc).pretrained,
+            "clip": clip.name,
+            "clip_key": clip.key(),
+            "clip_identity": clip.identity(),
+            "train": refs,
+            "fraction": fraction,
+            "epochs": epochs if by_epochs else None,
+            "seed": seed,
+            "identity": identity,
+        }
+        specs.setdefault(
+            name,
+            {
+                "name": name,
+                "record": record,
+                "device": fit.device,
+                "threads": fit.threads,
+                "run_dir": str(project.path("runs_dir") / name),
+                "pairs": [{"source": str(p["source"]), "clip": str(p["clip"])} for p in pairs],
+                "classfree": str(classfree) if classfree else "",
+                "imported": {
+                    "encoder": project.encoder(enc).model == IMPORTED,
+                    "clip": clip.model == IMPORTED,
+                    "datasets": [project.dataset(parse_ref(r)[0]).kind == IMPORTED for r in refs],
+                },
+            },
+        )
     return list(specs.values())
 
 
@@ -134,21 +173,32 @@ def check_inputs(specs: list[dict], scheduler: str = "") -> None:
             for role, path in pair.items():
                 if not Path(path).exists():
                     by_import = imported or s["imported"]["encoder" if role == "source" else "clip"]
-                    how = "import it with `pipeline cache import`" if by_import else \
-                        "run `pipeline extract` first (with the same config)"
-                    raise PipelineError(f"cache file {Path(path).name} is missing (training features of "
-                                        f"{s['record']['encoder'] if role == 'source' else 'CLIP'} for run "
-                                        f"{s['name']}, variant {s['record']['variant']}): {how}")
+                    how = (
+                        "import it with `pipeline cache import`"
+                        if by_import
+                        else "run `pipeline extract` first (with the same config)"
+                    )
+                    raise PipelineError(
+                        f"cache file {Path(path).name} is missing (training features of "
+                        f"{s['record']['encoder'] if role == 'source' else 'CLIP'} for run "
+                        f"{s['name']}, variant {s['record']['variant']}): {how}"
+                    )
         if s["classfree"] and not Path(s["classfree"]).exists():
-            how = ("import them: `pipeline cache import ARRAY --text classfree --prompts FILE` with the prompts "
-                   "of [clip] classfree_prompts" if s["imported"]["clip"]
-                   else "run `pipeline extract` first (with the same config)")
-            raise PipelineError(f"the class-free prompt embeddings ({Path(s['classfree']).name}) that variant "
-                                f"{s['record']['variant']} needs are missing: {how}")
+            how = (
+                "import them: `pipeline cache import ARRAY --text classfree --prompts FILE` with the prompts "
+                "of [clip] classfree_prompts"
+                if s["imported"]["clip"]
+                else "run `pipeline extract` first (with the same config)"
+            )
+            raise PipelineError(
+                f"the class-free prompt embeddings ({Path(s['classfree']).name}) that variant "
+                f"{s['record']['variant']} needs are missing: {how}"
+            )
 
 
-def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
-              on_result: Callable[[dict], None] | None = None) -> list[dict]:
+def run_sweep(
+    specs: list[dict], scheduler: str = "", workers: int = 2, on_result: Callable[[dict], None] | None = None
+) -> list[dict]:
     """Execute runs on dask: threads here, or the `dask.distributed` cluster at `scheduler`."""
     if not specs:
         return []
@@ -176,4 +226,3 @@ def run_sweep(specs: list[dict], scheduler: str = "", workers: int = 2,
 
     with _Report():
         return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
-

@@ -14,6 +14,7 @@ Two things make the result independent of guessing the batch size or the data si
 
 Both are departures of the `tuned` preset from the paper (fit/presets.py, docs/method.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,21 +30,19 @@ from tqdm import tqdm
 from zoomshot.cache.runs import Maps
 
 from .losses import KD_VARIANTS, total_loss
-from .spaces import ROWS_PER_CHUNK, affine_pinv, variance_scale
 from .presets import DEFAULT_PRESET, PRESETS
 from .ridge import absolute, gcv_ridge, moments, ridge_fit
+from .spaces import ROWS_PER_CHUNK, affine_pinv, variance_scale
 
 #: the trainer's revision, recorded in every Zoom-shot run.json: bump it when a change moves its numbers at
 #: the same settings (a loss, the parametrisation), so that finished runs of the old maths are fitted again
 REVISION = 1
-INITS = ("ridge", "random")   # where the maps start: the reconstruction's ridge closed forms, or seeded noise
-OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], "TrainConfig"], torch.optim.Optimizer]] = {
+INITS = ("ridge", "random")  # where the maps start: the reconstruction's ridge closed forms, or seeded noise
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
     # fused: one kernel for all parameters (12x faster than the default loop for a 2048 x 512 map on a CPU)
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
     "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
-    "sgd": lambda params, cfg: torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    ),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
 }
 
 # Learning-rate schedules over the total number of optimizer steps.
@@ -67,35 +66,40 @@ class TrainConfig:
     freezes the maps: the tests' control that training, not the start, passes them.
     """
 
-    epochs: int = 20             # passes over the training rows (the paper's meaning)
-    batch_size: int = 2048       # the largest batch; fewer rows take smaller batches (steps_per_epoch)
-    steps_per_epoch: int = 50    # the fewest optimizer steps of an epoch
-    ridge: float = 1e-6          # ridge on h's reconstruction, relative to the mean input eigenvalue ...
-    ridge_by_gcv: bool = True    # ... or chosen from the training pairs by GCV (fit/ridge.py)
-    init: str = "ridge"          # start h and h_inv at their ridge closed forms, or "random"
-    whiten: bool = True          # train in whitened input coordinates (WhitenedLinear), or on the raw weights
-    scale_terms: bool = True     # each loss term over its trivial guess (fit/losses.py), or in raw units
+    epochs: int = 20  # passes over the training rows (the paper's meaning)
+    batch_size: int = 2048  # the largest batch; fewer rows take smaller batches (steps_per_epoch)
+    steps_per_epoch: int = 50  # the fewest optimizer steps of an epoch
+    ridge: float = 1e-6  # ridge on h's reconstruction, relative to the mean input eigenvalue ...
+    ridge_by_gcv: bool = True  # ... or chosen from the training pairs by GCV (fit/ridge.py)
+    init: str = "ridge"  # start h and h_inv at their ridge closed forms, or "random"
+    whiten: bool = True  # train in whitened input coordinates (WhitenedLinear), or on the raw weights
+    scale_terms: bool = True  # each loss term over its trivial guess (fit/losses.py), or in raw units
     lr: float = 3e-2
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
     w_mse: float = 1.0
-    w_cyc: float = 1.0             # the weights follow benchmarks/joint_weights.py (docs/method.md)
+    w_cyc: float = 1.0  # the weights follow benchmarks/joint_weights.py (docs/method.md)
     w_cyc_text: float = 1.0
     w_kd: float = 3.0
     kd_variant: str = "lm"
-    kd_temperature: float = 4.0    # softmax temperature of the `kl` variant
+    kd_temperature: float = 4.0  # softmax temperature of the `kl` variant
     tau: float = 100.0
     target_variance: float = 4.5
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
-    preset: str = DEFAULT_PRESET   # the recipe these values came from (fit/presets.py): part of the run's name
+    preset: str = DEFAULT_PRESET  # the recipe these values came from (fit/presets.py): part of the run's name
 
     def __post_init__(self) -> None:
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_variant": KD_VARIANTS, "init": INITS,
-                   "preset": PRESETS}
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "kd_variant": KD_VARIANTS,
+            "init": INITS,
+            "preset": PRESETS,
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {sorted(valid)}")
@@ -141,8 +145,15 @@ class WhitenedLinear(nn.Module):
     back into an ordinary weight and bias.
     """
 
-    def __init__(self, mean_in: torch.Tensor, spectrum: tuple[torch.Tensor, torch.Tensor] | None,
-                 mean_out: torch.Tensor, alpha: float, generator: torch.Generator, rcond: float = 1e-6) -> None:
+    def __init__(
+        self,
+        mean_in: torch.Tensor,
+        spectrum: tuple[torch.Tensor, torch.Tensor] | None,
+        mean_out: torch.Tensor,
+        alpha: float,
+        generator: torch.Generator,
+        rcond: float = 1e-6,
+    ) -> None:
         """`spectrum`: (eigenvalues, eigenvectors) of the input covariance (float64, `torch.linalg.eigh`), or
         None for the plain parametrisation (P = I, no shift, PyTorch's random bias: Adam on the raw weights)."""
         super().__init__()
@@ -164,10 +175,10 @@ class WhitenedLinear(nn.Module):
         self.register_buffer("mean_in", mean_in.to(dtype))
         self.register_buffer("p", p.to(dtype))
         self.register_buffer("p_pinv", p_pinv.to(dtype))
-        self.register_buffer("penalty_scale", (alpha * inv_sqrt**2).to(dtype))   # lam/N ||W||^2 in W'
+        self.register_buffer("penalty_scale", (alpha * inv_sqrt**2).to(dtype))  # lam/N ||W||^2 in W'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] < self.linear.out_features:    # few rows: whiten them (cheaper than folding P)
+        if x.shape[0] < self.linear.out_features:  # few rows: whiten them (cheaper than folding P)
             return self.linear((x - self.mean_in) @ self.p.T)
         weight = self.linear.weight @ self.p
         return F.linear(x, weight, self.linear.bias - weight @ self.mean_in)
@@ -249,16 +260,17 @@ def train_maps(
     n = s.shape[0]
     generator = torch.Generator().manual_seed(cfg.seed)
     mo = moments(s, t)
-    spectrum_s, spectrum_t = torch.linalg.eigh(mo.ss), torch.linalg.eigh(mo.tt)   # of the sums; / n: covariances
-    ridge = gcv_ridge(mo.ss, mo.ts, float(torch.trace(mo.tt)), n, spectrum=spectrum_s) if cfg.ridge_by_gcv \
-        else cfg.ridge
+    spectrum_s, spectrum_t = torch.linalg.eigh(mo.ss), torch.linalg.eigh(mo.tt)  # of the sums; / n: covariances
+    ridge = (
+        gcv_ridge(mo.ss, mo.ts, float(torch.trace(mo.tt)), n, spectrum=spectrum_s) if cfg.ridge_by_gcv else cfg.ridge
+    )
     whitened = (lambda spectrum: (spectrum[0] / n, spectrum[1])) if cfg.whiten else (lambda spectrum: None)
     h = WhitenedLinear(mo.mean_s, whitened(spectrum_s), mo.mean_t, absolute(ridge, mo.ss) / n, generator)
     h_inv = WhitenedLinear(mo.mean_t, whitened(spectrum_t), mo.mean_s, 0.0, generator)
-    if cfg.init == "ridge":    # start where the reconstruction alone ends: the ridge closed forms
+    if cfg.init == "ridge":  # start where the reconstruction alone ends: the ridge closed forms
         h.start_at(*ridge_fit(mo.ss, mo.ts, mo.mean_s, mo.mean_t, ridge))
         h_inv.start_at(*ridge_fit(mo.tt, mo.ts.T, mo.mean_t, mo.mean_s, cfg.ridge))
-    ridge_scale = cfg.w_mse / (t.shape[1] * (cfg.target_variance if cfg.scale_terms else 1.0))   # on L_mse's scale
+    ridge_scale = cfg.w_mse / (t.shape[1] * (cfg.target_variance if cfg.scale_terms else 1.0))  # on L_mse's scale
     s_white = h.whiten(s)
     trains_inverse = bool(cfg.w_cyc or cfg.w_cyc_text)
     params = [*h.parameters(), *h_inv.parameters()] if trains_inverse else list(h.parameters())
@@ -266,9 +278,16 @@ def train_maps(
     batch = batch_for(n, cfg)
     scheduler = SCHEDULES[cfg.schedule](optimizer, cfg.epochs * math.ceil(n / batch))
     loss_fn = functools.partial(
-        total_loss, w_mse=cfg.w_mse, w_cyc=cfg.w_cyc, w_cyc_text=cfg.w_cyc_text, w_kd=cfg.w_kd,
-        tau=cfg.tau, kd_variant=cfg.kd_variant, kd_temperature=cfg.kd_temperature,
-        target_variance=cfg.target_variance, scaled=cfg.scale_terms,
+        total_loss,
+        w_mse=cfg.w_mse,
+        w_cyc=cfg.w_cyc,
+        w_cyc_text=cfg.w_cyc_text,
+        w_kd=cfg.w_kd,
+        tau=cfg.tau,
+        kd_variant=cfg.kd_variant,
+        kd_temperature=cfg.kd_temperature,
+        target_variance=cfg.target_variance,
+        scaled=cfg.scale_terms,
     )
     if cfg.compile:
         loss_fn = torch.compile(loss_fn)
@@ -280,7 +299,7 @@ def train_maps(
             total, parts = loss_fn(s.index_select(0, idx), t.index_select(0, idx), u, h, h_inv, h_s=h_s)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if ridge_scale:    # the ridge's gradient, added directly: cheaper than a term in the graph
+            if ridge_scale:  # the ridge's gradient, added directly: cheaper than a term in the graph
                 with torch.no_grad():
                     h.linear.weight.grad.addcmul_(h.linear.weight, h.penalty_scale, value=2 * ridge_scale)
             optimizer.step()
@@ -297,6 +316,10 @@ def train_maps(
             on_epoch(record)
     h_weight, h_bias = h.affine()
     hinv_weight, hinv_bias = h_inv.affine() if trains_inverse else affine_pinv(h_weight, h_bias)
-    fit = {"batch_size": batch, "steps": cfg.epochs * math.ceil(n / batch), "ridge": ridge,
-           "ridge_chosen_by": "gcv" if cfg.ridge_by_gcv else "setting"}
+    fit = {
+        "batch_size": batch,
+        "steps": cfg.epochs * math.ceil(n / batch),
+        "ridge": ridge,
+        "ridge_chosen_by": "gcv" if cfg.ridge_by_gcv else "setting",
+    }
     return Maps(h_weight, h_bias, hinv_weight, hinv_bias, c_s, c_t, fit=fit), history

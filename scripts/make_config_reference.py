@@ -10,6 +10,7 @@ docstring. A field or table without one stops the script, so the reference alway
     python scripts/make_config_reference.py      # rewrites docs/config.md; tests/test_config_reference.py
                                                  # fails when the file differs from what this makes
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,8 +64,9 @@ def field_meaning(cls: type, name: str) -> str:
     assign = next(n for n in node.body if isinstance(n, ast.AnnAssign) and n.target.id == name)
     parts = [comments[i][1] for i in range(assign.lineno, assign.end_lineno + 1) if i in comments]
     line = assign.end_lineno + 1
-    while line in comments and not lines[line - 1][:comments[line][0]].strip() \
-            and comments[line][0] > assign.col_offset:
+    while (
+        line in comments and not lines[line - 1][: comments[line][0]].strip() and comments[line][0] > assign.col_offset
+    ):
         parts.append(comments[line][1])
         line += 1
     if not parts:
@@ -102,8 +104,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _accepts(f: Field, tp: Any) -> str:
-    words = [f"one of {', '.join(_toml(v) for v in typing.get_args(tp))}"] if typing.get_origin(tp) is typing.Literal \
+    words = (
+        [f"one of {', '.join(_toml(v) for v in typing.get_args(tp))}"]
+        if typing.get_origin(tp) is typing.Literal
         else []
+    )
     return "; ".join(words + [check.allowed for check in f.metadata.get("checks", ())])
 
 
@@ -119,9 +124,19 @@ def key_table(cls: type) -> list[str]:
     rows = ["| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
     for f in fields(cls):
         if f.init:
-            rows.append("| " + " | ".join([f"`{f.name}`", _type_name(hints[f.name]), f"`{_toml(_default(f))}`",
-                                           _cell(_accepts(f, hints[f.name])),
-                                           _cell(field_meaning(cls, f.name))]) + " |")
+            rows.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"`{f.name}`",
+                        _type_name(hints[f.name]),
+                        f"`{_toml(_default(f))}`",
+                        _cell(_accepts(f, hints[f.name])),
+                        _cell(field_meaning(cls, f.name)),
+                    ]
+                )
+                + " |"
+            )
     return rows
 
 
@@ -137,8 +152,7 @@ def text() -> str:
         many = typing.get_origin(tp) is list
         cls = typing.get_args(tp)[0] if many else tp
         out += [f"## [{'[' * many}{f.name}{']' * many}]", "", table_meaning(cls), "", *key_table(cls), ""]
-    out += ["## Dataset options by kind", "",
-            "`[[datasets]] options` holds the options of the dataset's `kind`:", ""]
+    out += ["## Dataset options by kind", "", "`[[datasets]] options` holds the options of the dataset's `kind`:", ""]
     kinds: dict[type, list[str]] = {}
     for kind, cls in DATASET_KINDS.items():
         kinds.setdefault(cls, []).append(kind)

@@ -7,13 +7,26 @@ visual concepts, none of them an ImageNet, CIFAR, Flowers, Pets, Cars, CUB or He
 
     python scripts/make_generic_prompts.py          # rewrites the file; tests check it is current
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 FILE = Path(__file__).resolve().parents[1] / "extract" / "assets" / "generic_prompts.txt"
-COCO_SUPERCATEGORIES = ("person", "vehicle", "outdoor scene", "animal", "accessory", "sports equipment",
-                        "kitchenware", "food", "furniture", "electronic device", "appliance", "indoor scene")
+COCO_SUPERCATEGORIES = (
+    "person",
+    "vehicle",
+    "outdoor scene",
+    "animal",
+    "accessory",
+    "sports equipment",
+    "kitchenware",
+    "food",
+    "furniture",
+    "electronic device",
+    "appliance",
+    "indoor scene",
+)
 HEADER = """\
 # Class-free prompts for PG-KD and the text cycle on real data (the default unless the config names
 # its own set or every dataset is the generated world). OpenAI's 80 ImageNet templates (open_clip)
@@ -23,6 +36,7 @@ HEADER = """\
 
 def prompts() -> list[str]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
     return [t(c) for c in COCO_SUPERCATEGORIES for t in OPENAI_IMAGENET_TEMPLATES]
 
 

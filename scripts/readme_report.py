@@ -7,6 +7,7 @@ markers) and the figures both embed, copied to docs/. Run after the default pipe
 `tests/test_default_world.py` re-makes the report and checks that README and docs/results.md hold the
 same tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: <!-- report:NAME --> ... <!-- /report:NAME --> blocks: the page that holds each
 PAGES = {"headline": "README.md", "table": "docs/results.md", "data_efficiency": "docs/results.md"}
-FIGURES = "acc_vs_fraction_shapes_part*.png"   # embedded from docs/ (a figure holds at most 8 series)
+FIGURES = "acc_vs_fraction_shapes_part*.png"  # embedded from docs/ (a figure holds at most 8 series)
 #: README's rows: CLIP, the baselines a reader knows, and the loss sets at both ends under both presets
 HEADLINE_VARIANTS = ("linear-aligner", "lstsq", "mse", "mse+cyc+kd-lm", "mse (paper)", "mse+cyc+kd-lm (paper)")
 
@@ -35,11 +36,15 @@ def headline(report_dir: Path) -> str:
     rows = [r for r in rows if r["dataset"] == dataset]
     cells = {(r["encoder"], r["variant"], r["fraction"]): r["acc1_mean"] for r in rows}
     clip = next(r["acc1_mean"] for r in rows if r["teacher"])
-    columns = sorted({(r["encoder"], r["fraction"]) for r in rows if not r["teacher"]},
-                     key=lambda c: ([r["encoder"] for r in rows].index(c[0]), c[1]))
-    lines = ["| variant | " + " | ".join(f"{e}, {100 * f:g} %" for e, f in columns) + " |",
-             "| --- |" + " ---: |" * len(columns),
-             "| CLIP (the teacher) | " + " | ".join(f"{100 * clip:.1f}" for _ in columns) + " |"]
+    columns = sorted(
+        {(r["encoder"], r["fraction"]) for r in rows if not r["teacher"]},
+        key=lambda c: ([r["encoder"] for r in rows].index(c[0]), c[1]),
+    )
+    lines = [
+        "| variant | " + " | ".join(f"{e}, {100 * f:g} %" for e, f in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+        "| CLIP (the teacher) | " + " | ".join(f"{100 * clip:.1f}" for _ in columns) + " |",
+    ]
     for variant in HEADLINE_VARIANTS:
         values = [cells.get((e, variant, f)) for e, f in columns]
         lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in values) + " |")

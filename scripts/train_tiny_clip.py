@@ -10,6 +10,7 @@ captions are identical count as positives of each other (multi-positive targets)
 
 Deterministic: fixed seed, fixed step count, fixed data order (same machine / thread count).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,19 @@ def soft_targets(caption_ids: torch.Tensor) -> torch.Tensor:
     return same / same.sum(1, keepdim=True)
 
 
-def train(steps: int, batch: int, bank_size: int, lr: float, wd: float, warmup: int, seed: int,
-          threads: int = 1, amp: bool = True, init: str | None = None, log=print):
+def train(
+    steps: int,
+    batch: int,
+    bank_size: int,
+    lr: float,
+    wd: float,
+    warmup: int,
+    seed: int,
+    threads: int = 1,
+    amp: bool = True,
+    init: str | None = None,
+    log=print,
+):
     wc.setup(threads)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -59,11 +71,19 @@ def train(steps: int, batch: int, bank_size: int, lr: float, wd: float, warmup: 
     cap_id = torch.tensor([index[c] for c in captions], dtype=torch.long)
     tokens = tokenizer(uniq)
     mean, std = wc.transform_mean_std(val)
-    log(f"[clip] bank {tuple(bank.shape)} with {len(uniq)} distinct captions in {time.time() - t0:.1f}s; "
-        f"bank==val transform: max diff {wc.check_bank_matches_transform(world, val):.2e}")
+    log(
+        f"[clip] bank {tuple(bank.shape)} with {len(uniq)} distinct captions in {time.time() - t0:.1f}s; "
+        f"bank==val transform: max diff {wc.check_bank_matches_transform(world, val):.2e}"
+    )
 
-    opt = wc.adamw(model.named_parameters(), lr, wd, betas=(0.9, 0.98), eps=1e-6,
-                   no_decay=lambda n, p: p.ndim < 2 or "logit_scale" in n or "embedding" in n)
+    opt = wc.adamw(
+        model.named_parameters(),
+        lr,
+        wd,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        no_decay=lambda n, p: p.ndim < 2 or "logit_scale" in n or "embedding" in n,
+    )
     model.train()
 
     def loss_fn(idx):
@@ -93,25 +113,41 @@ def main(argv=None) -> None:
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 is fastest on the shared 2-core machine; the weights depend on it)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on the shared 2-core machine; the weights depend on it)",
+    )
     ap.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--init", default=None, help="start from this safetensors state_dict (a previous stage)")
     ap.add_argument("--fp32", action="store_true", help="save float32 (default float16)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    model, val, tok = train(args.steps, args.batch, args.bank, args.lr, args.wd, args.warmup, args.seed,
-                            args.threads, amp=not args.no_amp, init=args.init)
+    model, val, tok = train(
+        args.steps,
+        args.batch,
+        args.bank,
+        args.lr,
+        args.wd,
+        args.warmup,
+        args.seed,
+        args.threads,
+        amp=not args.no_amp,
+        init=args.init,
+    )
     test = wc.test_world(args.test_size, 0)
     res = wc.clip_zero_shot(model, val, tok, test)
     print(f"[clip] in-memory zero-shot: {json.dumps(res)}")
     wc.save_state_dict(model, args.out, dtype=None if args.fp32 else torch.float16)
     model2, val2, tok2 = wc.load_clip(args.out)
     res2 = wc.clip_zero_shot(model2, val2, tok2, test)
-    print(f"[clip] reloaded from {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB): "
-          f"top1={res2['top1']:.4f} held_out={res2['top1_held_out']:.4f} seen={res2['top1_seen']:.4f} "
-          f"(n={res2['n']}, held-out n={res2['n_held_out']}); total {time.time() - t0:.0f}s")
+    print(
+        f"[clip] reloaded from {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB): "
+        f"top1={res2['top1']:.4f} held_out={res2['top1_held_out']:.4f} seen={res2['top1_seen']:.4f} "
+        f"(n={res2['n']}, held-out n={res2['n_held_out']}); total {time.time() - t0:.0f}s"
+    )
 
 
 if __name__ == "__main__":

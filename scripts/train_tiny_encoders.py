@@ -26,6 +26,7 @@ head dropped at save time), and ``hybrid`` (both losses; the factor cross-entrop
 
 Deterministic: fixed seed, fixed step count, fixed data order (same machine / thread count).
 """
+
 from __future__ import annotations
 
 import os
@@ -87,8 +88,9 @@ def batch_acc(acc: dict[str, float]) -> str:
     return f" train-batch acc { {k: round(v, 3) for k, v in acc.items()} }"
 
 
-def train_supervised(r: Recipe, bank: torch.Tensor, facts: dict, batch: int, lr: float, wd: float, seed: int,
-                     log=print):
+def train_supervised(
+    r: Recipe, bank: torch.Tensor, facts: dict, batch: int, lr: float, wd: float, seed: int, log=print
+):
     """Factor cross-entropy on the plain images; returns (model with its head, logits function)."""
     torch.manual_seed(seed)
     model = wc.build_encoder(r.model, n_logits(r.factors))
@@ -98,8 +100,9 @@ def train_supervised(r: Recipe, bank: torch.Tensor, facts: dict, batch: int, lr:
     model.train()
 
     def loss_fn(idx):
-        loss, acc = loss_and_acc(r.factors, model(wc.normalize(bank[idx], mean, std)),
-                                 {k: v[idx] for k, v in tfacts.items()})
+        loss, acc = loss_and_acc(
+            r.factors, model(wc.normalize(bank[idx], mean, std)), {k: v[idx] for k, v in tfacts.items()}
+        )
         return loss, batch_acc(acc)
 
     wc.optimise(opt, len(bank), batch, r.steps, seed, lr, r.warmup, loss_fn, r.model, log)
@@ -107,8 +110,18 @@ def train_supervised(r: Recipe, bank: torch.Tensor, facts: dict, batch: int, lr:
     return model, model
 
 
-def train_simclr(r: Recipe, bank: torch.Tensor, facts: dict | None, batch: int, lr: float, wd: float, seed: int,
-                 temperature: float = 0.2, proj_dim: int = 64, log=print):
+def train_simclr(
+    r: Recipe,
+    bank: torch.Tensor,
+    facts: dict | None,
+    batch: int,
+    lr: float,
+    wd: float,
+    seed: int,
+    temperature: float = 0.2,
+    proj_dim: int = 64,
+    log=print,
+):
     """SimCLR from scratch on the bank; with ``facts`` (hybrid) also a linear factor head on both views.
     Returns (backbone with num_classes=0, logits function or None)."""
     torch.manual_seed(seed)
@@ -132,7 +145,7 @@ def train_simclr(r: Recipe, bank: torch.Tensor, facts: dict | None, batch: int, 
         v1, v2 = wc.random_views(x, gen), wc.random_views(x, gen)
         feats = model(torch.cat([v1, v2]))
         z = head(feats)
-        loss = r.ssl_weight * wc.nt_xent(z[: len(idx)], z[len(idx):], temperature)
+        loss = r.ssl_weight * wc.nt_xent(z[: len(idx)], z[len(idx) :], temperature)
         if cls is None:
             return loss, ""
         sup, acc = loss_and_acc(r.factors, cls(feats), {k: v[idx].repeat(2) for k, v in tfacts.items()})
@@ -160,8 +173,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", default=str(wc.WEIGHTS_DIR))
     ap.add_argument("--only", choices=sorted(RECIPES), action="append", help="train only this one (repeatable)")
     ap.add_argument("--method", choices=METHODS, help="override the recipes' method")
-    ap.add_argument("--factors", help="override the recipes' supervised factors, e.g. shape,size "
-                                      f"(of {', '.join(FACTOR_CLASSES)})")
+    ap.add_argument(
+        "--factors", help=f"override the recipes' supervised factors, e.g. shape,size (of {', '.join(FACTOR_CLASSES)})"
+    )
     ap.add_argument("--cnn-steps", type=int, help=f"default {RECIPES['cnn'].steps}")
     ap.add_argument("--vit-steps", type=int, help=f"default {RECIPES['vit'].steps}")
     ap.add_argument("--warmup", type=int, help="override the recipes' warm-up steps")
@@ -172,12 +186,23 @@ def main(argv=None) -> None:
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (simclr, hybrid)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 is fastest on the shared 2-core machine; the weights depend on it)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on the shared 2-core machine; the weights depend on it)",
+    )
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in dict(method=args.method, warmup=args.warmup, ssl_weight=args.ssl_weight,
-                                       factors=args.factors and tuple(args.factors.split(","))).items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            method=args.method,
+            warmup=args.warmup,
+            ssl_weight=args.ssl_weight,
+            factors=args.factors and tuple(args.factors.split(",")),
+        ).items()
+        if v is not None
+    }
     if set(overrides.get("factors", ())) - set(FACTOR_CLASSES):
         ap.error(f"--factors: choose from {', '.join(FACTOR_CLASSES)}")
     wc.setup(args.threads)
@@ -192,14 +217,24 @@ def main(argv=None) -> None:
         if r.method == "supervised":
             model, logits_fn = train_supervised(r, bank, facts, args.batch, args.lr, args.wd, args.seed)
         else:
-            model, logits_fn = train_simclr(r, bank, facts if r.method == "hybrid" else None, args.batch,
-                                            args.lr, args.wd, args.seed, args.temperature)
+            model, logits_fn = train_simclr(
+                r,
+                bank,
+                facts if r.method == "hybrid" else None,
+                args.batch,
+                args.lr,
+                args.wd,
+                args.seed,
+                args.temperature,
+            )
         acc = evaluate(r, model, logits_fn, test_bank, test_facts)
         out = Path(args.out_dir) / r.file
         wc.save_state_dict(model, out, drop_prefixes=(r.head,))  # simclr/hybrid heads are separate modules
         loaded = wc.build_encoder(r.model, 0, out)
-        print(f"[{which}] {r.model} test acc {acc}; saved {out} ({out.stat().st_size / 1e6:.2f} MB, "
-              f"feature width {loaded.num_features})")
+        print(
+            f"[{which}] {r.model} test acc {acc}; saved {out} ({out.stat().st_size / 1e6:.2f} MB, "
+            f"feature width {loaded.num_features})"
+        )
     print(f"[encoders] total {time.time() - t0:.0f}s")
 
 

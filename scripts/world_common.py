@@ -12,6 +12,7 @@ Used by ``scripts/train_tiny_clip.py``, ``scripts/train_tiny_encoders.py`` and
 * zero-shot evaluation with the world templates, and the closed-form least-squares transfer check
   (``python scripts/world_common.py transfer``).
 """
+
 from __future__ import annotations
 
 import os
@@ -133,6 +134,7 @@ def check_bank_matches_transform(world, transform, n: int = 8) -> float:
 # ----------------------------------------------------------------------------------------------------
 def templates(key: str = "shapes") -> list[str]:
     from zoomshot.extract.shipped import TEMPLATES
+
     return json.loads(TEMPLATES.read_text())[key]
 
 
@@ -241,8 +243,9 @@ def adamw(named_params, lr: float, wd: float, no_decay=lambda name, p: p.ndim < 
     decay, rest = [], []
     for name, p in named_params:
         (rest if no_decay(name, p) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, **kwargs)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}], lr=lr, **kwargs
+    )
 
 
 def batch_indices(n: int, batch: int, steps: int, seed: int):
@@ -264,8 +267,19 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return float(lr * 0.5 * (1.0 + np.cos(np.pi * p)))
 
 
-def optimise(opt: torch.optim.Optimizer, n: int, batch: int, steps: int, seed: int, lr: float, warmup: int,
-             loss_fn, tag: str, log=print, after_step=None) -> None:
+def optimise(
+    opt: torch.optim.Optimizer,
+    n: int,
+    batch: int,
+    steps: int,
+    seed: int,
+    lr: float,
+    warmup: int,
+    loss_fn,
+    tag: str,
+    log=print,
+    after_step=None,
+) -> None:
     """The training loop every script shares: fixed data order, warm-up + cosine lr, a log line every 25
     steps. `loss_fn(idx)` returns (loss, extra log text) for one batch of bank rows."""
     t0 = time.time()
@@ -280,15 +294,18 @@ def optimise(opt: torch.optim.Optimizer, n: int, batch: int, steps: int, seed: i
             after_step()
         if step % 25 == 0 or step == steps - 1:
             el = time.time() - t0
-            log(f"[{tag}] step {step + 1}/{steps} loss {loss.item():.4f}{extra} {el:.0f}s ({el / (step + 1):.2f}s/step)")
+            log(
+                f"[{tag}] step {step + 1}/{steps} loss {loss.item():.4f}{extra} {el:.0f}s ({el / (step + 1):.2f}s/step)"
+            )
     log(f"[{tag}] trained {steps} steps in {time.time() - t0:.0f}s")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Self-supervised (SimCLR) helpers
 # ----------------------------------------------------------------------------------------------------
-def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
-                 translate: float = 0.1) -> torch.Tensor:
+def random_views(
+    x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), translate: float = 0.1
+) -> torch.Tensor:
     """One random geometric view per image of a float batch (N, 3, H, W), in one ``grid_sample``:
     random resized crop (area fraction in ``scale``, aspect ratio in ``ratio``), horizontal flip,
     rotation by a multiple of 90 degrees, a small extra translation (fraction of the half-width,
@@ -349,8 +366,14 @@ def apply_map(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x @ w).float()
 
 
-def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3, log=print,
-                     extra: dict | None = None, shipped: bool = True) -> dict:
+def measure_transfer(
+    n_train: int = 8000,
+    n_test: int = 2000,
+    lam: float = 1e-3,
+    log=print,
+    extra: dict | None = None,
+    shipped: bool = True,
+) -> dict:
     """Features of CLIP and each encoder (plus random-weight encoders) on world images; ridge
     source -> CLIP image features fitted on train; zero-shot top-1 through the map on test."""
     t0 = time.time()
@@ -369,12 +392,16 @@ def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3,
     res = {"clip": {"top1": top1(c_te, clf, lab), "top1_held_out": top1(c_te, clf, lab, mask)}}
     log(f"[transfer] clip top1={res['clip']['top1']:.4f} held_out={res['clip']['top1_held_out']:.4f}")
     torch.manual_seed(0)
-    sources = {
-        "tiny_cnn": ("test_resnet", WEIGHTS_DIR / "tiny_cnn.safetensors"),
-        "tiny_vit": ("test_vit", WEIGHTS_DIR / "tiny_vit.safetensors"),
-        "random_test_resnet": ("test_resnet", None),
-        "random_test_vit": ("test_vit", None),
-    } if shipped else {}
+    sources = (
+        {
+            "tiny_cnn": ("test_resnet", WEIGHTS_DIR / "tiny_cnn.safetensors"),
+            "tiny_vit": ("test_vit", WEIGHTS_DIR / "tiny_vit.safetensors"),
+            "random_test_resnet": ("test_resnet", None),
+            "random_test_vit": ("test_vit", None),
+        }
+        if shipped
+        else {}
+    )
     sources.update(extra or {})  # label -> (timm name, file): candidates measured the same way
     for label, (name, file) in sources.items():
         if file is not None and not Path(file).is_file():
@@ -390,8 +417,10 @@ def measure_transfer(n_train: int = 8000, n_test: int = 2000, lam: float = 1e-3,
         r = {"top1": top1(pred, clf, lab), "top1_held_out": top1(pred, clf, lab, mask), "dim": s_tr.shape[1]}
         r["rel_to_clip"] = r["top1"] / res["clip"]["top1"]
         res[label] = r
-        log(f"[transfer] {label} ({name}): dim={r['dim']} top1={r['top1']:.4f} "
-            f"held_out={r['top1_held_out']:.4f} ({100 * r['rel_to_clip']:.1f}% of CLIP)")
+        log(
+            f"[transfer] {label} ({name}): dim={r['dim']} top1={r['top1']:.4f} "
+            f"held_out={r['top1_held_out']:.4f} ({100 * r['rel_to_clip']:.1f}% of CLIP)"
+        )
     log(f"[transfer] done in {time.time() - t0:.0f}s")
     return res
 
@@ -403,8 +432,13 @@ def main(argv=None) -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--lam", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=TIMM_NAME:FILE",
-                    help="also measure this candidate file (repeatable), e.g. ssl_cnn=test_resnet:/tmp/x.safetensors")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=TIMM_NAME:FILE",
+        help="also measure this candidate file (repeatable), e.g. ssl_cnn=test_resnet:/tmp/x.safetensors",
+    )
     ap.add_argument("--extra-only", action="store_true", help="skip the shipped files and random floors")
     args = ap.parse_args(argv)
     setup(args.threads)

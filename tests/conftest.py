@@ -1,4 +1,5 @@
 """Shared test set-up: offline, CPU, small thread counts (DESIGN.md section 10)."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,5 @@
 """Test helpers: run the real `pipeline` CLI in a subprocess, write small configs."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ FREEZE = {False: {}, True: {"lr": 0.0}}
 
 def trains_or_frozen(test):
     import pytest
+
     return pytest.mark.parametrize("frozen", [False, True], ids=["trains", "frozen-control"])(test)
 
 
@@ -35,6 +37,7 @@ def write_toml(folder: Path, data: dict) -> Path:
     path = folder / "pipeline.toml"
     path.write_text(tomli_w.dumps(data))
     return path
+
 
 # TOML pieces (str.format templates, so literal braces are doubled), put together per test.
 PATHS = """
@@ -71,13 +74,20 @@ options = {{ train_size = {train}, test_size = {test}, seed = 0, image_size = 64
 batch_size = {batch}
 device = "cpu"
 """
-TINY_WORLD = PATHS + CLIP + CNN + VIT + SHAPES + """
+TINY_WORLD = (
+    PATHS
+    + CLIP
+    + CNN
+    + VIT
+    + SHAPES
+    + """
 [fit]
 variants = ["mse", "lstsq"]
 fractions = [0.5, 1.0]
 epochs = [5]
 workers = 2
 """
+)
 
 
 def write_config(folder: Path, text: str = TINY_WORLD, **fmt) -> Path:
@@ -98,13 +108,22 @@ def feature_rows(folder: Path) -> dict[str, tuple[bytes, ...]]:
     return out
 
 
-def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
-             env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
+def pipeline(
+    folder: Path, *args: str, check: bool = True, prelude: str = "", env: dict | None = None, preexec_fn=None
+) -> subprocess.CompletedProcess:
     """`pipeline ARGS` in `folder`; `prelude` is Python run first in the same process, `preexec_fn` in the
     child before it starts (e.g. `file_size_limit`)."""
-    code = f"{prelude}\nimport sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *{list(args)!r}]\nmain()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env={**ENV, **(env or {})}, capture_output=True,
-                          text=True, preexec_fn=preexec_fn)
+    code = (
+        f"{prelude}\nimport sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', *{list(args)!r}]\nmain()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=folder,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -113,12 +132,14 @@ def pipeline(folder: Path, *args: str, check: bool = True, prelude: str = "",
 def file_size_limit(limit: int):
     """A `preexec_fn` that gives the child a real `ulimit -f` of `limit` bytes, with SIGXFSZ ignored, so a
     write past it fails with EFBIG as on a full disk (shared memory included, which a full disk spares)."""
+
     def set_limit() -> None:
         import resource
         import signal
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return set_limit
 
 
@@ -193,20 +214,28 @@ def synthetic_arrays(folder, n_classes=10, d=32, m=48, seed=0):
     (folder / "classfree.txt").write_text("\n".join(f"prompt {i}" for i in range(60)))
 
 
-def synthetic_project(folder: Path, variants: list[str], epochs: int = 3, fit_table: str = "",
-                      before_import=None) -> Path:
+def synthetic_project(
+    folder: Path, variants: list[str], epochs: int = 3, fit_table: str = "", before_import=None
+) -> Path:
     """A project of `synthetic_arrays` (5 classes) imported into its cache, fitting `variants` for `epochs`
     (`fit_table`: more `[fit]` lines); `before_import(folder)` may change the arrays first."""
     synthetic_arrays(folder, n_classes=5, d=16, m=24)
     if before_import:
         before_import(folder)
-    (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs").replace(
-        'variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', f"variants = {variants!r}\n{fit_table}")
-        .replace("epochs = [40]", f"epochs = [{epochs}]") + "\n[extract]\nsplits = []\n")
-    for args in [(f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split, "--labels",
-                  f"y_{split}.npy") for split in ("train", "test") for enc in ("clip", "src")] + \
-            [("class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt"),
-             ("classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")]:
+    (folder / "pipeline.toml").write_text(
+        SYNTHETIC_CONFIG.format(runs="out/runs")
+        .replace('variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', f"variants = {variants!r}\n{fit_table}")
+        .replace("epochs = [40]", f"epochs = [{epochs}]")
+        + "\n[extract]\nsplits = []\n"
+    )
+    for args in [
+        (f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split, "--labels", f"y_{split}.npy")
+        for split in ("train", "test")
+        for enc in ("clip", "src")
+    ] + [
+        ("class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt"),
+        ("classfree.npy", "--text", "classfree", "--prompts", "classfree.txt"),
+    ]:
         code, out, err = run_main(folder, "cache", "import", *args)
         assert code == 0, (out, err)
     return folder
@@ -258,9 +287,13 @@ class Stopped:
         self.folder, self.marker = Path(folder), Path(folder) / f".stop-{point}-{k}-{os.getpid()}"
         self.log = Path(folder) / f".log-{point}-{k}-{os.getpid()}.txt"
         code = f"import sys\nfrom zoomshot.cli.main import main\nsys.argv=['pipeline', *{list(args)!r}]\nmain()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=folder, stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT,
-                                     env={**ENV, **(env or {}), "ZOOMSHOT_STOP_AT": f"{point}:{k}:{self.marker}"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=folder,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**ENV, **(env or {}), "ZOOMSHOT_STOP_AT": f"{point}:{k}:{self.marker}"},
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -279,7 +312,7 @@ class Stopped:
         return self.proc.wait(limit), self.output()
 
 
-def wait_until(condition, proc: "Stopped | None" = None, limit: float = 900) -> None:
+def wait_until(condition, proc: Stopped | None = None, limit: float = 900) -> None:
     """Poll `condition` until it holds; fail at once if `proc` ended first."""
     import time
 

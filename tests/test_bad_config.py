@@ -3,15 +3,15 @@
 Run through the console script's own `main()` in this process (a subprocess per case would cost
 seconds each); the fault tests use real subprocesses.
 """
+
 import copy
 import tomllib
 
 import pytest
 import tomli_w
-from safetensors.torch import save_file
-
 from helpers import TINY_WORLD, run_main
 from helpers import one_line_error as _one_line_error
+from safetensors.torch import save_file
 
 BASE = tomllib.loads(TINY_WORLD.format(train=64, test=32, batch=16, templates="shapes"))
 
@@ -84,15 +84,18 @@ def test_duplicate_names_are_refused(tmp_path):
     _one_line_error(*run_main(tmp_path, "fit")[::2], "dataset names must be unique")
 
 
-@pytest.mark.parametrize("definition, needle", [
-    ({"method": "zoomshot", "w_kdd": 1.0}, "'fit.definitions.bad.w_kdd' (did you mean 'w_kd'?)"),
-    ({"method": "zoomshot", "batch_size": 0}, "fit.definitions.bad': batch_size must be >= 1"),
-    ({"method": "zoomshot", "lr": "fast"}, "'fit.definitions.bad.lr' must be float"),
-    ({"method": "lstsq", "ridge": -1.0}, "'fit.definitions.bad.ridge' must be >= 0"),
-    ({"method": "nope"}, "unknown method 'nope'"),
-    ({"w_mse": 1.0}, "[fit.definitions.bad] must be a table with a `method` key"),
-    ({"method": "lstsq", "seed": 3}, "'seed' is set by the sweep"),
-])
+@pytest.mark.parametrize(
+    "definition, needle",
+    [
+        ({"method": "zoomshot", "w_kdd": 1.0}, "'fit.definitions.bad.w_kdd' (did you mean 'w_kd'?)"),
+        ({"method": "zoomshot", "batch_size": 0}, "fit.definitions.bad': batch_size must be >= 1"),
+        ({"method": "zoomshot", "lr": "fast"}, "'fit.definitions.bad.lr' must be float"),
+        ({"method": "lstsq", "ridge": -1.0}, "'fit.definitions.bad.ridge' must be >= 0"),
+        ({"method": "nope"}, "unknown method 'nope'"),
+        ({"w_mse": 1.0}, "[fit.definitions.bad] must be a table with a `method` key"),
+        ({"method": "lstsq", "seed": 3}, "'seed' is set by the sweep"),
+    ],
+)
 def test_bad_variant_definition_stops_before_any_run(tmp_path, definition, needle):
     data = _set(_set(BASE, "fit.definitions.bad", definition), "fit.variants", ["lstsq", "bad"])
     (tmp_path / "pipeline.toml").write_text(tomli_w.dumps(data))
@@ -142,14 +145,18 @@ def test_cache_dir_that_cannot_be_written(tmp_path):
     _one_line_error(*run_main(tmp_path, "extract")[::2], "cannot write to", "paths.cache_dir")
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"this is not a safetensors file", "cannot build timm 'test_vit'"),
-    (None, "does not fit timm model 'test_vit'"),      # the weights of another architecture
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"this is not a safetensors file", "cannot build timm 'test_vit'"),
+        (None, "does not fit timm model 'test_vit'"),  # the weights of another architecture
+    ],
+)
 def test_weights_file_that_does_not_load(tmp_path, content, needle):
     weights = tmp_path / "vit.safetensors"
     if content is None:
         import torch
+
         save_file({"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}, str(weights))
     else:
         weights.write_bytes(content)

@@ -1,16 +1,19 @@
 """Every image of an ImageFolder is either decoded as the encoders' own preprocessing would, or counted,
 named and listed as bad: never silently wrong (issue 24)."""
+
 import io
 import struct
 import zlib
 
 import h5py
 import numpy as np
+from helpers import CLIP, PATHS, pipeline, run_main, write_config
 from PIL import Image
 
-from helpers import CLIP, PATHS, pipeline, run_main, write_config
-
-CONFIG = PATHS + CLIP + """
+CONFIG = (
+    PATHS
+    + CLIP
+    + """
 [[datasets]]
 name = "data"
 kind = "imagefolder"
@@ -22,6 +25,7 @@ splits = ["data:train"]
 batch_size = 8
 device = "cpu"
 """
+)
 
 
 def _picture(seed):
@@ -35,8 +39,8 @@ def _bomb(path):
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
-    data[16:24] = struct.pack(">II", 30000, 30000)                 # IHDR width, height
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))   # the chunk's CRC
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the chunk's CRC
     path.write_bytes(bytes(data))
 
 
@@ -53,10 +57,10 @@ def _world(root):
     (bad / "e_truncated.jpg").write_bytes((bad / "e_truncated.jpg").read_bytes()[:300])
     gray = _picture(2).convert("L")
     gray.save(twins / "gray8.png")
-    Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(twins / "gray16.png")   # 16-bit, same picture
+    Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(twins / "gray16.png")  # 16-bit, same picture
     rgb = _picture(3)
     rgb.save(twins / "rgb.png")
-    palette = rgb.quantize(colors=256)            # at most 64 colours: an exact palette
+    palette = rgb.quantize(colors=256)  # at most 64 colours: an exact palette
     palette.save(twins / "rgb_palette.png")
     palette.save(twins / "rgb_palette_transparent.png", transparency=0)
     rgb.save(twins / "rgb_q95.jpg", quality=95)
@@ -79,14 +83,20 @@ def test_bad_files_are_counted_named_and_listed_and_twins_agree(tmp_path):
     assert all(f"imgs/train/{b}" in line for b in bad[:3]) and bad[3] not in line and ", ..." in line
     path, rows = _clip_rows(tmp_path)
     listed = path.with_name(path.name + ".bad.txt").read_text().splitlines()
-    assert [ln.split("\t")[0] for ln in listed] == ["1", "2", "3", "4"] and str(path.with_name(path.name + ".bad.txt")) in line
+    assert [ln.split("\t")[0] for ln in listed] == ["1", "2", "3", "4"] and str(
+        path.with_name(path.name + ".bad.txt")
+    ) in line
     assert [ln.split("\t")[1] for ln in listed] == [f"imgs/train/{b}" for b in bad]
     assert "DecompressionBombError" in listed[0]
     assert sorted(rows) == [0, *range(5, 12)]
     names = ["gray16", "gray8", "rgb", "rgb_palette", "rgb_palette_transparent", "rgb_q95", "rgb_q95_cmyk"]
     feats = {n: rows[5 + i] / np.linalg.norm(rows[5 + i]) for i, n in enumerate(names)}
-    for a, b in [("gray16", "gray8"), ("rgb_palette", "rgb"), ("rgb_palette_transparent", "rgb"),
-                 ("rgb_q95_cmyk", "rgb_q95")]:
+    for a, b in [
+        ("gray16", "gray8"),
+        ("rgb_palette", "rgb"),
+        ("rgb_palette_transparent", "rgb"),
+        ("rgb_q95_cmyk", "rgb_q95"),
+    ]:
         assert float(feats[a] @ feats[b]) > 0.99, (a, b, float(feats[a] @ feats[b]))
 
 

@@ -1,4 +1,5 @@
 """The feature store contract: round trip, provenance, resume, nested subsets, keys, schema."""
+
 import h5py
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_interrupted_write_resumes_bit_identical(tmp_path):
     whole = _write(tmp_path / "whole.h5", feats, 50)
     assert _write(tmp_path / "part.h5", feats, 50, stop_after=100) is None
     partial = store.partial_path(tmp_path / "part.h5")
-    with h5py.File(partial, "r+") as f:   # a kill after rows were written but before they were counted
+    with h5py.File(partial, "r+") as f:  # a kill after rows were written but before they were counted
         f["features"].resize(120, axis=0)
     with pytest.raises(PipelineError, match="resume"):
         store.read_features(tmp_path / "part.h5")
@@ -68,9 +69,10 @@ def test_a_sweep_worker_reads_a_file_once_and_a_replaced_file_again(tmp_path):
     after = store._whole_file.cache_info()
     assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)
     path.unlink()
-    path = _write(tmp_path / "a.h5", feats[:, ::-1].copy(), 64)        # re-made: read again
-    np.testing.assert_array_equal(store.read_features_kept(path, np.arange(3)).features,
-                                  store.read_features(path, np.arange(3)).features)
+    path = _write(tmp_path / "a.h5", feats[:, ::-1].copy(), 64)  # re-made: read again
+    np.testing.assert_array_equal(
+        store.read_features_kept(path, np.arange(3)).features, store.read_features(path, np.arange(3)).features
+    )
 
 
 def test_verify_catches_changed_rows(tmp_path):
@@ -101,9 +103,8 @@ def test_subsets_are_nested_and_seeded():
     assert len(small) == 100 and len(big) == 2000
     assert set(small) <= set(big) and np.all(np.diff(big) > 0)
     assert not np.array_equal(subset_indices(n, 0.2, 4), big)
-    rows = rows_of_subset(big, n, 0.01, 3)          # the 1 % rows read from a 20 % file
+    rows = rows_of_subset(big, n, 0.01, 3)  # the 1 % rows read from a 20 % file
     np.testing.assert_array_equal(big[rows], small)
-
 
 
 def test_subset_sizes_are_exact_for_decimal_fractions():
@@ -114,9 +115,11 @@ def test_subset_sizes_are_exact_for_decimal_fractions():
     assert set(small) <= set(big)
     np.testing.assert_array_equal(big[rows_of_subset(big, 100, 0.07, 5)], small)
 
+
 def test_text_round_trip(tmp_path):
-    emb = store.TextEmbeddings(np.eye(3, dtype=np.float32), ["a x", "b x", "c y"], np.array([0, 0, 1]),
-                               ["x", "y"], {"clip": "clip"})
+    emb = store.TextEmbeddings(
+        np.eye(3, dtype=np.float32), ["a x", "b x", "c y"], np.array([0, 0, 1]), ["x", "y"], {"clip": "clip"}
+    )
     back = store.read_text(store.write_text(tmp_path / "t.h5", emb))
     assert back.prompts == emb.prompts and back.classnames == ["x", "y"]
     np.testing.assert_array_equal(back.embeddings, emb.embeddings)
@@ -125,6 +128,7 @@ def test_text_round_trip(tmp_path):
 
 def _project(tmp_path, encoder=None, dataset=None):
     from zoomshot.cache.settings import ClipCfg, DatasetCfg, EncoderCfg, PathsCfg, Project, Subsets
+
     enc = EncoderCfg(**{"name": "cnn", "model": "test_resnet", **(encoder or {})})
     ds = DatasetCfg(**{"name": "shapes", "kind": "shapes", "options": {"train_size": 100}, **(dataset or {})})
     return Project(PathsCfg(cache_dir=str(tmp_path)), ClipCfg(), [enc], [ds], Subsets())
@@ -132,16 +136,22 @@ def _project(tmp_path, encoder=None, dataset=None):
 
 def _path(tmp_path, ref="shapes:train", subsets=None, **changes):
     from zoomshot.cache import layout
+
     project = _project(tmp_path, **changes)
     for k, v in (subsets or {}).items():
         setattr(project.subsets, k, v)
     return layout.feature_path(project, "cnn", ref)
 
 
-@pytest.mark.parametrize("change", [
-    {"encoder": {"model": "test_vit"}}, {"encoder": {"options": {"img_size": 64}}},
-    {"dataset": {"kind": "imagefolder"}}, {"dataset": {"options": {"train_size": 101}}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"encoder": {"model": "test_vit"}},
+        {"encoder": {"options": {"img_size": 64}}},
+        {"dataset": {"kind": "imagefolder"}},
+        {"dataset": {"options": {"train_size": 101}}},
+    ],
+)
 def test_any_setting_that_changes_numbers_changes_the_file(tmp_path, change):
     base = _path(tmp_path)
     assert _path(tmp_path, **change) != base
@@ -160,11 +170,11 @@ def test_names_and_places_are_not_in_the_key(tmp_path):
     for root in (a, b):
         (root / "train" / "cat").mkdir(parents=True)
         (root / "train" / "cat" / "1.png").write_bytes(b"x" * 10)
-    key = lambda p: p.name.rsplit("_", 1)[1]   # noqa: E731
+    key = lambda p: p.name.rsplit("_", 1)[1]  # noqa: E731
     first = _path(tmp_path / "c1", dataset={"kind": "imagefolder", "root": str(a), "options": {}})
     second = _path(tmp_path / "c2", dataset={"kind": "imagefolder", "root": str(b), "options": {}})
     assert key(first) == key(second)
-    (b / "train" / "cat" / "2.png").write_bytes(b"y")        # an image added: another key
+    (b / "train" / "cat" / "2.png").write_bytes(b"y")  # an image added: another key
     assert key(_path(tmp_path, dataset={"kind": "imagefolder", "root": str(b), "options": {}})) != key(first)
 
 
@@ -216,8 +226,9 @@ def test_file_sha256_is_hashlibs_digest_of_the_bytes_and_the_key_follows_a_rewri
     import hashlib
 
     from zoomshot.cache import keys
+
     path = tmp_path / "w.bin"
-    data = np.random.default_rng(0).bytes(3 << 20)        # several read buffers
+    data = np.random.default_rng(0).bytes(3 << 20)  # several read buffers
     path.write_bytes(data)
     assert keys.file_sha256(path) == keys.file_checksum(path) == hashlib.sha256(data).hexdigest()
     path.write_bytes(data[:-1])
@@ -243,6 +254,7 @@ def test_files_of_other_rows_are_one_line_naming_both(tmp_path):
 
 def test_an_out_folder_is_new_empty_or_an_earlier_output_of_the_same_command(tmp_path):
     from zoomshot.cache.outputs import check_out_folder
+
     assert not check_out_folder(tmp_path / "new") and not check_out_folder(tmp_path)
     (tmp_path / "mine.txt").write_text("keep")
     with pytest.raises(PipelineError, match="already exists: remove it or give another --out"):

@@ -2,6 +2,7 @@
 copy of the output folder serves fit, evaluate, report and export where the images are not, with the
 same numbers; where they are, later commands do not walk the image tree, and a changed tree is still
 noticed. Also an ImageFolder with both splits under one root."""
+
 import json
 import os
 import shutil
@@ -9,10 +10,13 @@ import time
 
 import h5py
 import pytest
-
 from helpers import CLIP, CNN, PATHS, inproc, pipeline
 
-CONFIG = PATHS + CLIP + CNN + """
+CONFIG = (
+    PATHS
+    + CLIP
+    + CNN
+    + """
 [[datasets]]
 name = "mine"
 kind = "imagefolder"
@@ -33,6 +37,7 @@ workers = 1
 [evaluate]
 test = ["mine:test"]
 """
+)
 CLASSES = ["circle", "square", "triangle"]
 
 
@@ -66,8 +71,10 @@ def box(tmp_path_factory):
 
 
 def _metrics(folder):
-    return {p.relative_to(folder / "out/results").as_posix(): json.loads(p.read_text())["metrics"]
-            for p in sorted((folder / "out/results").rglob("*.json"))}
+    return {
+        p.relative_to(folder / "out/results").as_posix(): json.loads(p.read_text())["metrics"]
+        for p in sorted((folder / "out/results").rglob("*.json"))
+    }
 
 
 def test_class_names_of_a_tree_with_both_splits(box):
@@ -92,16 +99,16 @@ def test_folder_names_of_two_splits_sort_by_name(tmp_path):
 def test_a_copied_output_folder_works_without_the_images(box, tmp_path):
     laptop = tmp_path / "laptop"
     laptop.mkdir()
-    shutil.copytree(box / "out", laptop / "out")              # cache and runs; no images here
+    shutil.copytree(box / "out", laptop / "out")  # cache and runs; no images here
     shutil.copy(box / "pipeline.toml", laptop)
     assert not (laptop / "images").exists()
     for folder in (box, laptop):
         fit = pipeline(folder, "fit")
-        assert "1 already finished" in fit.stdout, fit.stdout   # found its inputs and the copied run
+        assert "1 already finished" in fit.stdout, fit.stdout  # found its inputs and the copied run
         pipeline(folder, "evaluate")
         pipeline(folder, "report")
     there, here = _metrics(box), _metrics(laptop)
-    assert there and there == here                           # identical numbers
+    assert there and there == here  # identical numbers
     assert (box / "out/report/table.md").read_text() == (laptop / "out/report/table.md").read_text()
     (run,) = [p.name for p in (laptop / "out/runs").iterdir() if not p.name.startswith(".")]
     inproc(laptop, "export", run, "--out", "exports/cnn")
@@ -126,7 +133,9 @@ def test_fit_and_evaluate_do_not_walk_the_image_tree(box, monkeypatch):
             if os.path.abspath(os.fspath(path)).startswith(images):
                 raise AssertionError(f"{listing.__name__}({path}) lists the image tree")
             return listing(path, *args, **kwargs)
+
         return call
+
     for name in ("walk", "scandir", "listdir"):
         monkeypatch.setattr(os, name, guarded(getattr(os, name)))
     assert "1 already finished" in inproc(box, "fit").stdout
@@ -139,9 +148,12 @@ def test_a_changed_tree_is_noticed(box, tmp_path, change):
     shutil.copytree(box / "out", folder / "out")
     shutil.copytree(box / "images", folder / "images")
     shutil.copy(box / "pipeline.toml", folder)
-    assert "1 already finished" in inproc(folder, "fit").stdout      # as extracted: found
+    assert "1 already finished" in inproc(folder, "fit").stdout  # as extracted: found
     image = folder / "images/train/circle/0.png"
-    {"add": lambda: shutil.copy(image, image.with_name("new.png")), "remove": image.unlink,
-     "rename": lambda: image.rename(image.with_name("renamed.png"))}[change]()
+    {
+        "add": lambda: shutil.copy(image, image.with_name("new.png")),
+        "remove": image.unlink,
+        "rename": lambda: image.rename(image.with_name("renamed.png")),
+    }[change]()
     fit = inproc(folder, "fit", check=False)
     assert fit.returncode == 2 and "run `pipeline extract` first" in fit.stderr, fit.stderr

@@ -1,5 +1,6 @@
 """The exported models in LAION's CLIP_benchmark (the real `clip-benchmark` package, offline) on the
 default world's test split written by `pipeline export-wds`: its numbers equal `pipeline evaluate`'s."""
+
 import importlib.util
 import json
 
@@ -9,10 +10,10 @@ import torch
 from clip_benchmark.datasets.builder import build_dataset
 from clip_benchmark.metrics import zeroshot_classification
 from clip_benchmark.models import MODEL_TYPES
+from helpers import inproc, run_main
 
 from zoomshot.export.benchmark import MODEL_TYPE, accuracy, evaluate_classification, register, use_amp
 from zoomshot.extract.world import CLASSNAMES, ShapesWorld
-from helpers import inproc, run_main
 
 #: `pipeline evaluate` scores float16 cached features against prompt embeddings encoded in batches of
 #: 256; CLIP_benchmark scores float32 features against prompts encoded per class. Measured: equal top-1,
@@ -39,8 +40,8 @@ def test_the_layout_is_clip_benchmarks(wds):
     samples = list(ds)
     labels = [label for _, label in samples]
     world = ShapesWorld("test", size=1280, seed=0)
-    assert labels == world.labels().tolist()                       # every test row, in the cache's order
-    assert np.array_equal(np.asarray(samples[5][0]), np.asarray(world.image(5)))   # lossless pixels
+    assert labels == world.labels().tolist()  # every test row, in the cache's order
+    assert np.array_equal(np.asarray(samples[5][0]), np.asarray(world.image(5)))  # lossless pixels
 
 
 def _installed(module):
@@ -53,7 +54,7 @@ def _installed(module):
 
 def test_frictions_are_handled_without_patching_the_package():
     logits, target = torch.randn(50, 10, generator=torch.Generator().manual_seed(0)), torch.arange(50) % 10
-    with pytest.raises(TypeError):      # its file, unchanged: numpy 2.4 refuses float() of a (1,) array
+    with pytest.raises(TypeError):  # its file, unchanged: numpy 2.4 refuses float() of a (1,) array
         _installed(zeroshot_classification).accuracy(logits, target, topk=(1, 5))
     register()
     assert MODEL_TYPE in MODEL_TYPES
@@ -76,9 +77,23 @@ def test_its_evaluate_agrees_with_pipeline_evaluate_on_a_mapped_run(wds):
 
 def test_its_own_command_line_agrees_with_pipeline_evaluate_on_clip(wds):
     folder, _ = wds
-    code, out, err = run_main(folder, "clip-benchmark", "eval", "--model_type", "zoomshot", "--pretrained",
-                              "exports/clip", "--model", "clip", "--dataset", "wds/shapes", "--dataset_root",
-                              "wds/shapes", "--output", "cb.json")
+    code, out, err = run_main(
+        folder,
+        "clip-benchmark",
+        "eval",
+        "--model_type",
+        "zoomshot",
+        "--pretrained",
+        "exports/clip",
+        "--model",
+        "clip",
+        "--dataset",
+        "wds/shapes",
+        "--dataset_root",
+        "wds/shapes",
+        "--output",
+        "cb.json",
+    )
     assert code == 0, err
     got = json.loads((folder / "cb.json").read_text())
     assert got["task"] == "zeroshot_classification" and got["pretrained"] == "exports/clip"

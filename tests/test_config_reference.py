@@ -1,12 +1,13 @@
 """docs/config.md is what scripts/make_config_reference.py makes from the settings in the code, and it
 covers every key: a changed default, comment or check, or a new key, without re-running the script fails here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pytest
-
 from helpers import shipped_config
+
 from scripts.make_config_reference import FILE, field_meaning, text
 
 
@@ -25,9 +26,9 @@ def test_reference_names_every_key_of_the_shipped_config():
 
 @dataclass
 class _Documented:
-    plain: int = 1      # a plain key
-    longer: str = ""    # a key whose comment
-                        # goes on under it
+    plain: int = 1  # a plain key
+    longer: str = ""  # a key whose comment
+    # goes on under it
     bare: bool = False
 
 

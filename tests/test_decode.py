@@ -1,6 +1,7 @@
 """The decode path: reduced-size JPEG decoding (PIL draft) at the scale each encoder's resize allows,
 the tensor transforms the GPU path runs (here on the CPU, the same ops), GPU-path guards, and the
 DataLoader defaults. How fast, and what draft does to top-1: benchmarks/decode_speed.py."""
+
 import io
 import json
 import multiprocessing
@@ -10,10 +11,10 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import CLIP, CNN, PATHS, inproc, run_main, write_config
 from PIL import Image
 from timm.data import create_transform
 
-from helpers import CLIP, CNN, PATHS, inproc, run_main, write_config
 from zoomshot.extract.decode import DevicePixels, TensorTransform, decode_views, first_resize, uint8_chw
 from zoomshot.extract.runner import loader_workers
 
@@ -36,16 +37,16 @@ def test_each_view_gets_the_smallest_decode_its_own_resize_allows():
     data = jpeg(1000, 750)
     assert first_resize(TIMM) == (256, 256) and first_resize(OPEN_CLIP) == (224, 224)
     (one,), which = decode_views(opened(data), [(224, 224)])
-    assert one.size == (500, 375) and which == [0]        # 750 // 224 = 3: scale 1/2, still >= 224
+    assert one.size == (500, 375) and which == [0]  # 750 // 224 = 3: scale 1/2, still >= 224
     decoded, which = decode_views(opened(data), [(224, 224), (64, 64), (224, 224)])
     assert [d.size for d in decoded] == [(500, 375), (125, 94)] and which == [0, 1, 0]
     # a view's pixels do not depend on the other views decoded with it
     assert np.array_equal(np.asarray(decoded[0]), np.asarray(one))
-    assert decode_views(opened(data), [None])[0][0].size == (1000, 750)      # jpeg_draft off
-    assert decode_views(opened(jpeg(300, 240)), [(224, 224)])[0][0].size == (300, 240)   # nothing to gain
+    assert decode_views(opened(data), [None])[0][0].size == (1000, 750)  # jpeg_draft off
+    assert decode_views(opened(jpeg(300, 240)), [(224, 224)])[0][0].size == (300, 240)  # nothing to gain
     png = io.BytesIO()
     Image.open(io.BytesIO(data)).save(png, "PNG")
-    assert decode_views(Image.open(png), [(64, 64)])[0][0].size == (1000, 750)   # only JPEGs have draft
+    assert decode_views(Image.open(png), [(64, 64)])[0][0].size == (1000, 750)  # only JPEGs have draft
 
 
 def test_draft_changes_an_encoders_input_by_little():
@@ -54,7 +55,7 @@ def test_draft_changes_an_encoders_input_by_little():
         full = t(opened(data).convert("RGB"))
         (small,), _ = decode_views(opened(data), [first_resize(t)])
         diff = (t(small) - full).abs()
-        assert 0 < diff.mean() < 0.01 and diff.max() < 0.1     # normalized units (std ~ 1)
+        assert 0 < diff.mean() < 0.01 and diff.max() < 0.1  # normalized units (std ~ 1)
 
 
 def test_tensor_transforms_match_the_pil_transforms():
@@ -71,15 +72,15 @@ def test_device_pixels_decode_jpegs_and_keep_bad_ones_apart():
     device='cuda'), each view's tensor transform, a corrupt JPEG reported as a bad item."""
     good, broken = jpeg(500, 375), jpeg(500, 375, seed=1)[:300]
     items = [([torch.frombuffer(bytearray(d), dtype=torch.uint8)], [0, 0]) for d in (good, broken)]
-    items.append(([uint8_chw(opened(good).convert("RGB"))], [0, 0]))      # a decoded (non-JPEG) item
-    views, index, labels, bad = DevicePixels([TIMM, OPEN_CLIP], "cpu")(items, np.array([5, 6, 7]),
-                                                                       np.array([0, 1, 2]), [])
+    items.append(([uint8_chw(opened(good).convert("RGB"))], [0, 0]))  # a decoded (non-JPEG) item
+    views, index, labels, bad = DevicePixels([TIMM, OPEN_CLIP], "cpu")(
+        items, np.array([5, 6, 7]), np.array([0, 1, 2]), []
+    )
     assert index.tolist() == [5, 7] and labels.tolist() == [0, 2] and [b[0] for b in bad] == [6]
     assert views[0].shape == (2, 3, 224, 224)
     ref = OPEN_CLIP(opened(good).convert("RGB"))
-    assert (views[1][0] - ref).abs().mean() < 0.02            # libjpeg-turbo through torchvision vs PIL
-    assert torch.equal(views[1][0], views[1][1])              # bytes decoded here == decoded in a worker
-
+    assert (views[1][0] - ref).abs().mean() < 0.02  # libjpeg-turbo through torchvision vs PIL
+    assert torch.equal(views[1][0], views[1][1])  # bytes decoded here == decoded in a worker
 
 
 def test_device_pixels_leave_jpeg_bytes_on_the_cpu_for_another_device():
@@ -88,13 +89,16 @@ def test_device_pixels_leave_jpeg_bytes_on_the_cpu_for_another_device():
     good, broken = jpeg(500, 375), jpeg(500, 375, seed=1)[:300]
     items = [([torch.frombuffer(bytearray(d), dtype=torch.uint8)], [0, 0]) for d in (good, broken)]
     items.append(([uint8_chw(opened(good).convert("RGB"))], [0, 0]))
-    views, index, labels, bad = DevicePixels([TIMM, OPEN_CLIP], "meta")(items, np.array([5, 6, 7]),
-                                                                        np.array([0, 1, 2]), [])
+    views, index, labels, bad = DevicePixels([TIMM, OPEN_CLIP], "meta")(
+        items, np.array([5, 6, 7]), np.array([0, 1, 2]), []
+    )
     assert index.tolist() == [5, 7] and [b[0] for b in bad] == [6] and "cannot decode JPEG on meta" in bad[0][1]
     assert [(v.shape, v.device.type) for v in views] == [((2, 3, 224, 224), "meta")] * 2
 
+
 def test_unknown_transforms_are_refused_by_the_tensor_path():
     from torchvision import transforms as T
+
     from zoomshot.cache.errors import PipelineError
 
     with pytest.raises(PipelineError, match="gpu_preprocess cannot run the step ColorJitter"):
@@ -112,11 +116,15 @@ def test_loader_workers_follow_the_cores_and_stay_out_of_daemons():
     queue = multiprocessing.get_context("fork").Queue()
     p = multiprocessing.get_context("fork").Process(target=_in_daemon, args=(queue,), daemon=True)
     p.start()
-    assert queue.get(timeout=60) == 0        # a dask worker process may not start DataLoader workers
+    assert queue.get(timeout=60) == 0  # a dask worker process may not start DataLoader workers
     p.join()
 
 
-FOLDER = PATHS + CLIP + CNN + """
+FOLDER = (
+    PATHS
+    + CLIP
+    + CNN
+    + """
 [[datasets]]
 name = "big"
 kind = "imagefolder"
@@ -129,6 +137,7 @@ device = "cpu"
 jpeg_draft = {draft}
 gpu_preprocess = {gpu}
 """
+)
 
 
 def test_draft_on_and_off_are_different_files_with_their_provenance(tmp_path):
@@ -151,7 +160,9 @@ def test_draft_on_and_off_are_different_files_with_their_provenance(tmp_path):
             pre = json.loads(f.attrs["preprocess"])
             feats[bool(pre["pixels"])] = f["features"][:].astype(np.float32)
             assert pre["jpeg_draft_size"] == ([64, 64] if pre["pixels"] else None)
-    cos = (feats[True] * feats[False]).sum(1) / np.linalg.norm(feats[True], axis=1) / np.linalg.norm(feats[False], axis=1)
+    cos = (
+        (feats[True] * feats[False]).sum(1) / np.linalg.norm(feats[True], axis=1) / np.linalg.norm(feats[False], axis=1)
+    )
     assert not np.array_equal(feats[True], feats[False]) and cos.min() > 0.98
     write_config(tmp_path, FOLDER, draft="true", gpu="true", templates="openai-imagenet")
     code, _, err = run_main(tmp_path, "extract", "--no-progress")

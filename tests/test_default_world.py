@@ -1,5 +1,6 @@
 """The shipped default: pipeline.toml on the generated world with the trained tiny models reaches the
 floors measured for it (a few points under, so a regression fails and noise does not)."""
+
 import importlib.util
 import json
 import re
@@ -10,20 +11,19 @@ import pytest
 
 from zoomshot.extract.world import HELD_OUT_LABELS, ShapesWorld
 
-
 ROOT = Path(__file__).resolve().parent.parent
-FIGURE = "acc_vs_fraction_shapes_part1.png"   # the default run's figure README embeds (docs/results.md both parts)
+FIGURE = "acc_vs_fraction_shapes_part1.png"  # the default run's figure README embeds (docs/results.md both parts)
 
 # Measured with the shipped weights (see docs/results.md); floors a few points under.
-CLIP_FLOOR = 0.87          # measured 91.0 %
-CLIP_HELD_OUT_FLOOR = 0.74 # measured 80.4 % on the 10 colour-shape combinations its captions never had
-CNN_LSTSQ_FLOOR = 0.76     # measured 80.4 %
-CNN_TRAINED_FLOOR = 0.76   # measured 80.5 % (Zoom-shot trainer, MSE only)
-TIPX_GAIN = 0.04           # CLIP + TIP-X with 16 in-distribution shots: measured 98.1 % (+7.1 points, with the
-                           # support set of the same statistics that was called name-only before the world had styles)
+CLIP_FLOOR = 0.87  # measured 91.0 %
+CLIP_HELD_OUT_FLOOR = 0.74  # measured 80.4 % on the 10 colour-shape combinations its captions never had
+CNN_LSTSQ_FLOOR = 0.76  # measured 80.4 %
+CNN_TRAINED_FLOOR = 0.76  # measured 80.5 % (Zoom-shot trainer, MSE only)
+TIPX_GAIN = 0.04  # CLIP + TIP-X with 16 in-distribution shots: measured 98.1 % (+7.1 points, with the
+# support set of the same statistics that was called name-only before the world had styles)
 #: issue 5's target: the mapped caption-free encoder reaches 75 % of CLIP's top-1 (measured 88 %)
 SHARE_OF_CLIP = 0.75
-FEW_ROWS_FLOOR = 0.55      # measured 63.1 % (mse) and 63.7 % (lstsq) on 100 training rows
+FEW_ROWS_FLOOR = 0.55  # measured 63.1 % (mse) and 63.7 % (lstsq) on 100 training rows
 #: Retrieval Recall@5 against the test split's captions (measured: CLIP 92.7 % text->image and 92.1 %
 #: image->text, cnn lstsq 72.8 / 68.8 %, cnn-random lstsq 20.2 / 16.6 %). Recall@1 is low for every
 #: model because captions repeat: 1,280 images share 384 factor combinations.
@@ -66,7 +66,7 @@ def test_trained_encoder_transfers_and_beats_the_random_floor(default_run):
     assert default_run[("cnn", "lstsq")] >= CNN_LSTSQ_FLOOR
     assert default_run[("cnn", "mse")] >= CNN_TRAINED_FLOOR
     assert default_run[("cnn", "mse")] >= SHARE_OF_CLIP * default_run[("clip", "clip")]
-    assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.40     # measured 17.1 %
+    assert default_run[("cnn", "lstsq")] > default_run[("cnn-random", "lstsq")] + 0.40  # measured 17.1 %
     # 8 variants x 3 encoders, and the paper preset's 5 loss sets on the cnn
     plain = {k: v for k, v in default_run.items() if k[0] != "clip" and "tip" not in k[1]}
     assert len(plain) == 3 * 8 + 5 and all(v < default_run[("clip", "clip")] for v in plain.values())
@@ -115,12 +115,15 @@ def test_docs_hold_the_tables_the_default_run_makes(default_run, name):
 
 def test_retrieval_is_reported_next_to_classification(default_run):
     _, results, *_ = default_run
-    zero_shot = {(r["encoder"], r["variant"]): r["metrics"] for r in results
-                 if r.get("fraction") in (None, 1.0) and "tip" not in r["variant"]}
+    zero_shot = {
+        (r["encoder"], r["variant"]): r["metrics"]
+        for r in results
+        if r.get("fraction") in (None, 1.0) and "tip" not in r["variant"]
+    }
     clip, cnn, floor = zero_shot[("clip", "clip")], zero_shot[("cnn", "lstsq")], zero_shot[("cnn-random", "lstsq")]
     for direction in ("image", "text"):
         recalls = [clip[f"{direction}_retrieval_recall@{k}"] for k in (1, 5, 10)]
-        assert recalls == sorted(recalls) and recalls[0] > 0.2          # chance is 1/1,280 at k = 1
+        assert recalls == sorted(recalls) and recalls[0] > 0.2  # chance is 1/1,280 at k = 1
         assert clip[f"{direction}_retrieval_recall@5"] >= CLIP_RECALL5_FLOOR
         assert cnn[f"{direction}_retrieval_recall@5"] >= CNN_RECALL5_FLOOR
         assert cnn[f"{direction}_retrieval_recall@5"] > floor[f"{direction}_retrieval_recall@5"] + 0.3

@@ -1,5 +1,6 @@
 """Weights through the libraries' own loaders: open_clip local files and OpenAI TorchScript archives,
 timm local files, true pooled widths."""
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -8,8 +9,13 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.extract.encoders import build_encoder
 
 CLIP = {"family": "open_clip", "name": "clip", "model": "zoomshot-tiny-clip", "pretrained": ""}
-CNN = {"family": "timm", "name": "cnn", "model": "test_resnet", "pretrained": "",
-       "options": {"pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}}}
+CNN = {
+    "family": "timm",
+    "name": "cnn",
+    "model": "test_resnet",
+    "pretrained": "",
+    "options": {"pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 1.0}},
+}
 
 
 class _Root(torch.nn.Module):
@@ -39,7 +45,7 @@ def _differs(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
 def test_openai_torchscript_archive_loads_with_open_clip_and_warns_without_quickgelu(tmp_path):
     source = build_encoder({**CLIP, "pretrained": ""}, "cpu")
     torch.manual_seed(1)
-    for p in source.model.parameters():   # weights unlike the seeded random init, exact in float16 as OpenAI's
+    for p in source.model.parameters():  # weights unlike the seeded random init, exact in float16 as OpenAI's
         p.data = p.data.normal_(0, 0.02).half().float()
     sd = {k: v for k, v in source.model.state_dict().items() if k != "attn_mask"}
     archive = tmp_path / "ViT-T-openai.pt"
@@ -65,7 +71,7 @@ def test_open_clip_and_timm_local_files(tmp_path):
     save_file({k: v.contiguous() for k, v in cnn.model.state_dict().items()}, str(cnn_file))
     reloaded = build_encoder({**CNN, "pretrained": str(cnn_file)}, "cpu")
     assert reloaded.dim == 96 and _differs(cnn.model, reloaded.model) == []
-    assert reloaded.preprocess["input_size"] == (3, 64, 64)     # the overlay keeps the encoder's own size
+    assert reloaded.preprocess["input_size"] == (3, 64, 64)  # the overlay keeps the encoder's own size
 
 
 def test_missing_file_and_unknown_names_are_pipeline_errors(tmp_path):
@@ -100,7 +106,7 @@ def test_clip_from_a_local_dir_as_a_downloaded_checkpoint(tmp_path):
         torch.testing.assert_close(from_dir.encode_text(prompts, "cpu"), from_file.encode_text(prompts, "cpu"))
     before = weights_fingerprint(f"local-dir:{folder}")
     assert before.startswith("dir-sha256:")
-    (folder / "open_clip_model.safetensors").unlink()      # no weights: open_clip would use random ones
+    (folder / "open_clip_model.safetensors").unlink()  # no weights: open_clip would use random ones
     with pytest.raises(PipelineError, match="holds no weights file"):
         build_encoder({**CLIP, "pretrained": f"local-dir:{folder}"}, "cpu")
     assert weights_fingerprint(f"local-dir:{folder}") != before

@@ -1,4 +1,5 @@
 """The modality gap as numbers, on features with a known answer, streamed in chunks as scoring does."""
+
 import math
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from zoomshot.evaluate.gap import GapAccumulator
 
-TEXT = torch.eye(4)[:2] * 3.0          # two classes along e1 and e2 (not unit: the accumulator normalises)
+TEXT = torch.eye(4)[:2] * 3.0  # two classes along e1 and e2 (not unit: the accumulator normalises)
 
 
 def gap_of(features, labels, chunks=1):

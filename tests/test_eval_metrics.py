@@ -1,4 +1,5 @@
 """Metrics against hand-computed values, open_clip's classifier, and chunked == one-shot."""
+
 import json
 import math
 
@@ -44,8 +45,8 @@ def test_class_groups_score_their_own_samples():
     acc = MetricAccumulator(6)
     acc.update(LOGITS, LABELS, TEACHER)
     m = acc.compute(groups={"novel": [0, 2], "base": [1, 3, 4, 5], "absent": [5]})
-    assert m["acc1_novel"] == pytest.approx(1 / 4)      # class 0: 1 of 3, class 2: 0 of 1
-    assert m["acc1_base"] == pytest.approx(1.0)         # class 1: 1 of 1; 3-5 have no samples
+    assert m["acc1_novel"] == pytest.approx(1 / 4)  # class 0: 1 of 3, class 2: 0 of 1
+    assert m["acc1_base"] == pytest.approx(1.0)  # class 1: 1 of 1; 3-5 have no samples
     assert math.isnan(m["acc1_absent"])
     assert m["acc1"] == pytest.approx(2 / 5) and "acc1_novel" not in acc.compute()
 

@@ -1,5 +1,6 @@
 """Report figures, checked on the figure objects (panels, series, axis labels, legend outside the axes,
 the CLIP reference) and as files (PNG and PDF), each written only when the results support it."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,11 +10,21 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from zoomshot.cache.runs import Maps, write_run  # noqa: E402
-
 from zoomshot.evaluate.gap import GapView  # noqa: E402
-from zoomshot.evaluate.plots import (MAX_SERIES, NAME_CHARS, Projection, _per_class, _short,  # noqa: E402
-                                     accuracy_figure, gap_figure, load_histories, loss_terms_figure,
-                                     per_class_figure, sweeps, write_plots)
+from zoomshot.evaluate.plots import (  # noqa: E402
+    MAX_SERIES,
+    NAME_CHARS,
+    Projection,
+    _per_class,
+    _short,
+    accuracy_figure,
+    gap_figure,
+    load_histories,
+    loss_terms_figure,
+    per_class_figure,
+    sweeps,
+    write_plots,
+)
 from zoomshot.evaluate.report import summary_rows  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,10 +36,25 @@ SEEDS = (0, 1)
 
 def result(dataset, encoder, variant, method, fraction, epochs, seed, acc1):
     run = "clip" if method == "clip" else f"{encoder}-{variant}-{fraction}-{epochs}-{seed}"
-    return {"dataset": dataset, "split": "test", "encoder": encoder, "method": method, "variant": variant,
-            "fraction": fraction, "epochs": epochs, "seed": seed, "run": run, "created": "t0",
-            "metrics": {"acc1": acc1, "acc5": min(1.0, acc1 + 0.2), "mean_per_class_recall": acc1,
-                        "teacher_agreement": acc1, "clip_acc1": 0.9}}
+    return {
+        "dataset": dataset,
+        "split": "test",
+        "encoder": encoder,
+        "method": method,
+        "variant": variant,
+        "fraction": fraction,
+        "epochs": epochs,
+        "seed": seed,
+        "run": run,
+        "created": "t0",
+        "metrics": {
+            "acc1": acc1,
+            "acc5": min(1.0, acc1 + 0.2),
+            "mean_per_class_recall": acc1,
+            "teacher_agreement": acc1,
+            "clip_acc1": 0.9,
+        },
+    }
 
 
 def sweep_results(dataset="shapes", fractions=FRACTIONS, epochs=EPOCHS):
@@ -40,8 +66,9 @@ def sweep_results(dataset="shapes", fractions=FRACTIONS, epochs=EPOCHS):
                 out.append(result(dataset, enc, "lstsq", "lstsq", f, None, s, 0.4 + 0.1 * f))
                 for variant in ("mse", "mse+cyc"):
                     for e in epochs:
-                        out.append(result(dataset, enc, variant, "zoomshot", f, e, s,
-                                          0.3 + 0.2 * f + e / 200 + 0.01 * s))
+                        out.append(
+                            result(dataset, enc, variant, "zoomshot", f, e, s, 0.3 + 0.2 * f + e / 200 + 0.01 * s)
+                        )
     return out
 
 
@@ -53,8 +80,16 @@ def write_runs(runs_dir, results):
         n = r["epochs"] or 0
         history = [{"epoch": i, "total": 1.0 / (i + 1), "mse": 1.0 / (i + 1), "kd": 0.5 / (i + 1)} for i in range(n)]
         record = {k: r[k] for k in ("encoder", "variant", "method", "fraction", "epochs", "seed")}
-        record.update(name=r["run"], params={"epochs": r["epochs"]}, history=history, encoder_key="e", clip="clip",
-                      clip_key="c", train=["syn:train"], inputs={"files": [], "checksums": {}})
+        record.update(
+            name=r["run"],
+            params={"epochs": r["epochs"]},
+            history=history,
+            encoder_key="e",
+            clip="clip",
+            clip_key="c",
+            train=["syn:train"],
+            inputs={"files": [], "checksums": {}},
+        )
         write_run(runs_dir / r["run"], record, Maps(torch.eye(2), torch.zeros(2), torch.eye(2), torch.zeros(2), 1, 1))
 
 
@@ -105,8 +140,13 @@ def sweep(tmp_path_factory):
 
 def test_every_figure_is_written_as_png_and_pdf(sweep):
     root, _, written = sweep
-    stems = ["acc_vs_fraction_shapes", "acc_vs_epochs_shapes", "loss_terms_cnn", "loss_terms_vit",
-             "modality_gap_shapes"]
+    stems = [
+        "acc_vs_fraction_shapes",
+        "acc_vs_epochs_shapes",
+        "loss_terms_cnn",
+        "loss_terms_vit",
+        "modality_gap_shapes",
+    ]
     assert sorted(p.name for p in written) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(p.name for p in written)
     for path in written:
@@ -118,14 +158,14 @@ def test_every_figure_is_written_as_png_and_pdf(sweep):
 
 def test_accuracy_figure_has_a_panel_per_encoder_the_clip_line_and_error_bars(sweep):
     _, results, _ = sweep
-    (stem, sw), = sweeps(summary_rows(results), "shapes", "fraction", {})
-    assert stem == "acc_vs_fraction_shapes" and sw.title.endswith("(epochs 30)")   # the other axis at its largest
+    ((stem, sw),) = sweeps(summary_rows(results), "shapes", "fraction", {})
+    assert stem == "acc_vs_fraction_shapes" and sw.title.endswith("(epochs 30)")  # the other axis at its largest
     fig = accuracy_figure(sw)
     assert [ax.get_title() for ax in fig.axes] == list(ENCODERS)
     assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
     assert fig.axes[0].get_ylabel() == "top-1 (%)" and fig.axes[1].get_xlabel() == "training fraction (%)"
     for ax in fig.axes:
-        assert series_labels(ax) == ["lstsq", "mse", "mse+cyc"]      # baselines first, then loss sets
+        assert series_labels(ax) == ["lstsq", "mse", "mse+cyc"]  # baselines first, then loss sets
         clip = [line for line in ax.get_lines() if line.get_label() == "CLIP zero-shot"]
         assert len(clip) == 1 and list(clip[0].get_ydata()) == pytest.approx([90.0, 90.0])
         mse = ax.containers[1]
@@ -137,17 +177,25 @@ def test_accuracy_figure_has_a_panel_per_encoder_the_clip_line_and_error_bars(sw
 
 def test_many_series_are_split_and_adapters_get_their_own_figure():
     clip = result("shapes", "clip", "clip", "clip", None, None, 0, 0.9)
-    adapted_clip = {**result("shapes", "clip", "clip+tip-x", "tip-x", None, None, 0, 0.95), "base_variant": "clip",
-                    "run": "clip"}
+    adapted_clip = {
+        **result("shapes", "clip", "clip+tip-x", "tip-x", None, None, 0, 0.95),
+        "base_variant": "clip",
+        "run": "clip",
+    }
     out = [clip, adapted_clip]
     for k in range(MAX_SERIES + 2):
         for f in FRACTIONS:
             out.append(result("shapes", "cnn", f"loss{k}", "zoomshot", f, 10, 0, 0.5 + f / 10))
-            out.append({**result("shapes", "cnn", f"loss{k}+tip-x", "tip-x", f, 10, 0, 0.6),
-                        "base_variant": f"loss{k}"})
+            out.append(
+                {**result("shapes", "cnn", f"loss{k}+tip-x", "tip-x", f, 10, 0, 0.6), "base_variant": f"loss{k}"}
+            )
     found = dict(sweeps(summary_rows(out), "shapes", "fraction", {}))
-    assert list(found) == ["acc_vs_fraction_shapes_part1", "acc_vs_fraction_shapes_part2",
-                           "acc_vs_fraction_shapes_tip-x_part1", "acc_vs_fraction_shapes_tip-x_part2"]
+    assert list(found) == [
+        "acc_vs_fraction_shapes_part1",
+        "acc_vs_fraction_shapes_part2",
+        "acc_vs_fraction_shapes_tip-x_part1",
+        "acc_vs_fraction_shapes_tip-x_part2",
+    ]
     assert [len(found[s].series) for s in found] == [MAX_SERIES, 2, MAX_SERIES, 2]
     adapted = found["acc_vs_fraction_shapes_tip-x_part1"]
     assert adapted.references == {"CLIP zero-shot": 0.9, "CLIP + tip-x": 0.95}
@@ -159,8 +207,9 @@ def test_loss_terms_figure_has_a_panel_per_term_and_a_line_per_run(sweep):
     root, results, _ = sweep
     records = load_histories(results, root / "runs")
     # per encoder and variant: the first seed at the largest fraction and epochs
-    assert sorted((r["encoder"], r["variant"], r["fraction"], r["epochs"], r["seed"]) for r in records) == \
-        [(e, v, 1.0, 30, 0) for e in ENCODERS for v in ("mse", "mse+cyc")]
+    assert sorted((r["encoder"], r["variant"], r["fraction"], r["epochs"], r["seed"]) for r in records) == [
+        (e, v, 1.0, 30, 0) for e in ENCODERS for v in ("mse", "mse+cyc")
+    ]
     fig = loss_terms_figure([r for r in records if r["encoder"] == "cnn"], "cnn")
     assert [ax.get_title() for ax in fig.axes] == ["total", "L_mse", "PG-KD"]
     for ax in fig.axes:
@@ -175,9 +224,9 @@ def test_projection_is_fitted_on_clip_and_its_first_axis_is_the_gap():
     rng = np.random.default_rng(1)
     image, text = gap_groups(rng)
     proj = Projection.fit(image, text)
-    assert abs(proj.components[0, 0]) > 0.99             # the gap direction is e1
+    assert abs(proj.components[0, 0]) > 0.99  # the gap direction is e1
     assert (proj(image)[:, 0] > 0).all() and (proj(text)[:, 0] < 0).all()
-    np.testing.assert_allclose(proj(10 * image), proj(image), atol=1e-9)    # rows are L2-normalised first
+    np.testing.assert_allclose(proj(10 * image), proj(image), atol=1e-9)  # rows are L2-normalised first
     with pytest.raises(ValueError, match="same width"):
         Projection.fit(np.ones((3, 4)), np.ones((3, 5)))
 
@@ -248,8 +297,9 @@ def test_per_class_figure_at_1000_classes_shows_the_ends_from_result_files(tmp_p
     assert [p.name for p in written] == ["per_class_imagenet.png", "per_class_imagenet.pdf"]
     assert_png(written[0])
     fig = per_class_figure(*_per_class(loaded, summary_rows(loaded), "imagenet"), "imagenet: top-1 per class")
-    assert fig.get_suptitle() == ("imagenet: top-1 per class: the 10 classes lost most and the 10 best of 1,000, "
-                                  "against CLIP")
+    assert fig.get_suptitle() == (
+        "imagenet: top-1 per class: the 10 classes lost most and the 10 best of 1,000, against CLIP"
+    )
     for ax, diff in zip(fig.axes, diffs.values()):
         order = np.argsort(diff)
         labels = [t.get_text() for t in ax.get_yticklabels()]

@@ -1,5 +1,6 @@
 """Report: result files written by separate processes merge into one summary (CSV / JSON): mean and std
 over seeds per setting, the newest result per seed, unreadable files skipped with a warning."""
+
 import csv
 import json
 import math
@@ -23,12 +24,24 @@ for path, result in json.loads(sys.argv[1]):
 def result(encoder, variant, dataset, acc1, seed=0, fraction=0.5, epochs=20, method="zoomshot", created="t0"):
     clip = method == "clip"
     return {
-        "dataset": dataset, "model": "ViT-B-32" if clip else encoder, "pretrained": "",
+        "dataset": dataset,
+        "model": "ViT-B-32" if clip else encoder,
+        "pretrained": "",
         "task": "zeroshot_classification",
-        "metrics": {"acc1": acc1, "acc5": min(1.0, acc1 + 0.3), "mean_per_class_recall": acc1 - 0.01,
-                    "teacher_agreement": None if clip else acc1 + 0.1, "clip_acc1": 0.85},
-        "run": f"{encoder}-{variant}-{seed}", "encoder": encoder, "method": method, "variant": variant,
-        "fraction": None if clip else fraction, "epochs": None if clip else epochs, "seed": seed,
+        "metrics": {
+            "acc1": acc1,
+            "acc5": min(1.0, acc1 + 0.3),
+            "mean_per_class_recall": acc1 - 0.01,
+            "teacher_agreement": None if clip else acc1 + 0.1,
+            "clip_acc1": 0.85,
+        },
+        "run": f"{encoder}-{variant}-{seed}",
+        "encoder": encoder,
+        "method": method,
+        "variant": variant,
+        "fraction": None if clip else fraction,
+        "epochs": None if clip else epochs,
+        "seed": seed,
         "created": created,
     }
 
@@ -43,15 +56,18 @@ def write_in_subprocess(files):
 def results_dir(tmp_path):
     root = tmp_path / "results"
     runs = [
-        [(root / "clip/shapes.json", result("clip", "clip", "shapes", 0.85, method="clip")),
-         (root / "clip/cifar.json", result("clip", "clip", "cifar", 0.90, method="clip"))],
+        [
+            (root / "clip/shapes.json", result("clip", "clip", "shapes", 0.85, method="clip")),
+            (root / "clip/cifar.json", result("clip", "clip", "cifar", 0.90, method="clip")),
+        ],
         # The teacher scored again by another run: still one CLIP row per dataset.
-        [(root / "r1/shapes.json", result("resnet", "mse+cyc", "shapes", 0.60, seed=0)),
-         (root / "r1/cifar.json", result("resnet", "mse+cyc", "cifar", 0.70, seed=0)),
-         (root / "r1/clip-shapes.json", result("clip", "clip", "shapes", 0.85, seed=0, method="clip"))],
+        [
+            (root / "r1/shapes.json", result("resnet", "mse+cyc", "shapes", 0.60, seed=0)),
+            (root / "r1/cifar.json", result("resnet", "mse+cyc", "cifar", 0.70, seed=0)),
+            (root / "r1/clip-shapes.json", result("clip", "clip", "shapes", 0.85, seed=0, method="clip")),
+        ],
         [(root / "r2/shapes.json", result("resnet", "mse+cyc", "shapes", 0.62, seed=1))],
-        [(root / "r3/shapes.json",
-          result("resnet", "linear-aligner", "shapes", 0.50, method="linear-aligner"))],
+        [(root / "r3/shapes.json", result("resnet", "linear-aligner", "shapes", 0.50, method="linear-aligner"))],
         [(root / "r4/deep/shapes.json", result("vit", "mse", "shapes", 0.55))],
     ]
     for files in runs:
@@ -91,9 +107,11 @@ def test_summary_rows_aggregate_seeds(results_dir):
     rows = summary_rows(results)
     keys = [(r["encoder"], r["variant"], r["dataset"]) for r in rows]
     assert keys == [
-        ("clip", "clip", "cifar"), ("clip", "clip", "shapes"),
+        ("clip", "clip", "cifar"),
+        ("clip", "clip", "shapes"),
         ("resnet", "linear-aligner", "shapes"),
-        ("resnet", "mse+cyc", "cifar"), ("resnet", "mse+cyc", "shapes"),
+        ("resnet", "mse+cyc", "cifar"),
+        ("resnet", "mse+cyc", "shapes"),
         ("vit", "mse", "shapes"),
     ]
     two_seeds = rows[4]
@@ -134,8 +152,10 @@ def test_an_adapter_row_names_the_variant_it_adapts():
     adapted = result("resnet", "mse+tip-x", "shapes", 0.7, method="tip-x")
     adapted["base_variant"] = "mse"
     rows = summary_rows([adapted, result("resnet", "mse", "shapes", 0.6)])
-    assert [(r["variant"], r["base_variant"], r["adapter"]) for r in rows] == \
-        [("mse", "mse", None), ("mse+tip-x", "mse", "tip-x")]
+    assert [(r["variant"], r["base_variant"], r["adapter"]) for r in rows] == [
+        ("mse", "mse", None),
+        ("mse+tip-x", "mse", "tip-x"),
+    ]
 
 
 def test_a_new_report_removes_only_the_files_the_previous_one_wrote(tmp_path):

@@ -1,4 +1,5 @@
 """Scoring streams test features in chunks: the same numbers as in memory, with bounded reads."""
+
 import numpy as np
 import pytest
 import torch
@@ -24,11 +25,21 @@ def _files(tmp_path, n=997, m=24, d=16, c=7):
     w = torch.zeros(d, m)
     w[:, :d] = torch.eye(d)
     maps = tmp_path / "maps.safetensors"
-    save_file({"h.weight": w * 2.0, "h.bias": torch.full((d,), 0.1), "h_inv.weight": w.T.contiguous(),
-               "h_inv.bias": torch.zeros(m), "scale_source": torch.tensor(0.5, dtype=torch.float64),
-               "scale_clip": torch.tensor(3.0, dtype=torch.float64)}, str(maps))
+    save_file(
+        {
+            "h.weight": w * 2.0,
+            "h.bias": torch.full((d,), 0.1),
+            "h_inv.weight": w.T.contiguous(),
+            "h_inv.bias": torch.zeros(m),
+            "scale_source": torch.tensor(0.5, dtype=torch.float64),
+            "scale_clip": torch.tensor(3.0, dtype=torch.float64),
+        },
+        str(maps),
+    )
     prompts = torch.from_numpy(np.repeat(centroids, 2, 0) + 0.1 * rng.normal(size=(2 * c, d))).float()
-    classes = Classes(class_embeddings(prompts, torch.arange(c).repeat_interleave(2), c), [str(i) for i in range(c)], {})
+    classes = Classes(
+        class_embeddings(prompts, torch.arange(c).repeat_interleave(2), c), [str(i) for i in range(c)], {}
+    )
     return src, clip, Maps.load(maps), classes, s, t, labels
 
 
@@ -38,10 +49,10 @@ def test_streamed_scores_equal_in_memory_scores(tmp_path):
     streamed = score(src, clip, classes, maps, chunk_rows=100)
     whole = score(src, clip, classes, maps, chunk_rows=10**6)
     gaps = [{k: m.pop(k) for k in ("gap", "text_cos")} for m in (streamed, whole)]
-    assert streamed == whole                                      # counts: exactly
-    assert gaps[0] == pytest.approx(gaps[1], rel=1e-12)           # float sums, in another order
+    assert streamed == whole  # counts: exactly
+    assert gaps[0] == pytest.approx(gaps[1], rel=1e-12)  # float sums, in another order
 
-    acc = MetricAccumulator(class_emb.shape[0])     # in memory, straight from the float16 cache values
+    acc = MetricAccumulator(class_emb.shape[0])  # in memory, straight from the float16 cache values
     s16 = torch.from_numpy(s.astype(np.float16).astype(np.float32))
     t16 = torch.from_numpy(t.astype(np.float16).astype(np.float32))
     mapped = ((s16 * 0.5) @ (torch.eye(16, 24) * 2.0).T + 0.1) / 3.0

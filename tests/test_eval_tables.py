@@ -1,26 +1,37 @@
 """Paper-style tables: cells are the hand-computed means and stds of the result files, CLIP first,
 adapters under their variant, the best student per column marked, the share of CLIP computed, the
 slice and pivot as asked; Markdown, CSV and LaTeX say the same; ambiguous pivots are refused."""
+
 import csv
 import io
 import json
 import math
 
 import pytest
-
 from helpers import run_main, shipped_config, write_toml
+
 from zoomshot.cache.errors import PipelineError
 from zoomshot.evaluate.report import load_results, summary_rows
 from zoomshot.evaluate.tables import Pivot, build_tables, pivot_table, to_csv, to_latex, to_markdown
 
 
-def result(encoder, variant, acc1, *, method="zoomshot", seed=0, fraction=1.0, epochs=20, dataset="shapes",
-           base=None, **groups):
+def result(
+    encoder, variant, acc1, *, method="zoomshot", seed=0, fraction=1.0, epochs=20, dataset="shapes", base=None, **groups
+):
     teacher = encoder == "clip"
-    r = {"dataset": dataset, "split": "test", "encoder": encoder, "method": method, "variant": variant,
-         "run": "clip" if teacher else f"{encoder}-{variant}-{fraction}-{seed}", "seed": None if teacher else seed,
-         "fraction": None if teacher else fraction, "epochs": None if teacher or method == "lstsq" else epochs,
-         "created": "t0", "metrics": {"acc1": acc1, **{f"acc1_{g}": v for g, v in groups.items()}}}
+    r = {
+        "dataset": dataset,
+        "split": "test",
+        "encoder": encoder,
+        "method": method,
+        "variant": variant,
+        "run": "clip" if teacher else f"{encoder}-{variant}-{fraction}-{seed}",
+        "seed": None if teacher else seed,
+        "fraction": None if teacher else fraction,
+        "epochs": None if teacher or method == "lstsq" else epochs,
+        "created": "t0",
+        "metrics": {"acc1": acc1, **{f"acc1_{g}": v for g, v in groups.items()}},
+    }
     if base:
         r["base_variant"] = base
     return r
@@ -62,7 +73,7 @@ def test_main_table_holds_the_hand_computed_cells(rows):
         "| ↳ + tip-x | 88.0 | 88.0 | 110 |",
         "| lstsq | 58.0 | **52.0** | 69 |",
         "| mse | **63.0 ± 3.6** | 51.0 | 71 |",
-        "| ↳ + tip-x | 75.0 | – | 94† |",      # a share over one of two columns is marked, and said
+        "| ↳ + tip-x | 75.0 | – | 94† |",  # a share over one of two columns is marked, and said
     ]
     assert table.caption.startswith("top-1 (%) on shapes; mean ± std over 1/3 seed(s); fraction 1.0; epochs 20;")
     assert table.caption.endswith("; †: over the columns the row fills only.")
@@ -74,8 +85,13 @@ def test_csv_holds_the_same_numbers_unrounded(rows):
     assert float(mse["cnn / shapes mean"]) == pytest.approx(63.0)
     assert float(mse["cnn / shapes std"]) == pytest.approx(math.sqrt(13), abs=1e-3)
     assert float(mse["share_of_clip"]) == pytest.approx(71.25)
-    assert [(r["variant"], r["adapter"]) for r in lines] == \
-        [("clip", ""), ("clip", "tip-x"), ("lstsq", ""), ("mse", ""), ("mse", "tip-x")]
+    assert [(r["variant"], r["adapter"]) for r in lines] == [
+        ("clip", ""),
+        ("clip", "tip-x"),
+        ("lstsq", ""),
+        ("mse", ""),
+        ("mse", "tip-x"),
+    ]
 
 
 def test_latex_is_a_booktabs_table_with_the_best_in_bold(rows):
@@ -103,13 +119,20 @@ def test_data_efficiency_table_spreads_fraction_and_epochs(rows):
 
 def test_slice_and_pivot_are_chosen(rows):
     at_tenth = pivot_table(rows, Pivot.parse("variant:encoder"), ["acc1"], {"fraction": 0.1})
-    assert body(to_markdown(at_tenth))[2:] == ["| CLIP | 80.0 | 100 |", "| ↳ + tip-x | 88.0 | 110 |",
-                                               "| lstsq | 32.0 | 40 |", "| mse | **40.0** | 50 |"]
+    assert body(to_markdown(at_tenth))[2:] == [
+        "| CLIP | 80.0 | 100 |",
+        "| ↳ + tip-x | 88.0 | 110 |",
+        "| lstsq | 32.0 | 40 |",
+        "| mse | **40.0** | 50 |",
+    ]
     flipped = pivot_table(rows, Pivot.parse("encoder:variant"), ["acc1"], adapters=False)
     # CLIP's cells fill every encoder row; a share of CLIP only means something where variants are rows
-    assert body(to_markdown(flipped)) == ["| Encoder | CLIP | lstsq | mse |", "| --- | ---: | ---: | ---: |",
-                                          "| cnn | 80.0 | **58.0** | **63.0 ± 3.6** |",
-                                          "| vit | 80.0 | 52.0 | 51.0 |"]
+    assert body(to_markdown(flipped)) == [
+        "| Encoder | CLIP | lstsq | mse |",
+        "| --- | ---: | ---: | ---: |",
+        "| cnn | 80.0 | **58.0** | **63.0 ± 3.6** |",
+        "| vit | 80.0 | 52.0 | 51.0 |",
+    ]
 
 
 def test_class_groups_become_sub_columns():
@@ -117,7 +140,7 @@ def test_class_groups_become_sub_columns():
     mse = result("cnn", "mse", 0.60, held_out=0.404)
     table = build_tables(summary_rows([clip, mse]))["table"]
     assert body(to_markdown(table))[0] == "| Variant | cnn / shapes | cnn / shapes (held_out) | % of CLIP |"
-    assert body(to_markdown(table))[3] == "| mse | **60.0** | **40.4** | 78 |"     # (60/80 + 40.4/50) / 2
+    assert body(to_markdown(table))[3] == "| mse | **60.0** | **40.4** | 78 |"  # (60/80 + 40.4/50) / 2
 
 
 def test_gap_table_is_not_in_percent_and_marks_nothing():
@@ -125,8 +148,12 @@ def test_gap_table_is_not_in_percent_and_marks_nothing():
     clip["metrics"].update(gap=0.2245, text_cos=0.7)
     mse["metrics"].update(gap=0.31, text_cos=0.65)
     table = build_tables(summary_rows([clip, mse]))["modality_gap"]
-    assert body(to_markdown(table)) == ["| Variant | cnn / gap | cnn / text_cos |", "| --- | ---: | ---: |",
-                                        "| CLIP | 0.225 | 0.700 |", "| mse | 0.310 | 0.650 |"]
+    assert body(to_markdown(table)) == [
+        "| Variant | cnn / gap | cnn / text_cos |",
+        "| --- | ---: | ---: |",
+        "| CLIP | 0.225 | 0.700 |",
+        "| mse | 0.310 | 0.650 |",
+    ]
 
 
 def test_a_cell_two_results_would_share_is_refused_naming_the_field(rows):
@@ -156,12 +183,32 @@ def test_report_command_refuses_bad_table_options_in_one_line(tmp_path):
     code, out, _ = run_main(tmp_path, "report", "--no-plots", "--pivot", "encoder:variant")
     assert code == 0 and "| Encoder | CLIP | CLIP + tip-x | lstsq | mse | mse + tip-x |" in out, out
     written = sorted(p.name for p in (tmp_path / "zoomshot-out/report").iterdir())
-    assert written == sorted(["results.csv", "results.json", "report_files.json", "data_efficiency.md",
-                              "data_efficiency.csv", "data_efficiency.tex", "table.md", "table.csv", "table.tex"])
+    assert written == sorted(
+        [
+            "results.csv",
+            "results.json",
+            "report_files.json",
+            "data_efficiency.md",
+            "data_efficiency.csv",
+            "data_efficiency.tex",
+            "table.md",
+            "table.csv",
+            "table.tex",
+        ]
+    )
 
 
 def test_cells_that_read_the_same_are_both_best():
-    rows = summary_rows([result("clip", "clip", 0.8, method="clip"), result("cnn", "mse", 0.6304),
-                         result("cnn", "lstsq", 0.6296, method="lstsq"), result("cnn", "mse+cyc", 0.61)])
+    rows = summary_rows(
+        [
+            result("clip", "clip", 0.8, method="clip"),
+            result("cnn", "mse", 0.6304),
+            result("cnn", "lstsq", 0.6296, method="lstsq"),
+            result("cnn", "mse+cyc", 0.61),
+        ]
+    )
     assert body(to_markdown(build_tables(rows)["table"]))[3:] == [
-        "| lstsq | **63.0** | 79 |", "| mse | **63.0** | 79 |", "| mse+cyc | 61.0 | 76 |"]
+        "| lstsq | **63.0** | 79 |",
+        "| mse | **63.0** | 79 |",
+        "| mse+cyc | 61.0 | 76 |",
+    ]

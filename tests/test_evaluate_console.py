@@ -1,6 +1,7 @@
 """What `pipeline evaluate` prints, through the real CLI: one table of top-1 at the end (per encoder,
 variant, fraction and epochs: zero-shot and each adapter, seeds averaged), a line per adapted result
 only with --verbose, no progress bar with --no-progress; and every command takes --no-progress."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import tomllib
 import click
 import pytest
 import tomli_w
-
 from helpers import pipeline, synthetic_project
 
 
@@ -29,23 +29,29 @@ def fitted(tmp_path_factory):
 def _table(stdout: str) -> list[list[str]]:
     lines = stdout.splitlines()
     start = lines.index("evaluate: top-1 (%) of what it scored, seeds averaged")
-    return [line.split() for line in lines[start + 1:]]
+    return [line.split() for line in lines[start + 1 :]]
 
 
 def test_evaluate_ends_with_one_table_and_no_bar(fitted):
     proc = pipeline(fitted, "evaluate", "--no-progress")
     head, *rows = _table(proc.stdout)
     assert head == ["encoder", "variant", "fraction", "epochs", "seeds", "zero-shot", "top-1", "tip-adapter", "top-1"]
-    assert [r[:5] for r in rows] == [["clip", "clip", "-", "-", "1"], ["src", "lstsq", "0.5", "-", "2"],
-                                     ["src", "lstsq", "1.0", "-", "2"]]
+    assert [r[:5] for r in rows] == [
+        ["clip", "clip", "-", "-", "1"],
+        ["src", "lstsq", "0.5", "-", "2"],
+        ["src", "lstsq", "1.0", "-", "2"],
+    ]
     results = [json.loads(p.read_text()) for p in (fitted / "out/results").rglob("*.json")]
     for row in rows[1:]:
         for column, adapted in ((5, False), (6, True)):
-            mine = [r["metrics"]["acc1"] for r in results if r["encoder"] == "src" and
-                    r["fraction"] == float(row[2]) and ("base_variant" in r) == adapted]
+            mine = [
+                r["metrics"]["acc1"]
+                for r in results
+                if r["encoder"] == "src" and r["fraction"] == float(row[2]) and ("base_variant" in r) == adapted
+            ]
             assert len(mine) == 2 and row[column] == f"{100 * statistics.fmean(mine):.1f}", (row, mine)
-    assert "seed=" not in proc.stdout            # no line per result
-    assert "score syn:test" not in proc.stderr   # no progress bar
+    assert "seed=" not in proc.stdout  # no line per result
+    assert "score syn:test" not in proc.stderr  # no progress bar
 
 
 def test_verbose_lines_and_the_bar(fitted):
@@ -69,6 +75,9 @@ def test_every_command_takes_no_progress():
             command = group.get_command(ctx, name)
             yield from commands(command, ctx) if isinstance(command, click.Group) else [(name, command)]
 
-    missing = [name for name, command in commands(cli, click.Context(cli))
-               if name != "clip-benchmark" and not any(p.name == "progress" for p in command.params)]
+    missing = [
+        name
+        for name, command in commands(cli, click.Context(cli))
+        if name != "clip-benchmark" and not any(p.name == "progress" for p in command.params)
+    ]
     assert not missing, missing

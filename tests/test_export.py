@@ -1,4 +1,5 @@
 """`pipeline export` and `zoomshot.load_model` on the default world: provenance, the open_clip API, checks."""
+
 import hashlib
 import json
 import shutil
@@ -8,13 +9,13 @@ import h5py
 import open_clip
 import pytest
 import torch
+from helpers import inproc, run_main
 from safetensors.torch import load_file, save
 
 from zoomshot import load_model
 from zoomshot.cache.errors import PipelineError
 from zoomshot.extract.shipped import ASSETS, MODEL_CONFIGS
 from zoomshot.extract.world import CLASSNAMES, ShapesWorld
-from helpers import inproc, run_main
 
 TEMPLATES = json.loads((ASSETS / "world_templates.json").read_text())["shapes"]
 
@@ -33,7 +34,7 @@ def test_export_records_provenance(default_exports):
     record = json.loads((folder / "zoomshot-out/runs" / run / "run.json").read_text())
     assert manifest["kind"] == "mapped" and manifest["name"] == run
     assert manifest["run"]["params"] == record["params"] and manifest["run"]["inputs"] == record["inputs"]
-    assert manifest["run"]["inputs"]["checksums"]                  # the training files by content
+    assert manifest["run"]["inputs"]["checksums"]  # the training files by content
     for role, asset in (("encoder", "tiny_cnn"), ("clip", "tiny_clip")):
         sha = hashlib.sha256((ASSETS / "weights" / f"{asset}.safetensors").read_bytes()).hexdigest()
         assert manifest[role]["identity"]["weights"] == f"sha256:{sha}"
@@ -56,9 +57,11 @@ def test_loaded_model_maps_new_images_like_the_cached_features(default_exports):
     with torch.inference_mode():
         got = model.encode_image(images)
     maps = load_file(folder / "zoomshot-out/runs" / run / "maps.safetensors")
-    expected = ((features * maps["scale_source"].float()) @ maps["h.weight"].T + maps["h.bias"]) / maps["scale_clip"].float()
+    expected = ((features * maps["scale_source"].float()) @ maps["h.weight"].T + maps["h.bias"]) / maps[
+        "scale_clip"
+    ].float()
     assert got.shape == (16, maps["h.weight"].shape[0]) == (16, 128)
-    assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999    # float16 cache vs float32
+    assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999  # float16 cache vs float32
 
 
 def test_open_clip_code_runs_unchanged(default_exports):
@@ -68,7 +71,8 @@ def test_open_clip_code_runs_unchanged(default_exports):
     folder, _ = default_exports
     open_clip.add_model_config(MODEL_CONFIGS)
     reference, _, ref_preprocess = open_clip.create_model_and_transforms(
-        "zoomshot-tiny-clip", pretrained=str(ASSETS / "weights/tiny_clip.safetensors"))
+        "zoomshot-tiny-clip", pretrained=str(ASSETS / "weights/tiny_clip.safetensors")
+    )
     reference.eval()
     templates = [lambda c, t=t: t.replace("{c}", c) for t in TEMPLATES]
 
@@ -81,7 +85,9 @@ def test_open_clip_code_runs_unchanged(default_exports):
 
     world = ShapesWorld("test", size=1280, seed=0)
     images, labels = [world.image(i) for i in range(64)], world.labels()[:64]
-    expected, ref_classifier = zero_shot(reference, ref_preprocess, open_clip.get_tokenizer("zoomshot-tiny-clip"), images)
+    expected, ref_classifier = zero_shot(
+        reference, ref_preprocess, open_clip.get_tokenizer("zoomshot-tiny-clip"), images
+    )
     clip_logits, clip_classifier = zero_shot(*load_model(folder / "exports/clip"), images)
     assert torch.equal(clip_classifier, ref_classifier) and torch.allclose(clip_logits, expected, atol=1e-5)
     cnn_logits, cnn_classifier = zero_shot(*load_model(folder / "exports/cnn"), images)
@@ -134,7 +140,7 @@ def test_saving_over_the_original_weights_leaves_the_export_intact(default_expor
     exported = _export_with_local_weights(folder, run, tmp_path / "work")
     original = tmp_path / "work/weights/tiny_cnn.safetensors"
     retrained = {k: v + 1 for k, v in load_file(original).items()}
-    with open(original, "wb") as f:                          # the same file, rewritten
+    with open(original, "wb") as f:  # the same file, rewritten
         f.write(save(retrained))
     model, _, _ = load_model(exported)
     reference, _, _ = load_model(folder / "exports/cnn")
@@ -153,6 +159,7 @@ def _edit_manifest(change):
         m = json.loads((folder / "zoomshot_model.json").read_text())
         change(m)
         (folder / "zoomshot_model.json").write_text(json.dumps(m))
+
     return edit
 
 
@@ -162,25 +169,31 @@ def _flip_maps(folder: Path):
     (folder / "maps.safetensors").write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_flip_maps, "maps.safetensors does not match its recorded sha256"),
-    (lambda f: (f / "maps.safetensors").unlink(), "maps.safetensors is missing"),
-    (lambda f: (f / "zoomshot_model.json").write_text("{ torn"), "zoomshot_model.json is damaged"),
-    (lambda f: (f / "zoomshot_model.json").unlink(), "holds no zoomshot_model.json"),
-    (_edit_manifest(lambda m: m.update(format="zoomshot-model/0")), "this version reads 'zoomshot-model/1'"),
-    (_edit_manifest(lambda m: m["encoder"]["identity"].update(model="test_vit")), "identity does not match"),
-    (_edit_manifest(lambda m: m["encoder"]["preprocess"].update(input_size=[3, 96, 96])), "preprocessing differs"),
-    (_edit_manifest(lambda m: m["clip"]["identity"].update(weights="sha256:" + "0" * 64)),
-     "CLIP weights .* do not match their recorded checksum"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_flip_maps, "maps.safetensors does not match its recorded sha256"),
+        (lambda f: (f / "maps.safetensors").unlink(), "maps.safetensors is missing"),
+        (lambda f: (f / "zoomshot_model.json").write_text("{ torn"), "zoomshot_model.json is damaged"),
+        (lambda f: (f / "zoomshot_model.json").unlink(), "holds no zoomshot_model.json"),
+        (_edit_manifest(lambda m: m.update(format="zoomshot-model/0")), "this version reads 'zoomshot-model/1'"),
+        (_edit_manifest(lambda m: m["encoder"]["identity"].update(model="test_vit")), "identity does not match"),
+        (_edit_manifest(lambda m: m["encoder"]["preprocess"].update(input_size=[3, 96, 96])), "preprocessing differs"),
+        (
+            _edit_manifest(lambda m: m["clip"]["identity"].update(weights="sha256:" + "0" * 64)),
+            "CLIP weights .* do not match their recorded checksum",
+        ),
+    ],
+)
 def test_a_damaged_or_mismatched_export_is_one_line(default_exports, tmp_path, damage, message):
     folder, _ = default_exports
     bad = _damaged_copy(folder / "exports/cnn", tmp_path / "bad", damage)
     with pytest.raises(PipelineError, match=message):
         load_model(bad)
     ShapesWorld("test", size=1, seed=0).image(0).save(tmp_path / "image.png")
-    code, out, err = run_main(tmp_path, "predict", "--model", str(bad), "--classes", "red circle,blue square",
-                              "image.png")
+    code, out, err = run_main(
+        tmp_path, "predict", "--model", str(bad), "--classes", "red circle,blue square", "image.png"
+    )
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
 
 
@@ -195,4 +208,4 @@ def test_export_refuses_bad_input_and_never_overwrites(default_exports, tmp_path
     (tmp_path / "file").write_text("a file, not a folder")
     code, _, err = run_main(folder, "export", run, "--out", str(tmp_path / "file/sub"))
     assert code == 2 and "cannot write --out" in err
-    assert not list((folder / "exports").glob(".*.tmp"))      # nothing half-written left behind
+    assert not list((folder / "exports").glob(".*.tmp"))  # nothing half-written left behind

@@ -1,15 +1,19 @@
 """Real dataset formats with small local stand-ins: ImageFolder with a truncated JPEG, torchvision's
 CIFAR-10 on-disk format; sharded extraction on a real two-worker dask cluster."""
+
 import json
 import pickle
 
 import h5py
 import numpy as np
+from helpers import CLIP, CNN, PATHS, pipeline, write_config
 from PIL import Image
 
-from helpers import CLIP, CNN, PATHS, pipeline, write_config
-
-ONE_ENCODER = PATHS + CLIP + CNN + """
+ONE_ENCODER = (
+    PATHS
+    + CLIP
+    + CNN
+    + """
 [[datasets]]
 name = "data"
 kind = "{kind}"
@@ -21,6 +25,7 @@ splits = ["data:{split}"]
 batch_size = 8
 device = "cpu"
 """
+)
 
 
 def _config(folder, kind, root, split, options="{}"):
@@ -34,8 +39,8 @@ def _image_folder(root, classes=("cat_dog", "red_fox", "owl"), per_class=6, bad=
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.jpg")
     path = root / "train" / sorted(classes)[bad[0]] / f"{bad[1]}.jpg"
-    path.write_bytes(path.read_bytes()[:300])          # a truncated JPEG
-    return bad[0] * per_class + bad[1]                  # its dataset index (classes in sorted order)
+    path.write_bytes(path.read_bytes()[:300])  # a truncated JPEG
+    return bad[0] * per_class + bad[1]  # its dataset index (classes in sorted order)
 
 
 def _read(folder):
@@ -61,7 +66,7 @@ def test_bad_image_skipped_for_every_encoder(tmp_path):
         assert json.loads(f["attrs"]["bad_items"]) == [bad] and f["attrs"]["bad_count"] == 1
         assert json.loads(f["attrs"]["classnames"]) == ["cat dog", "owl", "red fox"]
     np.testing.assert_array_equal(files["clip"]["index"], files["cnn"]["index"])
-    np.testing.assert_array_equal(files["cnn"]["labels"], files["cnn"]["index"] // 6)   # 6 images a class
+    np.testing.assert_array_equal(files["cnn"]["labels"], files["cnn"]["index"] // 6)  # 6 images a class
 
 
 def test_bad_image_fails_when_asked_and_writes_nothing(tmp_path):
@@ -106,7 +111,7 @@ def test_cifar10_in_torchvision_format(tmp_path):
     assert json.loads(files["cnn"]["attrs"]["classnames"]) == names
     assert files["clip"]["features"].shape == (24, 128)
     text = list((tmp_path / "out/cache/text").glob("data-classes_*.h5"))
-    with h5py.File(text[0]) as f:        # OpenAI ImageNet templates x CIFAR class names
+    with h5py.File(text[0]) as f:  # OpenAI ImageNet templates x CIFAR class names
         assert f["embeddings"].shape[0] == 10 * 80 and f["classnames"][3].decode() == "cat"
 
 
@@ -120,8 +125,9 @@ def test_sharded_extraction_on_two_workers_equals_single_process(tmp_path):
     # dask workers run torch on one thread; so does the reference run, since CPU kernels may round
     # differently with another thread count.
     pipeline(single, "extract", "--no-progress", env={"OMP_NUM_THREADS": "1"})
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         pipeline(sharded, "extract", "--scheduler", cluster.scheduler_address, "--shards", "3")
         a, b = _read(single), _read(sharded)
         assert a.keys() == b.keys()
@@ -129,11 +135,13 @@ def test_sharded_extraction_on_two_workers_equals_single_process(tmp_path):
             for key in ("features", "index", "labels"):
                 np.testing.assert_array_equal(a[enc][key], b[enc][key])
         shard_files = sorted((sharded / "out/cache/features").glob("*shard*"))
-        assert len(shard_files) == 3 * 3 + 3 * 2     # train: 3 shards, test (2 batches): 2, x 3 encoders
+        assert len(shard_files) == 3 * 3 + 3 * 2  # train: 3 shards, test (2 batches): 2, x 3 encoders
         with h5py.File(next(p for p in (sharded / "out/cache/features").glob("*.h5") if "shard" not in p.name)) as f:
             assert f["features"].is_virtual
         # A lost shard: only it is extracted again, and the joined file is the same.
-        target = next(p for p in (sharded / "out/cache/features").glob("shapes_train_cnn_*.h5") if "shard" not in p.name)
+        target = next(
+            p for p in (sharded / "out/cache/features").glob("shapes_train_cnn_*.h5") if "shard" not in p.name
+        )
         lost = sorted(sharded.glob(f"out/cache/features/{target.stem}.shard*"))[1]
         others = {p: p.stat().st_mtime_ns for p in shard_files if p != lost}
         target.unlink()

@@ -3,16 +3,16 @@ reaches the closed-form optimum of its objective (the reconstruction with the ri
 loss within 1 %) at several widths and row counts, down to rows barely above the source width, where the
 old defaults (batch 2,048, 20 epochs: one step an epoch, no whitening) stopped far off. Each test's
 control freezes the optimiser (lr = 0) and must miss the optimum: the start alone does not pass."""
+
 import math
 
 import pytest
 import torch
+from helpers import FREEZE, trains_or_frozen
 
 from zoomshot.fit.baselines import lstsq_maps
 from zoomshot.fit.ridge import absolute, moments
 from zoomshot.fit.trainer import TrainConfig, batch_for, train_maps
-
-from helpers import FREEZE, trains_or_frozen
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MSE_ONLY = {"w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0, "init": "random"}
@@ -34,18 +34,21 @@ def objective(maps, s, t, ridge):
     return float(residual + absolute(ridge, moments(scaled_s, scaled_t).ss) * maps.h_weight.double().pow(2).sum())
 
 
-@pytest.mark.parametrize("rows, m, d", [
-    (100, 96, 64),      # rows ~ source width: 4 rows of slack per output
-    (300, 256, 128),
-    (1000, 96, 64),
-    (1000, 256, 128),
-    (4000, 256, 128),
-])
+@pytest.mark.parametrize(
+    "rows, m, d",
+    [
+        (100, 96, 64),  # rows ~ source width: 4 rows of slack per output
+        (300, 256, 128),
+        (1000, 96, 64),
+        (1000, 256, 128),
+        (4000, 256, 128),
+    ],
+)
 @trains_or_frozen
 def test_mse_variant_reaches_the_closed_form_optimum_at_the_defaults(rows, m, d, frozen):
     s, t = anisotropic(rows, m, d)
     maps, _ = train_maps(s, t, None, TrainConfig(**MSE_ONLY, **FREEZE[frozen]))
-    closed = lstsq_maps(s, t)                      # the same GCV choice of the ridge strength
+    closed = lstsq_maps(s, t)  # the same GCV choice of the ridge strength
     assert maps.fit["ridge"] == closed.fit["ridge"]
     trained, optimum = objective(maps, s, t, maps.fit["ridge"]), objective(closed, s, t, closed.fit["ridge"])
     assert (trained <= 1.01 * optimum) is not frozen, (trained, optimum)
@@ -85,4 +88,4 @@ def test_batch_shrinks_for_few_rows_and_epochs_keep_their_meaning():
     s, t = anisotropic(200, 16, 8)
     seen = []
     train_maps(s, t, None, TrainConfig(epochs=3, **MSE_ONLY), on_epoch=seen.append)
-    assert len(seen) == 3                                   # an epoch is one pass over the rows
+    assert len(seen) == 3  # an epoch is one pass over the rows

@@ -3,14 +3,14 @@ what that thread ran before, the cores the process may use, or the machine's loa
 
 The cycle and KD terms amplify the last bits of a reduction (which torch's intra-op thread count
 moves) to whole points of top-1, so these fits are compared bit for bit."""
+
 import os
 import subprocess
 import sys
 
 import pytest
-from safetensors.numpy import load_file
-
 from helpers import SYNTHETIC_CONFIG, pipeline, run_main, synthetic_arrays
+from safetensors.numpy import load_file
 
 # Small fits with cycle and KD terms, and a fit whose optimizer step is large (batch 2048 x 96 x 48).
 GRID = """
@@ -20,8 +20,19 @@ kd_variant = "ht-ce"
 steps_per_epoch = 1
 batch_size = 2048
 """
-FIT = ["fit", "--epochs", "2", "--seeds", "0",
-       "--variants", "mse+cyc+kd-lm", "--variants", "mse+cyc+kd-htce", "--variants", "wide"]
+FIT = [
+    "fit",
+    "--epochs",
+    "2",
+    "--seeds",
+    "0",
+    "--variants",
+    "mse+cyc+kd-lm",
+    "--variants",
+    "mse+cyc+kd-htce",
+    "--variants",
+    "wide",
+]
 
 #: before the sweep, each thread of dask's 2-worker pool runs torch at 2 intra-op threads (a barrier
 #: makes each of the two warm-up tasks take its own thread): the history a long-lived process leaves
@@ -44,11 +55,24 @@ def imported(tmp_path_factory):
     (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs"))
     for split in ("train", "test"):
         for enc in ("clip", "src"):
-            code, out, err = run_main(folder, "cache", "import", f"{enc}_{split}.npy", "--encoder", enc,
-                                      "--dataset", "syn", "--split", split, "--labels", f"y_{split}.npy")
+            code, out, err = run_main(
+                folder,
+                "cache",
+                "import",
+                f"{enc}_{split}.npy",
+                "--encoder",
+                enc,
+                "--dataset",
+                "syn",
+                "--split",
+                split,
+                "--labels",
+                f"y_{split}.npy",
+            )
             assert code == 0, (out, err)
-    code, out, err = run_main(folder, "cache", "import", "classfree.npy", "--text", "classfree",
-                              "--prompts", "classfree.txt")
+    code, out, err = run_main(
+        folder, "cache", "import", "classfree.npy", "--text", "classfree", "--prompts", "classfree.txt"
+    )
     assert code == 0, (out, err)
     return folder
 
@@ -60,8 +84,10 @@ def _fit(folder, runs, *args, prelude=""):
     config.write_text(SYNTHETIC_CONFIG.format(runs=runs) + GRID)
     proc = pipeline(folder, *FIT, "--config", config.name, *args, prelude=prelude)
     assert "3 done" in proc.stdout, proc.stdout
-    return {p.parent.name: {k: v.tobytes() for k, v in load_file(p).items()}
-            for p in sorted((folder / runs).glob("*/maps.safetensors"))}
+    return {
+        p.parent.name: {k: v.tobytes() for k, v in load_file(p).items()}
+        for p in sorted((folder / runs).glob("*/maps.safetensors"))
+    }
 
 
 def test_maps_are_bit_identical_whatever_the_workers_threads_cores_and_load(imported):
@@ -70,8 +96,9 @@ def test_maps_are_bit_identical_whatever_the_workers_threads_cores_and_load(impo
     assert _fit(imported, "one-worker", "--workers", "1") == reference
     assert _fit(imported, "warm-pool", "--workers", "2", prelude=WARM_POOL) == reference
     assert _fit(imported, "one-core", "--workers", "2", prelude=ONE_CORE) == reference
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-               for _ in range(len(os.sched_getaffinity(0)))]
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)))
+    ]
     try:
         assert _fit(imported, "busy", "--workers", "2") == reference
     finally:

@@ -1,4 +1,5 @@
 """Loss terms and scaling math of zoomshot.fit on tiny tensors with hand-computed answers."""
+
 import math
 
 import pytest
@@ -7,7 +8,6 @@ import torch.nn.functional as F
 
 from zoomshot.fit.losses import cycle_terms, mse_loss, pgkd_loss, total_loss
 from zoomshot.fit.spaces import affine_pinv, variance_scale
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,8 +41,8 @@ def test_mse_loss_is_the_share_of_variance_left():
     h_s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     t = torch.tensor([[0.0, 0.0], [0.0, 3.0]])
     assert mse_loss(h_s, t, variance=2.0).item() == pytest.approx((1 + 4 + 0 + 9) / 4 / 2.0)
-    wide = torch.randn(64, 300, generator=torch.Generator().manual_seed(7)) * 2.0    # variance 4, any width:
-    assert mse_loss(torch.zeros_like(wide), wide, 4.0).item() == pytest.approx(1.0, rel=0.05)   # the mean: ~1
+    wide = torch.randn(64, 300, generator=torch.Generator().manual_seed(7)) * 2.0  # variance 4, any width:
+    assert mse_loss(torch.zeros_like(wide), wide, 4.0).item() == pytest.approx(1.0, rel=0.05)  # the mean: ~1
 
 
 def test_cycle_terms_known_values():
@@ -56,7 +56,7 @@ def test_cycle_terms_known_values():
     assert terms["cyc_s"].item() == pytest.approx(6 / 4 / 2.0)
     assert terms["cyc_t"].item() == pytest.approx(9 / 4 / 2.0)
     assert terms["cyc_u"].item() == pytest.approx(4.5 / 2 / 2.0)
-    assert set(cycle_terms(s, t, None, h, h_inv, std=1.0)) == {"cyc_s", "cyc_t"}    # no prompt set, no text term
+    assert set(cycle_terms(s, t, None, h, h_inv, std=1.0)) == {"cyc_s", "cyc_t"}  # no prompt set, no text term
 
 
 def test_cycle_terms_vanish_for_an_exact_inverse():
@@ -77,13 +77,15 @@ def test_pgkd_known_values():
     # (unbiased) is 2: lm = mean squared difference 4 / 2. ht-ce and kl are in units of log 2.
     assert pgkd_loss(h_s, t, u, tau=2.0, variant="lm").item() == pytest.approx(4.0 / 2.0)
     assert pgkd_loss(h_s, t, u, tau=2.0, variant="ht-ce").item() == pytest.approx(
-        math.log(1 + math.exp(2.0)) / math.log(2))
+        math.log(1 + math.exp(2.0)) / math.log(2)
+    )
     p, q = torch.softmax(torch.tensor([2.0, 0.0]), 0), torch.softmax(torch.tensor([0.0, 2.0]), 0)
     kl = float((p * (p / q).log()).sum())
     assert pgkd_loss(h_s, t, u, tau=2.0, variant="kl").item() == pytest.approx(kl / math.log(2), rel=1e-6)
-    p2, q2 = torch.softmax(torch.tensor([0.5, 0.0]), 0), torch.softmax(torch.tensor([0.0, 0.5]), 0)   # T = 4
+    p2, q2 = torch.softmax(torch.tensor([0.5, 0.0]), 0), torch.softmax(torch.tensor([0.0, 0.5]), 0)  # T = 4
     assert pgkd_loss(h_s, t, u, tau=2.0, variant="kl", temperature=4.0).item() == pytest.approx(
-        float((p2 * (p2 / q2).log()).sum()) / math.log(2), rel=1e-6)
+        float((p2 * (p2 / q2).log()).sum()) / math.log(2), rel=1e-6
+    )
 
 
 def test_pgkd_is_minimal_when_student_equals_teacher():
@@ -133,8 +135,9 @@ def batch():
 
 def test_total_loss_combines_weighted_terms(batch):
     s, t, u, h, h_inv = batch["s"], batch["t"], batch["u"], batch["h"], batch["h_inv"]
-    total, parts = total_loss(s, t, u, h, h_inv, w_mse=0.5, w_cyc=2.0, w_cyc_text=3.0, w_kd=4.0, tau=7.0,
-                              target_variance=2.25)
+    total, parts = total_loss(
+        s, t, u, h, h_inv, w_mse=0.5, w_cyc=2.0, w_cyc_text=3.0, w_kd=4.0, tau=7.0, target_variance=2.25
+    )
     cyc = cycle_terms(s, t, u, h, h_inv, std=1.5)
     expected = (
         0.5 * mse_loss(h(s), t, 2.25)

@@ -1,21 +1,21 @@
 """Maps, trainer, baselines and the method registry of zoomshot.fit on synthetic features with known answers."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FREEZE, trains_or_frozen
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoomshot.fit.baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps as LinearMaps
-from zoomshot.fit.spaces import variance_scale
+from zoomshot.fit.baselines import linear_aligner_maps, lstsq_maps, procrustes_maps
 from zoomshot.fit.methods import METHODS, fit_method, resolve_params
+from zoomshot.fit.spaces import variance_scale
 from zoomshot.fit.trainer import TrainConfig, seeded_linear, train_maps
-
-from helpers import FREEZE, trains_or_frozen
 
 MSE_ONLY = {"w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0}
 #: trainer tests start from noise, so that what they check is training (each has a frozen control)
@@ -47,8 +47,14 @@ def scaled_mse(maps, s, t):
 
 def test_linear_maps_apply_save_and_load(tmp_path):
     g = gen(0)
-    maps = LinearMaps(torch.randn(3, 5, generator=g), torch.randn(3, generator=g), torch.randn(5, 3, generator=g),
-                      torch.randn(5, generator=g), scale_source=0.3, scale_clip=2.0)
+    maps = LinearMaps(
+        torch.randn(3, 5, generator=g),
+        torch.randn(3, generator=g),
+        torch.randn(5, 3, generator=g),
+        torch.randn(5, generator=g),
+        scale_source=0.3,
+        scale_clip=2.0,
+    )
     s, t = torch.randn(4, 5, generator=g), torch.randn(4, 3, generator=g)
     torch.testing.assert_close(maps.to_clip(s), ((s * 0.3) @ maps.h_weight.T + maps.h_bias) / 2.0)
     torch.testing.assert_close(maps.to_source(t), ((t * 2.0) @ maps.hinv_weight.T + maps.hinv_bias) / 0.3)
@@ -143,8 +149,9 @@ def trainer_data(n, m, d, seed):
 @trains_or_frozen
 def test_mse_only_trainer_reaches_the_closed_form_optimum(frozen):
     s, t = trainer_data(4000, 48, 32, seed=4)
-    maps, history = train_maps(s, t, None, TrainConfig(batch_size=512, epochs=20, **MSE_ONLY, **RANDOM,
-                                                       **FREEZE[frozen]))
+    maps, history = train_maps(
+        s, t, None, TrainConfig(batch_size=512, epochs=20, **MSE_ONLY, **RANDOM, **FREEZE[frozen])
+    )
     optimum = lstsq_maps(s, t)
     assert (maps.scale_source, maps.scale_clip) == (optimum.scale_source, optimum.scale_clip)
     reached = scaled_mse(maps, s, t) <= 1.01 * scaled_mse(optimum, s, t) and history[-1]["mse"] < history[0]["mse"]
@@ -187,7 +194,13 @@ def class_features(orthogonal, seed, n=4000, n_test=4000, d=32, m=48, classes=10
     s = t @ a.T + 0.01 * torch.randn(n + n_test, m, generator=g) + 0.5
     u = torch.randn(prompts, d, generator=g) / math.sqrt(d) + offset
     return {
-        "s": s[:n], "t": t[:n], "u": u, "s_test": s[n:], "t_test": t[n:], "labels": labels[n:], "centroids": centroids,
+        "s": s[:n],
+        "t": t[:n],
+        "u": u,
+        "s_test": s[n:],
+        "t_test": t[n:],
+        "labels": labels[n:],
+        "centroids": centroids,
         "teacher": top1(t[n:], centroids, labels[n:]),
     }
 
@@ -288,7 +301,7 @@ def subspace_features(seed=0, n=2000, d=24, m=12, k=6):
     source s = t's coordinates in A (m dims). h_inv maps CLIP -> source, h back: h(h_inv(.)) has rank <= m."""
     g = gen(seed)
     basis = torch.linalg.qr(torch.randn(d, d, generator=g)).Q
-    a, b = basis[:, :k], basis[:, k:2 * k]
+    a, b = basis[:, :k], basis[:, k : 2 * k]
     coords = torch.randn(n, k, generator=g)
     t = coords @ a.T + 0.05 * torch.randn(n, d, generator=g) + 1.0
     s = torch.cat([coords, 0.1 * torch.randn(n, m - k, generator=g)], dim=1)
@@ -330,8 +343,15 @@ def test_each_distillation_variant_alone_teaches_the_teachers_prompt_ranking(var
     """Trained by PG-KD alone (no reconstruction) from a random start, h(s) must rank the prompts as CLIP
     ranks them for t: the student's top prompt agrees with the teacher's far above chance (1/64)."""
     f = general
-    params = {"w_mse": 0.0, "w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 1.0, "kd_variant": variant, **RANDOM,
-              **FREEZE[frozen]}
+    params = {
+        "w_mse": 0.0,
+        "w_cyc": 0.0,
+        "w_cyc_text": 0.0,
+        "w_kd": 1.0,
+        "kd_variant": variant,
+        **RANDOM,
+        **FREEZE[frozen],
+    }
     maps, _ = fit_method("zoomshot", f["s"], f["t"], f["u"], params, seed=0, device="cpu")
     u_unit = F.normalize(f["u"], dim=-1)
     t_test = f["t_test"]

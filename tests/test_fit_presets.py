@@ -1,10 +1,11 @@
 """Presets, method revisions and failed fits (issue 23): what a run is named by and what it leaves behind."""
+
 import json
 
 import numpy as np
 import pytest
-
 from helpers import run_main, synthetic_project
+
 from zoomshot.fit import methods
 from zoomshot.fit.presets import PRESETS
 from zoomshot.fit.trainer import TrainConfig
@@ -36,19 +37,22 @@ def test_a_preset_is_a_set_of_trainer_values_under_the_given_ones():
 def test_presets_name_the_variant_and_the_run(tmp_path):
     synthetic_project(tmp_path, ["mse", "lstsq"], fit_table='presets = ["tuned", "paper"]')
     lines = _ok(run_main(tmp_path, "fit", "--dry-run")).splitlines()
-    assert sorted(map(_variant, lines)) == ["lstsq", "mse", "mse (paper)"]   # a baseline has no preset
-    assert len({line.split()[0] for line in lines}) == 3                           # three run names
+    assert sorted(map(_variant, lines)) == ["lstsq", "mse", "mse (paper)"]  # a baseline has no preset
+    assert len({line.split()[0] for line in lines}) == 3  # three run names
     assert "paper  init='random'" in _ok(run_main(tmp_path, "list", "presets"))
     _ok(run_main(tmp_path, "fit", "--presets", "paper", "--variants", "mse"))
     (record,) = _records(tmp_path)
     assert (record["variant"], record["preset"], record["params"]["whiten"]) == ("mse (paper)", "paper", False)
 
 
-@pytest.mark.parametrize("fit_table, message", [
-    ('presets = ["papr"]', "config key 'fit.presets': unknown preset 'papr'; valid: tuned, paper"),
-    ('preset_encoders = { paper = ["nope"] }', "unknown encoder 'nope'"),
-    ("trainer = { preset = \"paper\" }", "config key 'fit.trainer.preset'"),
-])
+@pytest.mark.parametrize(
+    "fit_table, message",
+    [
+        ('presets = ["papr"]', "config key 'fit.presets': unknown preset 'papr'; valid: tuned, paper"),
+        ('preset_encoders = { paper = ["nope"] }', "unknown encoder 'nope'"),
+        ('trainer = { preset = "paper" }', "config key 'fit.trainer.preset'"),
+    ],
+)
 def test_a_bad_preset_is_one_line(tmp_path, fit_table, message):
     synthetic_project(tmp_path, ["mse"], fit_table=fit_table)
     code, out, err = run_main(tmp_path, "fit", "--dry-run")
@@ -71,7 +75,7 @@ def test_a_run_of_an_older_method_revision_is_fitted_again(tmp_path, monkeypatch
     assert code == 0 and "1 done, 1 already finished" in out, (out, err)
     assert "it was fitted by revision 1 of method zoomshot, which is now at revision 2" in err
     after = {r["name"]: r for r in _records(tmp_path)}
-    assert set(after) == set(before)                     # re-fitted in place: no stale folder left beside it
+    assert set(after) == set(before)  # re-fitted in place: no stale folder left beside it
     assert {r["method"]: r["revision"] for r in after.values()} == {"zoomshot": 2, "lstsq": 1}
 
 

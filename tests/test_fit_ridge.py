@@ -1,5 +1,6 @@
 """The ridge of the reconstruction, chosen by GCV from the training pairs (fit/ridge.py): strong for few
 noisy rows, negligible for many, and close to the best strength on held-out rows (a known answer)."""
+
 import math
 
 import pytest
@@ -28,7 +29,7 @@ def test_gcv_shrinks_few_rows_hard_and_many_rows_hardly():
     r_few = gcv_ridge(few.ss, few.ts, float(torch.trace(few.tt)), few.n)
     r_many = gcv_ridge(many.ss, many.ts, float(torch.trace(many.tt)), many.n)
     assert r_few >= 100 * r_many, (r_few, r_many)
-    assert r_few > 1.0                           # measured: 3.2 for 60 rows, 0.01 for 20,000
+    assert r_few > 1.0  # measured: 3.2 for 60 rows, 0.01 for 20,000
 
 
 @pytest.mark.parametrize("rows", [60, 200, 2000])
@@ -39,7 +40,7 @@ def test_the_gcv_choice_is_near_the_best_strength_on_held_out_rows(rows):
     errors = [held_out_error(lstsq_maps(*train, ridge=r, ridge_by_gcv=False), *test) for r in GRID]
     plain = held_out_error(lstsq_maps(*train, ridge=0.0, ridge_by_gcv=False), *test)
     assert chosen <= 1.05 * min(errors), (chosen, min(errors))
-    assert chosen <= plain                     # never worse than no ridge
+    assert chosen <= plain  # never worse than no ridge
 
 
 def correlated_linear(n, m, d=32, noise=0.5, seed=0):
@@ -48,10 +49,12 @@ def correlated_linear(n, m, d=32, noise=0.5, seed=0):
     g = torch.Generator().manual_seed(seed)
     rotation, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
     spectrum = torch.arange(1, m + 1, dtype=torch.float64).reciprocal()
-    s = torch.randn(n, m, generator=g, dtype=torch.float64) * spectrum.sqrt() @ rotation.T \
-        + torch.randn(m, generator=g, dtype=torch.float64)
-    t = s @ (3 * torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(m)) \
-        + noise * torch.randn(n, d, generator=g, dtype=torch.float64)
+    s = torch.randn(n, m, generator=g, dtype=torch.float64) * spectrum.sqrt() @ rotation.T + torch.randn(
+        m, generator=g, dtype=torch.float64
+    )
+    t = s @ (3 * torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(m)) + noise * torch.randn(
+        n, d, generator=g, dtype=torch.float64
+    )
     return s, t
 
 

@@ -1,18 +1,19 @@
 """Fit through the real CLI on imported synthetic features with a known answer, threaded and on a
 real dask.distributed cluster."""
+
 import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from helpers import SYNTHETIC_CONFIG as CONFIG
 from helpers import pipeline, run_main, synthetic_arrays
+from safetensors.numpy import load_file
 
 
 def _import(folder, *args):
     code, out, err = run_main(folder, "cache", "import", *args)
     assert code == 0, (out, err)
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
@@ -21,8 +22,18 @@ def synthetic(tmp_path_factory):
     (folder / "pipeline.toml").write_text(CONFIG.format(runs="out/runs"))
     for split in ("train", "test"):
         for enc in ("clip", "src"):
-            _import(folder, f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split,
-                    "--labels", f"y_{split}.npy")
+            _import(
+                folder,
+                f"{enc}_{split}.npy",
+                "--encoder",
+                enc,
+                "--dataset",
+                "syn",
+                "--split",
+                split,
+                "--labels",
+                f"y_{split}.npy",
+            )
     _import(folder, "class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt")
     _import(folder, "classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")
     pipeline(folder, "fit")
@@ -52,8 +63,9 @@ def test_distributed_sweep_gives_the_same_maps_as_threads(synthetic):
     from dask.distributed import LocalCluster
 
     (synthetic / "cluster.toml").write_text(CONFIG.format(runs="out/runs-cluster"))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         proc = pipeline(synthetic, "fit", "--config", "cluster.toml", "--scheduler", cluster.scheduler_address)
     assert "4 done" in proc.stdout
     threaded, distributed = _runs(synthetic / "out/runs"), _runs(synthetic / "out/runs-cluster")
@@ -74,9 +86,12 @@ def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
 
     bad = synthetic / "bad"
     shutil.copytree(synthetic, bad, ignore=shutil.ignore_patterns("out"))
-    cfg = CONFIG.format(runs="out/runs").replace('variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]',
-                                                 'variants = ["lstsq"]')
-    (bad / "pipeline.toml").write_text(cfg + '\n[[encoders]]\nname = "src2"\nmodel = "imported"\n\n[extract]\nsplits = []\n')
+    cfg = CONFIG.format(runs="out/runs").replace(
+        'variants = ["mse", "mse+cyc+kd-lm", "lstsq", "procrustes"]', 'variants = ["lstsq"]'
+    )
+    (bad / "pipeline.toml").write_text(
+        cfg + '\n[[encoders]]\nname = "src2"\nmodel = "imported"\n\n[extract]\nsplits = []\n'
+    )
     for enc in ("clip", "src", "src2"):
         for split in ("train", "test"):
             array = f"{'src' if enc == 'src2' else enc}_{split}.npy"
@@ -85,7 +100,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
     (damaged,) = (bad / "out/cache/features").glob("syn_train_src2_*.h5")
     with h5py.File(damaged, "r") as f:
         offset = f["features"].id.get_chunk_info(0).byte_offset
-    with damaged.open("r+b") as f:       # flip a byte of the first chunk, as a bad disk would
+    with damaged.open("r+b") as f:  # flip a byte of the first chunk, as a bad disk would
         f.seek(offset + 100)
         byte = f.read(1)
         f.seek(offset + 100)
@@ -115,7 +130,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(synthetic):
     proc.wait_stopped()
     assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     runs = synthetic / "out/runs-killed"
-    assert len(_runs(runs)) == 2                       # killed mid-sweep: exactly the runs written so far
+    assert len(_runs(runs)) == 2  # killed mid-sweep: exactly the runs written so far
     rerun = pipeline(synthetic, *args)
     assert "4 done, 2 already finished, 0 failed" in rerun.stdout
     (synthetic / "whole.toml").write_text(cfg.replace('runs_dir = "out/runs"', 'runs_dir = "out/runs-whole"'))

@@ -1,6 +1,7 @@
 """Layers point one way: cli -> export -> stages (extract, fit, evaluate) -> cache. Each stage is imported
 with the CLI and the other stages made unimportable; `export` (which builds models with `extract`) with
 the CLI, `fit` and `evaluate` made unimportable; `cache` with every stage made unimportable."""
+
 import pkgutil
 import subprocess
 import sys
@@ -13,8 +14,13 @@ import zoomshot.export
 import zoomshot.extract
 import zoomshot.fit
 
-PACKAGES = {"cache": zoomshot.cache, "extract": zoomshot.extract, "fit": zoomshot.fit, "evaluate": zoomshot.evaluate,
-            "export": zoomshot.export}
+PACKAGES = {
+    "cache": zoomshot.cache,
+    "extract": zoomshot.extract,
+    "fit": zoomshot.fit,
+    "evaluate": zoomshot.evaluate,
+    "export": zoomshot.export,
+}
 
 
 def _modules(name: str) -> list[str]:
@@ -22,10 +28,14 @@ def _modules(name: str) -> list[str]:
 
 
 def _imports_without(modules: list[str], blocked: list[str]) -> subprocess.CompletedProcess:
-    code = "import sys\n" + "".join(f"sys.modules[{b!r}] = None\n" for b in blocked) + \
-        "".join(f"import {m}\n" for m in modules)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{b!r}] = None\n" for b in blocked)
+        + "".join(f"import {m}\n" for m in modules)
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}
+    )
 
 
 @pytest.mark.parametrize("stage", ["extract", "fit", "evaluate"])
@@ -44,10 +54,12 @@ def test_export_imports_neither_the_cli_nor_fit_nor_evaluate():
 
 
 def test_the_cache_imports_no_stage():
-    proc = _imports_without(_modules("cache"), [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate", "export")])
+    proc = _imports_without(
+        _modules("cache"), [f"zoomshot.{s}" for s in ("cli", "extract", "fit", "evaluate", "export")]
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_the_check_itself_catches_a_wrong_way_import():
-    proc = _imports_without(["zoomshot.cli.config"], ["zoomshot.fit"])     # the CLI does use the stages
+    proc = _imports_without(["zoomshot.cli.config"], ["zoomshot.fit"])  # the CLI does use the stages
     assert proc.returncode != 0 and "zoomshot.fit" in proc.stderr

@@ -14,20 +14,37 @@ repeated here:
   mismatched index, and widths that disagree in CLIP's or an encoder's space.
 * tests/test_stale_inputs.py: a full disk while the cache file itself grows (no decoding workers).
 """
+
 import json
 import shutil
 import signal
 
 import pytest
+from helpers import (
+    CLIP,
+    CNN,
+    PATHS,
+    SHAPES,
+    Stopped,
+    feature_rows,
+    file_size_limit,
+    inproc,
+    one_line_error,
+    pipeline,
+    write_config,
+)
 
-from helpers import (CLIP, CNN, PATHS, SHAPES, Stopped, feature_rows, file_size_limit, inproc, one_line_error,
-                     pipeline, write_config)
-
-WORLD = PATHS + CLIP + CNN + SHAPES + """
+WORLD = (
+    PATHS
+    + CLIP
+    + CNN
+    + SHAPES
+    + """
 [fit]
 variants = ["lstsq"]
 fractions = [1.0]
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +92,14 @@ def _temporary(folder):
 # ---- config: checked before any work ----------------------------------------------------------------
 CONFIG_PROBES = {
     "negative subset_seed": (("[extract]\n", "[extract]\nsubset_seed = -1\n"), "'extract.subset_seed' must be >= 0"),
-    "empty template list": (('templates = "shapes"', 'templates = "shapes"\ntemplates_file = "empty.json"'),
-                            "templates entry 'shapes' in empty.json must be a non-empty list"),
-    "split_fractions of a split not extracted": (("[extract]\n", '[extract]\nsplit_fractions = { "shapes:tran" = 0.5 }\n'),
-                                                 "'extract.split_fractions' names shapes:tran, which extract.splits"),
+    "empty template list": (
+        ('templates = "shapes"', 'templates = "shapes"\ntemplates_file = "empty.json"'),
+        "templates entry 'shapes' in empty.json must be a non-empty list",
+    ),
+    "split_fractions of a split not extracted": (
+        ("[extract]\n", '[extract]\nsplit_fractions = { "shapes:tran" = 0.5 }\n'),
+        "'extract.split_fractions' names shapes:tran, which extract.splits",
+    ),
 }
 
 
@@ -94,7 +115,7 @@ def test_bad_config_is_one_line_before_any_work(tmp_path, edit, needle):
 
 
 # ---- faults: a full disk at every stage, a killed command ---------------------------------------------
-DISK = {   # stage: (the cached folders it starts from, its arguments, the file-size limit in bytes)
+DISK = {  # stage: (the cached folders it starts from, its arguments, the file-size limit in bytes)
     # the decoding worker's shared-memory batch (~600 kB) is what the limit stops; the cache files stay below it
     "extract": ((), ("extract", "--no-progress", "--num-workers", "1"), 100_000),
     "fit": (("cache",), ("fit",), 0),
@@ -111,27 +132,35 @@ def test_a_full_disk_is_one_line_and_the_rerun_makes_what_a_clean_run_makes(worl
     folder = _copy(world, tmp_path, *parts)
     args = [a.format(run=_run(world)) for a in args]
     proc = pipeline(folder, *args, check=False, preexec_fn=file_size_limit(limit))
-    one_line_error(proc.returncode, proc.stderr, "the disk is full or a file-size limit was reached", "File too large",
-                   "run the same command again")
+    one_line_error(
+        proc.returncode,
+        proc.stderr,
+        "the disk is full or a file-size limit was reached",
+        "File too large",
+        "run the same command again",
+    )
     inproc(folder, *args)
     assert _made(folder, stage) == _made(world, stage)
     assert not _temporary(folder)
 
 
-@pytest.mark.parametrize("stage, parts, args", [
-    ("evaluate", ("cache", "runs"), ("evaluate", "--no-progress")),
-    ("report", ("cache", "runs", "results"), ("report", "--no-plots")),
-])
+@pytest.mark.parametrize(
+    "stage, parts, args",
+    [
+        ("evaluate", ("cache", "runs"), ("evaluate", "--no-progress")),
+        ("report", ("cache", "runs", "results"), ("report", "--no-plots")),
+    ],
+)
 def test_a_killed_commands_temporary_files_go_with_the_next_run(world, tmp_path, stage, parts, args):
     from zoomshot.cache import atomic
 
     folder = _copy(world, tmp_path, *parts)
-    proc = Stopped(folder, *args, point="atomic.replace", k=2)    # the second file written, before its rename
+    proc = Stopped(folder, *args, point="atomic.replace", k=2)  # the second file written, before its rename
     proc.wait_stopped()
     assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
     left = _temporary(folder)
     assert len(left) == 1
-    live = atomic.temporary_name(left[0].parent / "live.json")    # a running writer's (this process)
+    live = atomic.temporary_name(left[0].parent / "live.json")  # a running writer's (this process)
     live.write_text("{}")
     inproc(folder, *args)
     assert _temporary(folder) == [live]
@@ -144,7 +173,7 @@ def test_an_edited_run_json_is_a_stale_run_never_believed(world, tmp_path):
     record = folder / "out/runs" / run / "run.json"
     text = record.read_text()
     assert '"fraction": 1.0' in text
-    record.write_text(text.replace('"fraction": 1.0', '"fraction": 0.5'))     # valid JSON, a plausible value
+    record.write_text(text.replace('"fraction": 1.0', '"fraction": 0.5'))  # valid JSON, a plausible value
     proc = pipeline(folder, "export", run, "--out", "exports/edited", check=False)
     one_line_error(proc.returncode, proc.stderr, f"run {run}: run.json was changed after the fit", "pipeline fit")
     ev = inproc(folder, "evaluate", "--no-progress", check=False)
@@ -153,14 +182,17 @@ def test_an_edited_run_json_is_a_stale_run_never_believed(world, tmp_path):
     assert "1 done" in fit.stdout and f"re-fitting run {run}: run.json was changed after the fit" in fit.stderr
     assert json.loads(record.read_text())["fraction"] == 1.0
     old = {k: v for k, v in json.loads(record.read_text()).items() if k != "record_sha256"}
-    record.write_text(json.dumps(old))                                         # written before the checksum
+    record.write_text(json.dumps(old))  # written before the checksum
     assert "lacks record_sha256" in inproc(folder, "fit").stderr
 
 
-@pytest.mark.parametrize("templates, needle", [
-    ([], "no usable templates in the manifest of"),
-    (["a photo", "a drawing"], "each needs a {c} placeholder"),
-])
+@pytest.mark.parametrize(
+    "templates, needle",
+    [
+        ([], "no usable templates in the manifest of"),
+        (["a photo", "a drawing"], "each needs a {c} placeholder"),
+    ],
+)
 def test_predict_refuses_an_export_without_usable_templates(world, tmp_path, templates, needle):
     from zoomshot.extract.world import ShapesWorld
 

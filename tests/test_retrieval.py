@@ -1,5 +1,6 @@
 """Retrieval: Recall@K (evaluate/retrieval.py) against CLIP_benchmark's own `zeroshot_retrieval` code, and
 the caption embeddings `pipeline extract` caches for it."""
+
 import json
 import shutil
 import tracemalloc
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k as cb_recall_at_k
+from clip_benchmark.metrics.zeroshot_retrieval import batchify
+from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as cb_recall_at_k
+from helpers import run_main, run_named, shipped_config, write_toml
 
 from zoomshot.cache import store
 from zoomshot.evaluate.retrieval import recall_at_k
 from zoomshot.extract.world import ShapesWorld
-from helpers import run_main, run_named, shipped_config, write_toml
 
 
 def _clip_benchmark(images, texts, image_of_text, ks):
@@ -26,7 +28,9 @@ def _clip_benchmark(images, texts, image_of_text, ks):
     out = {}
     for k in ks:
         for side, s, p in (("image", scores, positive), ("text", scores.T, positive.T)):
-            out[f"{side}_retrieval_recall@{k}"] = (batchify(cb_recall_at_k, s, p, 64, "cpu", k=k) > 0).float().mean().item()
+            out[f"{side}_retrieval_recall@{k}"] = (
+                (batchify(cb_recall_at_k, s, p, 64, "cpu", k=k) > 0).float().mean().item()
+            )
     return out
 
 
@@ -44,7 +48,7 @@ def test_recalls_equal_clip_benchmarks_without_ties(chunk_rows):
     ours = recall_at_k(images, texts, image_of_text, (1, 5, 10), chunk_rows=chunk_rows)
     theirs = _clip_benchmark(images, texts, image_of_text, (1, 5, 10))
     assert ours == pytest.approx(theirs, abs=1e-9)
-    assert 0.05 < ours["image_retrieval_recall@1"] < ours["image_retrieval_recall@10"] < 1   # informative data
+    assert 0.05 < ours["image_retrieval_recall@1"] < ours["image_retrieval_recall@10"] < 1  # informative data
 
 
 def test_texts_in_shuffled_order_give_the_same_recalls():
@@ -65,7 +69,6 @@ def test_exact_ties_rank_the_lower_index_first():
     assert got["text_retrieval_recall@1"] == pytest.approx(2 / 3)
 
 
-
 def test_the_test_file_is_read_in_chunks_with_the_same_recalls(tmp_path):
     """`Retrieval.metrics` streams the cached test images `chunk_rows` at a time: the file's rows are never
     all in memory at once (numpy's allocations, traced), and the recalls equal those of one whole chunk."""
@@ -74,18 +77,21 @@ def test_the_test_file_is_read_in_chunks_with_the_same_recalls(tmp_path):
     from zoomshot.evaluate.retrieval import Retrieval
 
     images, texts, image_of_text = _data(n_images=1000, per_image=1, d=2048, noise=14.0)
-    project = Project(PathsCfg(cache_dir=str(tmp_path)), ClipCfg(), [], [DatasetCfg(name="shapes", kind="shapes")],
-                      Subsets())
-    index = np.arange(1000, dtype=np.int64) * 3                  # dataset indices, not rows
-    store.write_text(layout.caption_text_path(project, "shapes:test", "clip-key"), store.TextEmbeddings(
-        texts.numpy(), [f"caption {i}" for i in index], index[image_of_text.numpy()], [], {}))
+    project = Project(
+        PathsCfg(cache_dir=str(tmp_path)), ClipCfg(), [], [DatasetCfg(name="shapes", kind="shapes")], Subsets()
+    )
+    index = np.arange(1000, dtype=np.int64) * 3  # dataset indices, not rows
+    store.write_text(
+        layout.caption_text_path(project, "shapes:test", "clip-key"),
+        store.TextEmbeddings(texts.numpy(), [f"caption {i}" for i in index], index[image_of_text.numpy()], [], {}),
+    )
     writer = store.FeatureWriter(tmp_path / "test.h5", 2048, {"encoder": "clip"}, {"batch_size": 1000}, 1000)
     writer.append(images.numpy(), index, np.zeros(1000, dtype=np.int64), 1000)
     test_file = writer.finish()
 
     def metrics(chunk_rows):
         retrieval = Retrieval(project, "shapes:test", True, chunk_rows, print)
-        retrieval.captions("clip-key")                            # read before the trace: captions are whole
+        retrieval.captions("clip-key")  # read before the trace: captions are whole
         tracemalloc.start()
         try:
             return retrieval.metrics(test_file, None, "clip-key"), tracemalloc.get_traced_memory()[1]
@@ -95,7 +101,8 @@ def test_the_test_file_is_read_in_chunks_with_the_same_recalls(tmp_path):
     chunked, peak = metrics(chunk_rows=100)
     whole, whole_peak = metrics(chunk_rows=65536)
     assert chunked == whole and 0.05 < whole["image_retrieval_recall@1"] < whole["image_retrieval_recall@10"] < 1
-    assert whole_peak > images.numel() * 4 and 4 * peak < whole_peak, (peak, whole_peak)   # measured 2.2 vs 12.4 MB
+    assert whole_peak > images.numel() * 4 and 4 * peak < whole_peak, (peak, whole_peak)  # measured 2.2 vs 12.4 MB
+
 
 def test_the_test_splits_captions_are_cached_in_row_order(default_world):
     path = next((default_world / "zoomshot-out/cache/text").glob("shapes-test-captions_clip_*.h5"))
@@ -104,7 +111,7 @@ def test_the_test_splits_captions_are_cached_in_row_order(default_world):
     with h5py.File(features) as f:
         index = f["index"][:]
     world = ShapesWorld("test", size=1280, seed=0)
-    assert np.array_equal(captions.class_of_prompt, index)       # one caption an image, each naming its image
+    assert np.array_equal(captions.class_of_prompt, index)  # one caption an image, each naming its image
     assert captions.prompts[:3] == [world.caption(int(i)) for i in index[:3]]
     assert captions.embeddings.shape == (1280, 128) and captions.attrs["captions_of"] == features.name
 

@@ -1,6 +1,7 @@
 """Every cached number is the one its settings ask for: keys and run names are content, not place;
 what changed on disk (weights, class names, images, feature or run files) is noticed; damaged files
 are one line each and the rest goes on; interrupted or failed extractions recover."""
+
 import io
 import json
 import os
@@ -11,10 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import CLIP, CNN, PATHS, REPO, SHAPES, Stopped, feature_rows, inproc, pipeline, run_main, synthetic_project
 from safetensors.torch import load_file, save_file
-
-from helpers import (CLIP, CNN, PATHS, REPO, SHAPES, Stopped, feature_rows, inproc, pipeline, run_main,
-                     synthetic_project)
 
 # ------------------------------------------------------------------ imported synthetic features (fast)
 
@@ -43,25 +42,31 @@ def test_a_moved_or_copied_folder_keeps_its_runs(synthetic, tmp_path):
     shutil.copytree(synthetic, copy)
     assert "0 done, 2 already finished" in _ok(run_main(copy, "fit"))
     assert [p.name for p in _run_dirs(copy)] == [p.name for p in _run_dirs(synthetic)]
-    shutil.rmtree(synthetic)                             # moved, not copied: the runs still evaluate
+    shutil.rmtree(synthetic)  # moved, not copied: the runs still evaluate
     assert "3 result file(s) written" in _ok(run_main(copy, "evaluate", "--no-progress"))
 
 
 def test_run_json_holds_the_resolved_settings_and_names_by_them(synthetic):
     from zoomshot.fit.trainer import TrainConfig
 
-    record = json.loads(next(p for p in _run_dirs(synthetic) if "mse" in (p / "run.json").read_text()
-                             and json.loads((p / "run.json").read_text())["variant"] == "mse").joinpath(
-        "run.json").read_text())
+    record = json.loads(
+        next(
+            p
+            for p in _run_dirs(synthetic)
+            if "mse" in (p / "run.json").read_text() and json.loads((p / "run.json").read_text())["variant"] == "mse"
+        )
+        .joinpath("run.json")
+        .read_text()
+    )
     defaults = {k: v for k, v in vars(TrainConfig()).items() if k not in ("seed", "device")}
-    assert set(record["params"]) == set(defaults)        # every default filled in, in the record
+    assert set(record["params"]) == set(defaults)  # every default filled in, in the record
     assert record["params"]["lr"] == defaults["lr"] and record["params"]["epochs"] == 3
     assert record["encoder_key"] and record["clip_key"] and len(record["inputs"]["checksums"]) == 2
-    assert not any(str(synthetic) in json.dumps(v) for k, v in record.items() if k != "versions")   # no path
-    names = lambda *args: _ok(run_main(synthetic, "fit", "--dry-run", "--variants", "mse", *args))   # noqa: E731
+    assert not any(str(synthetic) in json.dumps(v) for k, v in record.items() if k != "versions")  # no path
+    names = lambda *args: _ok(run_main(synthetic, "fit", "--dry-run", "--variants", "mse", *args))  # noqa: E731
     text = (synthetic / "pipeline.toml").read_text()
     (synthetic / "pipeline.toml").write_text(text.replace("[fit]", f"[fit]\ntrainer = {{ lr = {defaults['lr']} }}"))
-    assert names().split()[0] == record["name"]         # a default said aloud is the same run
+    assert names().split()[0] == record["name"]  # a default said aloud is the same run
     (synthetic / "pipeline.toml").write_text(text.replace("[fit]", "[fit]\ntrainer = { lr = 0.5 }"))
     assert names().split()[0] != record["name"]
 
@@ -70,8 +75,22 @@ def test_reimported_inputs_make_a_finished_run_stale(synthetic):
     (train,) = (synthetic / "out/cache/features").glob("syn_train_src_*.h5")
     _ok(run_main(synthetic, "cache", "rm", train.name))
     np.save(synthetic / "other.npy", np.load(synthetic / "src_train.npy")[:, ::-1].copy())
-    _ok(run_main(synthetic, "cache", "import", "other.npy", "--encoder", "src", "--dataset", "syn", "--split",
-                 "train", "--labels", "y_train.npy"))
+    _ok(
+        run_main(
+            synthetic,
+            "cache",
+            "import",
+            "other.npy",
+            "--encoder",
+            "src",
+            "--dataset",
+            "syn",
+            "--split",
+            "train",
+            "--labels",
+            "y_train.npy",
+        )
+    )
     code, out, err = run_main(synthetic, "fit")
     assert code == 0 and "2 done, 0 already finished" in out and "its input files changed" in err, (out, err)
 
@@ -79,19 +98,21 @@ def test_reimported_inputs_make_a_finished_run_stale(synthetic):
 def test_damaged_runs_and_files_are_one_line_each_and_the_rest_goes_on(synthetic):
     mse, lstsq = sorted(_run_dirs(synthetic), key=lambda p: json.loads((p / "run.json").read_text())["variant"])[:2]
     data = (mse / "maps.safetensors").read_bytes()
-    (mse / "maps.safetensors").write_bytes(data[: len(data) // 2])         # truncated
+    (mse / "maps.safetensors").write_bytes(data[: len(data) // 2])  # truncated
     code, out, _ = run_main(synthetic, "evaluate", "--no-progress")
     assert code == 1 and f"skip: run {mse.name}: maps.safetensors is damaged" in out
-    assert "evaluate: 2 result file(s) written, 1 skipped" in out          # CLIP and lstsq
+    assert "evaluate: 2 result file(s) written, 1 skipped" in out  # CLIP and lstsq
     (lstsq / "run.json").write_text('{"name": "x", "trunc')
     code, out, _ = run_main(synthetic, "evaluate", "--no-progress")
-    assert code == 1 and f"run {lstsq.name}: run.json is damaged" in out and "1 result file(s) written, 2 skipped" in out
+    assert (
+        code == 1 and f"run {lstsq.name}: run.json is damaged" in out and "1 result file(s) written, 2 skipped" in out
+    )
 
     (text,) = (synthetic / "out/cache/text").glob("syn-classes_*.h5")
     with h5py.File(text, "r") as f:
-        emb = f["embeddings"]       # chunked (with checksums) since text writes are resumable
+        emb = f["embeddings"]  # chunked (with checksums) since text writes are resumable
         offset = emb.id.get_chunk_info(0).byte_offset if emb.chunks else emb.id.get_offset()
-    with text.open("r+b") as f:                                             # one flipped byte
+    with text.open("r+b") as f:  # one flipped byte
         f.seek(offset + 5)
         b = f.read(1)
         f.seek(offset + 5)
@@ -127,11 +148,16 @@ def test_a_joined_file_with_a_missing_shard_is_never_read(tmp_path):
 
 
 # ------------------------------------------------------------- the world with real models (subprocesses)
-WORLD = PATHS + CLIP + CNN.replace('model = "test_resnet"', 'model = "test_resnet"\npretrained = "cnn.safetensors"') + \
-    SHAPES + """
+WORLD = (
+    PATHS
+    + CLIP
+    + CNN.replace('model = "test_resnet"', 'model = "test_resnet"\npretrained = "cnn.safetensors"')
+    + SHAPES
+    + """
 [fit]
 variants = ["lstsq"]
 """
+)
 
 
 def _world(folder: Path, train=128, test=64, batch=32) -> Path:
@@ -147,8 +173,11 @@ def _attr(path, name):
 
 
 def _acc(folder):
-    return {p.parent.name: json.loads(p.read_text())["metrics"]["acc1"]
-            for p in (folder / "out/results").rglob("shapes-test.json") if p.parent.name != "clip"}
+    return {
+        p.parent.name: json.loads(p.read_text())["metrics"]["acc1"]
+        for p in (folder / "out/results").rglob("shapes-test.json")
+        if p.parent.name != "clip"
+    }
 
 
 def test_changed_weights_never_score_old_runs_on_new_features(tmp_path):
@@ -156,21 +185,26 @@ def test_changed_weights_never_score_old_runs_on_new_features(tmp_path):
     inproc(folder, "run", "--no-progress")
     (old_run, acc) = next(iter(_acc(folder).items()))
     weights = load_file(str(folder / "cnn.safetensors"))
-    save_file({k: (v + 0.3 * v.std() if v.is_floating_point() and v.numel() > 1 else v) for k, v in weights.items()},
-              str(folder / "cnn.safetensors"))                             # the file rewritten in place
-    assert "2 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout   # new cnn features
+    save_file(
+        {k: (v + 0.3 * v.std() if v.is_floating_point() and v.numel() > 1 else v) for k, v in weights.items()},
+        str(folder / "cnn.safetensors"),
+    )  # the file rewritten in place
+    assert "2 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout  # new cnn features
     inproc(folder, "evaluate", "--no-progress", "--all-runs")
-    assert _acc(folder) == {old_run: acc}          # the old run is still scored on the features it was fitted on
+    assert _acc(folder) == {old_run: acc}  # the old run is still scored on the features it was fitted on
     assert "1 done, 0 already finished" in inproc(folder, "fit").stdout  # the new weights: a new run
     record = json.loads((folder / "out/runs" / old_run / "run.json").read_text())
-    (old_features,) = [p for p in (folder / "out/cache/features").glob("shapes_test_cnn_*.h5")
-                       if _attr(p, "encoder_key") == record["encoder_key"]]
+    (old_features,) = [
+        p
+        for p in (folder / "out/cache/features").glob("shapes_test_cnn_*.h5")
+        if _attr(p, "encoder_key") == record["encoder_key"]
+    ]
     inproc(folder, "cache", "rm", old_features.name)
     ev = inproc(folder, "evaluate", "--no-progress", "--all-runs", check=False)
     assert ev.returncode == 1 and f"skip run {old_run} (cnn, lstsq)" in ev.stdout
     assert "fitted with encoder 'cnn' of other weights or settings than the config's" in ev.stdout
     new = _acc(folder)
-    assert len(new) == 2 and new[old_run] == acc   # its old result file stays; the new run has its own
+    assert len(new) == 2 and new[old_run] == acc  # its old result file stays; the new run has its own
 
 
 def _tree(root: Path, counts: dict[str, int]) -> None:
@@ -189,7 +223,10 @@ def test_edited_class_names_and_added_images_are_new_inputs(tmp_path):
     folder = tmp_path / "tree"
     _tree(folder / "data", {"a": 3, "b": 3})
     (folder / "names.txt").write_text("red circle\nblue square\n")
-    (folder / "pipeline.toml").write_text(PATHS + CLIP.format(templates="shapes") + """
+    (folder / "pipeline.toml").write_text(
+        PATHS
+        + CLIP.format(templates="shapes")
+        + """
 [[datasets]]
 name = "mine"
 kind = "imagefolder"
@@ -200,8 +237,9 @@ options = { classnames_file = "names.txt" }
 splits = ["mine:train"]
 batch_size = 4
 device = "cpu"
-""")
-    assert "3 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout   # + both text files
+"""
+    )
+    assert "3 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout  # + both text files
     again = inproc(folder, "extract", "--no-progress").stdout
     assert "everything was cached already" in again
     (folder / "names.txt").write_text("red circle\ngreen star\n")
@@ -209,7 +247,7 @@ device = "cpu"
     texts = sorted((folder / "out/cache/text").glob("mine-classes_*.h5"), key=lambda p: p.stat().st_mtime_ns)
     with h5py.File(texts[-1]) as f:
         assert [s.decode() for s in f["classnames"][:]] == ["red circle", "green star"]
-    _tree(folder / "data", {"a": 4})                                        # one image added
+    _tree(folder / "data", {"a": 4})  # one image added
     assert "1 cache file(s) written" in inproc(folder, "extract", "--no-progress").stdout
     newest = max((folder / "out/cache/features").glob("mine_train_*.h5"), key=lambda p: p.stat().st_mtime_ns)
     with h5py.File(newest) as f:
@@ -222,8 +260,10 @@ def test_a_full_disk_mid_extraction_is_one_line_and_the_rerun_recovers(tmp_path)
     # in their shared-memory batches, where a real full disk does not reach
     config = full / "pipeline.toml"
     config.write_text(config.read_text().replace('device = "cpu"', 'device = "cpu"\nnum_workers = 0', 1))
-    prelude = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (90_000, 90_000))")     # files stop growing at 90 kB
+    prelude = (
+        "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (90_000, 90_000))"
+    )  # files stop growing at 90 kB
     proc = pipeline(full, "extract", "--no-progress", prelude=prelude, check=False)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -245,7 +285,10 @@ def test_resuming_with_other_settings_starts_again(tmp_path):
 
 
 # ------------------------------------------------- [extract] content_hash: images rewritten in place
-CONTENT_CONFIG = PATHS + CLIP.format(templates="shapes") + """
+CONTENT_CONFIG = (
+    PATHS
+    + CLIP.format(templates="shapes")
+    + """
 [[datasets]]
 name = "mine"
 kind = "imagefolder"
@@ -258,6 +301,7 @@ device = "cpu"
 num_workers = 0
 content_hash = {content_hash}
 """
+)
 
 
 @pytest.mark.parametrize("content_hash", [True, False])
@@ -279,13 +323,17 @@ def test_an_image_rewritten_in_place_is_stale_only_with_content_hash(tmp_path, c
     st, other = image.stat(), io.BytesIO()
     Image.fromarray(255 - np.asarray(world.image(0))).save(other, format="PNG", compress_level=0)
     assert len(other.getvalue()) == st.st_size and other.getvalue() != image.read_bytes()
-    with image.open("r+b") as f:         # in place: the same file, no directory entry changes
+    with image.open("r+b") as f:  # in place: the same file, no directory entry changes
         f.write(other.getvalue())
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
     proc = pipeline(tmp_path, "extract", "--no-progress")
     if content_hash:
-        assert "mine:train: the bytes of its files (content_hash) changed since the last extraction: its " \
-               "features are extracted anew" in proc.stdout and "1 cache file(s) written" in proc.stdout, proc.stdout
+        assert (
+            "mine:train: the bytes of its files (content_hash) changed since the last extraction: its "
+            "features are extracted anew"
+            in proc.stdout
+            and "1 cache file(s) written" in proc.stdout
+        ), proc.stdout
     else:
         assert "everything was cached already" in proc.stdout and "changed" not in proc.stdout, proc.stdout
 
@@ -294,5 +342,6 @@ def test_a_bad_content_hash_setting_is_one_line(tmp_path):
     (tmp_path / "pipeline.toml").write_text(CONTENT_CONFIG.format(content_hash='"yes"'))
     proc = pipeline(tmp_path, "extract", "--no-progress", check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "content_hash" in lines[0] and "Traceback" not in proc.stderr, \
+    assert proc.returncode == 2 and len(lines) == 1 and "content_hash" in lines[0] and "Traceback" not in proc.stderr, (
         proc.stderr
+    )

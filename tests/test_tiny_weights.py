@@ -1,5 +1,6 @@
 """The shipped tiny world weights (issue 5): checksums, loading through the pipeline's routes, a
 zero-shot accuracy floor for the tiny CLIP, and no held-out combination in its training captions."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,6 @@ wc = importlib.import_module("world_common")
 #: (see extract/assets/weights/README.md); a regression of a few points fails the test.
 CLIP_TOP1_FLOOR_300 = 0.86
 FILES = ("tiny_clip.safetensors", "tiny_cnn.safetensors", "tiny_vit.safetensors")
-
-
 
 
 def _sums() -> dict[str, str]:
@@ -53,7 +52,7 @@ def _assert_all_loaded(model, file: Path) -> None:
     strict=False miss)."""
     saved = load_file(str(file))
     state = model.state_dict()
-    assert set(saved) == set(state), (set(saved) ^ set(state))
+    assert set(saved) == set(state), set(saved) ^ set(state)
     for k, v in saved.items():
         assert torch.equal(state[k].to(v.dtype), v), k
 
@@ -75,18 +74,24 @@ def test_tiny_clip_loads_and_zero_shot_floor():
         assert model.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, 128)
 
 
-@pytest.mark.parametrize("name,file,width", [
-    ("test_resnet", "tiny_cnn.safetensors", 96),
-    ("test_vit", "tiny_vit.safetensors", 64),
-])
+@pytest.mark.parametrize(
+    "name,file,width",
+    [
+        ("test_resnet", "tiny_cnn.safetensors", 96),
+        ("test_vit", "tiny_vit.safetensors", 64),
+    ],
+)
 def test_timm_encoders_load_with_num_classes_0(name, file, width):
     import timm
 
     path = WEIGHTS / file
     options = {"img_size": 64} if name == "test_vit" else {}
     model = timm.create_model(
-        name, num_classes=0, pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path), input_size=(3, 64, 64), crop_pct=1.0), **options,
+        name,
+        num_classes=0,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), input_size=(3, 64, 64), crop_pct=1.0),
+        **options,
     ).eval()
     _assert_all_loaded(model, path)
     assert model.num_features == width
@@ -107,7 +112,7 @@ def test_clip_training_captions_never_hold_out_combinations():
     parser_defaults = {"bank": 32768, "seed": 0}  # the script's defaults; checked below
     src = Path(train_clip.__file__).read_text()
     assert "wc.clip_training_world(" in src and "include_held_out" not in src.replace("include_held_out=False", "")
-    assert 'default=32768' in src and 'ap.add_argument("--seed", type=int, default=0)' in src
+    assert "default=32768" in src and 'ap.add_argument("--seed", type=int, default=0)' in src
     world = wc.clip_training_world(parser_defaults["bank"], parser_defaults["seed"])
     assert world.include_held_out is False and world.split == "train"
     labels = world.labels()

@@ -1,6 +1,7 @@
 """README's "Use your own data and weights" config (configs/my-data.toml) is the file the README shows, and
 it works on an ImageFolder as the README says: it loads, its dataset opens with the folder names as classes,
 its models build (random weights: no download) at their real widths, and its fit grid expands."""
+
 import re
 from pathlib import Path
 
@@ -48,5 +49,5 @@ def test_the_worked_config_builds_its_models_and_grid(my_data):
     clip = build_encoder({**my_data.project.encoder("clip").spec(), "pretrained": ""}, "cpu")
     assert (encoder.dim, clip.dim) == (768, 512)
     runs = [r["record"] for r in expand(my_data.project, my_data.fit)]
-    assert len(runs) == 4 * 2 * 3                         # variants x fractions x seeds, one encoder
+    assert len(runs) == 4 * 2 * 3  # variants x fractions x seeds, one encoder
     assert {r["encoder"] for r in runs} == {"convnext"}

@@ -1,4 +1,5 @@
 """The procedural shapes world (extract/world.py) and its prompt assets."""
+
 import json
 import pickle
 import re
@@ -10,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zoomshot.cache.errors import PipelineError
+from zoomshot.cache.layout import read_prompt_file
+from zoomshot.extract import shipped
 from zoomshot.extract import world as W
 from zoomshot.extract.world import (
     BACKGROUNDS,
@@ -21,9 +25,6 @@ from zoomshot.extract.world import (
     ShapesWorld,
     is_held_out,
 )
-from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.layout import read_prompt_file
-from zoomshot.extract import shipped
 
 
 def classfree_prompts(path=shipped.CLASSFREE_PROMPTS):
@@ -169,7 +170,12 @@ def test_captions_mention_the_sample_factors():
         assert SIZES[f["size"]] in words
         assert BACKGROUNDS[f["background"]] in words
         # ...and no other value of any factor
-        for values, own in ((SHAPES, f["shape"]), (COLOURS, f["colour"]), (SIZES, f["size"]), (BACKGROUNDS, f["background"])):
+        for values, own in (
+            (SHAPES, f["shape"]),
+            (COLOURS, f["colour"]),
+            (SIZES, f["size"]),
+            (BACKGROUNDS, f["background"]),
+        ):
             assert not (words & (set(values) - {values[own]})), cap
         assert f["label"] == ds[i][1] == W.class_label(f["colour"], f["shape"])
         assert f["class_name"] == ds.classes[f["label"]]
@@ -294,8 +300,9 @@ def test_a_sketch_shows_the_same_sample_in_other_image_statistics():
     area, energy = {}, {"photo": [], "sketch": []}
     for i in range(200):
         p_spec, s_spec = photo.spec(i), sketch.spec(i)
-        assert {k: v for k, v in s_spec.items() if k in p_spec and k != "style"} == \
-            {k: v for k, v in p_spec.items() if k != "style"}
+        assert {k: v for k, v in s_spec.items() if k in p_spec and k != "style"} == {
+            k: v for k, v in p_spec.items() if k != "style"
+        }
         img = np.asarray(sketch[i][0]).astype(int)
         assert sketch[i][1] == photo[i][1] and not np.array_equal(img, np.asarray(photo[i][0]))
         close = (np.abs(img - np.array(s_spec["rgb"])).max(axis=2) == 0).sum()
@@ -316,7 +323,8 @@ def test_sketches_are_deterministic_and_styles_are_checked():
     with pytest.raises(ValueError, match="style must be one of 'photo', 'sketch'"):
         ShapesWorld(style="watercolour")
     from zoomshot.extract.settings import STYLES
-    assert STYLES == W.STYLES                     # the config checks the names the world draws
+
+    assert STYLES == W.STYLES  # the config checks the names the world draws
 
 
 def test_the_style_is_part_of_a_cache_key_unless_it_is_the_photo_style(tmp_path):
@@ -327,7 +335,7 @@ def test_the_style_is_part_of_a_cache_key_unless_it_is_the_photo_style(tmp_path)
         options = {"train_size": 10, "test_size": 10, "seed": 0, "image_size": 64, **extra}
         return DatasetCfg("shapes", "shapes", "", options).identity("train", DataRecord(tmp_path / "r", "shapes", ""))
 
-    assert identity(style="photo") == identity()              # caches made before styles stay valid
+    assert identity(style="photo") == identity()  # caches made before styles stay valid
     assert identity(style="sketch") != identity()
 
 

@@ -8,6 +8,7 @@ and the entry points for notebooks and scripts:
 
 Everything is imported when first used, so `import zoomshot` stays free of torch and model code.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +24,7 @@ def read_results(folder: str | Path) -> Any:
     fraction, epochs, seed, train, `params.<name>` and each scalar metric (acc1, acc5, ...). A pandas
     DataFrame when pandas is importable, else a list of dicts. Unreadable files are skipped with a warning."""
     from zoomshot.evaluate.report import load_results, tidy_rows
+
     rows = tidy_rows(load_results(Path(folder)))
     try:
         import pandas
@@ -52,5 +54,6 @@ def run_stage(stage: str, config: Any = None, **overrides: Any) -> Any:
 def __getattr__(name: str) -> Any:
     if name == "load_model":
         from zoomshot.export.model import load_model
+
         return load_model
     raise AttributeError(f"module 'zoomshot' has no attribute {name!r}")
