@@ -6,7 +6,7 @@ and initialises the maps).
     HF_HUB_OFFLINE=1 python benchmarks/loss_weights.py [--quick] [--seeds 3] [--work DIR]
 
 Prints one Markdown table per data setting (rows: terms; columns: weights; `mse` = weight 0) and a
-summary line per setting; appends a JSON line to benchmarks/results/loss_weights.jsonl. The README's
+summary line per setting; appends a JSON line to benchmarks/results/loss_weights.jsonl. docs/claims.md's
 "Which loss terms help where" section quotes a full run.
 """
 
@@ -98,7 +98,7 @@ def print_setting(name: str, table: dict, weights: list[float]) -> None:
 
 
 def summary(results: dict, weights: list[float]) -> str:
-    """The README's table: per term and setting, the change of top-1 over the reconstruction alone at
+    """docs/claims.md's table: per term and setting, the change of top-1 over the reconstruction alone at
     weight 1, and the best change with its weight (points, means over seeds)."""
     settings = list(results)
     lines = ["| term | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]

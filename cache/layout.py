@@ -1,5 +1,5 @@
 """Where every cache file lives, computed from the settings alone, so `fit` and `evaluate` find the
-cache without building a model or opening a dataset (README: cache layout).
+cache without building a model or opening a dataset (docs/cache.md).
 
     <cache_dir>/features/<dataset>_<split>_<encoder>_<key>.h5   one per (dataset, split, encoder, subset)
     <cache_dir>/text/<dataset>-classes_<clip>_<key>.h5          class-prompt embeddings

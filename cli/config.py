@@ -130,8 +130,8 @@ def read_toml(path: Path | None) -> dict:
         path = Path(DEFAULT_FILE)
         if not path.exists():
             raise PipelineError(
-                f"no {DEFAULT_FILE} in {Path.cwd()}: pass --config PATH, or write one (the README's "
-                f"Configuration section lists its tables; the repository's pipeline.toml runs "
+                f"no {DEFAULT_FILE} in {Path.cwd()}: pass --config PATH, or write one (docs/config.md lists "
+                f"every key; configs/my-data.toml is a worked example; the repository's pipeline.toml runs "
                 f"the default world)"
             )
     path = Path(path)
@@ -146,7 +146,7 @@ def read_toml(path: Path | None) -> dict:
     if "clip" not in data:
         raise PipelineError(
             f"{path} has no [clip] table: name the CLIP model and its weights there (e.g. "
-            f'model = "ViT-B-16", pretrained = "openai"; see README)'
+            f'model = "ViT-B-16", pretrained = "openai"; see configs/my-data.toml)'
         )
     return data
 

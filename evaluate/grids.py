@@ -25,8 +25,8 @@ def _geom(lo: float, hi: float, steps: int) -> list[float]:
 #: `wide` (the default): geometric grids that hold the reference ranges and reach a decade or more past
 #: them, five values a decade (alpha 0.1..1000, gamma 0.01..1000; beta 0.5..128, two a
 #: factor of 2). The reference ranges assume OpenAI CLIP's image-text cosines (a few
-#: hundredths between classes); an encoder whose cosines spread further (README gives the tiny world
-#: CLIP's) needs a larger alpha / gamma. A choice on the edge of the grid is reported (`at_grid_edge`).
+#: hundredths between classes); an encoder whose cosines spread further (docs/adapters.md gives the tiny
+#: world CLIP's) needs a larger alpha / gamma. A choice on the edge of the grid is reported (`at_grid_edge`).
 GRIDS: dict[str, dict[str, dict[str, list[float]]]] = {
     "reference": {
         "tip-adapter": {"alpha": _grid(50, 20, 0.1), "beta": _grid(50, 200, 1.0)},

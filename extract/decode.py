@@ -5,7 +5,7 @@
   the largest that leaves the image at least as large as the encoder's first resize asks, so the
   resize that follows still only shrinks; it depends on that encoder's transform alone. It changes
   pixels a little, so it is part of a feature file's key; top-1 on the world with and without it:
-  README "Scale".
+  docs/scale.md.
 * On CUDA, optionally (`gpu_preprocess`): workers only decode, the uint8 images go to the GPU (4x
   fewer bytes than float) and each encoder's resize, crop and normalize run there (`DevicePixels`),
   from the same torchvision transform parsed into tensor ops; `gpu_decode` also decodes JPEGs there
