@@ -23,6 +23,14 @@ def _row_key(result: dict[str, Any]) -> tuple:
     )
 
 
+def _column(result: dict[str, Any]) -> str:
+    """Zero-shot, or the adapter with its support set: two support sets are two columns, never averaged."""
+    if "base_variant" not in result:
+        return ZERO_SHOT
+    label = result.get("support_label")
+    return f"{result['method']} ({label})" if label else result["method"]
+
+
 def _order(key: tuple) -> tuple:
     """CLIP (no fraction) first, then by test split, encoder, variant, fraction and epochs."""
     test, encoder, variant, fraction, epochs = key
@@ -35,7 +43,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     cells: dict[tuple, dict[str, list[float]]] = {}
     scores = [ZERO_SHOT]
     for r in results:
-        column = r["method"] if "base_variant" in r else ZERO_SHOT
+        column = _column(r)
         scores += [column] * (column not in scores)
         cells.setdefault(_row_key(r), {}).setdefault(column, []).append(float(r["metrics"]["acc1"]))
     rows = []

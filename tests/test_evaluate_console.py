@@ -81,3 +81,29 @@ def test_every_command_takes_no_progress():
         if name != "clip-benchmark" and not any(p.name == "progress" for p in command.params)
     ]
     assert not missing, missing
+
+
+def test_two_support_sets_are_two_columns_not_two_seeds():
+    """An adapter run with two support sets (name-only and k-shot) gives a column each; averaging them
+    as if they were seeds (what the table did when support sets became a list) fails here."""
+    from zoomshot.evaluate.summary import summary_table
+
+    base = {"dataset": "shapes", "split": "test", "encoder": "cnn", "fraction": 1.0, "epochs": 20}
+    results = [
+        {**base, "variant": "mse", "method": "zoomshot", "metrics": {"acc1": 0.8}},
+        *(
+            {
+                **base,
+                "variant": f"mse+tip-x ({label})",
+                "base_variant": "mse",
+                "method": "tip-x",
+                "support_label": label,
+                "metrics": {"acc1": acc},
+            }
+            for label, acc in (("name-only support", 0.5), ("16-shot, in-distribution", 0.9))
+        ),
+    ]
+    head, row = summary_table(results).splitlines()
+    assert "seeds" not in head
+    assert "tip-x (name-only support) top-1" in head and "tip-x (16-shot, in-distribution) top-1" in head
+    assert row.split()[-3:] == ["80.0", "50.0", "90.0"]
