@@ -92,7 +92,7 @@ def _grid_status(spec: dict, runs_dir: Path) -> tuple[str, str]:
     run_dir = runs_dir / spec["name"]
     if run_dir.is_dir():
         try:
-            checksums = {p.name: store.content_checksum(p) for p in input_files(spec)}
+            checksums = {p.name: store.stored_checksum(p) for p in input_files(spec)}
         except PipelineError as e:
             return STALE, f"its inputs cannot be checked: {e}"
         reason = stale_reason(run_dir, checksums, spec["record"]["revision"])
