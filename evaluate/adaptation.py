@@ -199,14 +199,14 @@ def _check(project: Project, ev: EvaluateCfg) -> dict[str, str]:
                 f"evaluate.support {ref!r} is also a test split: the support set (and the "
                 f"validation rows of the search) must not come from the test data"
             )
-    labels = {ref: support_label(project, ref) for ref in ev.supports}
-    same = [ref for ref in labels if list(labels.values()).count(labels[ref]) > 1]
+    labels = [support_label(project, ref) for ref in ev.supports]  # a list: a set named twice is two
+    same = [ref for ref, label in zip(ev.supports, labels) if labels.count(label) > 1]
     if same:
         raise PipelineError(
-            f"evaluate.support: {' and '.join(same)} are both labelled {labels[same[0]]!r}, so "
+            f"evaluate.support: {' and '.join(same)} are both labelled {labels[ev.supports.index(same[0])]!r}, so "
             f"their rows would read alike; keep one"
         )
-    return labels
+    return dict(zip(ev.supports, labels))
 
 
 def run_adapters(
