@@ -27,9 +27,8 @@ import torch
 from zoomshot.cache import layout, store
 from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import Maps, Run
-from zoomshot.cache.settings import IMPORTED, Project, build, parse_ref
+from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 from zoomshot.cache.zero_shot import clip_logits
-from zoomshot.extract.settings import DATASET_KINDS
 
 from .adapters import ADAPTERS, search_hparams, support_val_split, tipx_ranges
 from .grids import GRIDS
@@ -50,10 +49,10 @@ def support_label(project: Project, ref: str) -> str:
     dataset = project.dataset(parse_ref(ref)[0])
     if dataset.kind not in ("shapes-support", "shapes-shots"):
         return f"support {ref}"
-    options = build(DATASET_KINDS[dataset.kind], dataset.options, f"dataset {dataset.name} options")
+    style, per_class = dataset.options.get("style"), dataset.options.get("per_class")  # defaults filled by the config
     if dataset.kind == "shapes-support":
-        return "name-only support" + ("" if options.style == "sketch" else f", {options.style} style")
-    return f"{options.per_class}-shot, " + ("in-distribution" if options.style == "photo" else f"{options.style} style")
+        return "name-only support" + ("" if style == "sketch" else f", {style} style")
+    return f"{per_class}-shot, " + ("in-distribution" if style == "photo" else f"{style} style")
 
 
 def result_name(dataset: str, split: str, method: str, shots: int, support: str) -> str:

@@ -23,12 +23,13 @@ def _row_key(result: dict[str, Any]) -> tuple:
     )
 
 
-def _column(result: dict[str, Any]) -> str:
-    """Zero-shot, or the adapter with its support set: two support sets are two columns, never averaged."""
+def _column(result: dict[str, Any], labelled: bool) -> str:
+    """Zero-shot, or the adapter, with its support set when there are several: two support sets are two
+    columns, never averaged as if they were seeds."""
     if "base_variant" not in result:
         return ZERO_SHOT
     label = result.get("support_label")
-    return f"{result['method']} ({label})" if label else result["method"]
+    return f"{result['method']} ({label})" if labelled and label else result["method"]
 
 
 def _order(key: tuple) -> tuple:
@@ -42,8 +43,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     column when some row averages several seeds, a `test` column when there are several test splits."""
     cells: dict[tuple, dict[str, list[float]]] = {}
     scores = [ZERO_SHOT]
+    labelled = len({r.get("support_label") for r in results if "base_variant" in r}) > 1
     for r in results:
-        column = _column(r)
+        column = _column(r, labelled)
         scores += [column] * (column not in scores)
         cells.setdefault(_row_key(r), {}).setdefault(column, []).append(float(r["metrics"]["acc1"]))
     rows = []

@@ -57,18 +57,11 @@ def _comments(lines: list[str]) -> dict[int, tuple[int, str]]:
 
 
 def field_meaning(cls: type, name: str) -> str:
-    """The comment beside field `name`, joined with the comment-only lines under it that are indented
-    past the field (its continuation)."""
+    """The comment beside field `name` (one line: ruff's formatter leaves no continuation comments)."""
     node, lines = _class_node(_source_class(cls, name))
     comments = _comments(lines)
     assign = next(n for n in node.body if isinstance(n, ast.AnnAssign) and n.target.id == name)
     parts = [comments[i][1] for i in range(assign.lineno, assign.end_lineno + 1) if i in comments]
-    line = assign.end_lineno + 1
-    while (
-        line in comments and not lines[line - 1][: comments[line][0]].strip() and comments[line][0] > assign.col_offset
-    ):
-        parts.append(comments[line][1])
-        line += 1
     if not parts:
         raise SystemExit(f"{cls.__module__}.{cls.__name__}.{name} has no comment beside it: say what it means")
     return " ".join(parts)
