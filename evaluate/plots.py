@@ -115,7 +115,7 @@ def _legend_outside(fig: plt.Figure, axes: Sequence[plt.Axes], below: bool = Fal
         fig.legend(
             list(seen.values()),
             list(seen),
-            loc="outside lower center" if below else "outside right upper",
+            loc="outside lower center" if below else "outside right center",  # clear of the title
             frameon=False,
             markerscale=2 if below else 1,
         )

@@ -127,6 +127,8 @@ def assert_legend_outside(fig):
     legend = fig.legends[0].get_window_extent()
     for ax in fig.axes:
         assert not legend.overlaps(ax.get_window_extent()), "legend drawn over a panel"
+    if fig._suptitle is not None:
+        assert not legend.overlaps(fig._suptitle.get_window_extent()), "legend drawn over the title"
 
 
 @pytest.fixture(scope="module")
