@@ -176,12 +176,13 @@ def test_report_command_refuses_bad_table_options_in_one_line(tmp_path):
     results.mkdir(parents=True)
     for i, r in enumerate(RESULTS):
         (results / f"{i}.json").write_text(json.dumps(r))
-    code, out, err = run_main(tmp_path, "report", "--no-plots", "--pivot", "variant:colour")
+    code, out, err = run_main(tmp_path, "report", "--no-plots", "--pivot", "variant:colour", "--all-runs")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "report.pivot" in err, err
-    code, out, err = run_main(tmp_path, "report", "--no-plots", "--fraction", "0.3")
+    code, out, err = run_main(tmp_path, "report", "--no-plots", "--fraction", "0.3", "--all-runs")
     assert code == 2 and err.strip() == "error: no result has fraction 0.3; there are: 0.1, 1.0", err
-    code, out, _ = run_main(tmp_path, "report", "--no-plots", "--pivot", "encoder:variant")
-    assert code == 0 and "| Encoder | CLIP | CLIP + tip-x | lstsq | mse | mse + tip-x |" in out, out
+    code, out, _ = run_main(tmp_path, "report", "--no-plots", "--pivot", "encoder:variant", "--all-runs")
+    # these results name no run of the config's grid: with --all-runs each is a row labelled as an old run
+    assert code == 0 and "| Encoder | CLIP | CLIP + tip-x | lstsq [old run cnn-lstsq-1.0-0] |" in out, out
     written = sorted(p.name for p in (tmp_path / "zoomshot-out/report").iterdir())
     assert written == sorted(
         [

@@ -95,8 +95,8 @@ def test_refit_and_reevaluate_read_only_the_cache(world):
     assert "4 done" in proc.stdout  # new settings: new runs, no image, no encoder
     again = pipeline(folder, "fit", "--epochs", "3", "--variants", "mse", prelude=NO_IMAGES_NO_ENCODERS)
     assert "0 done, 4 already finished" in again.stdout
-    ev = pipeline(folder, "evaluate", prelude=NO_IMAGES_NO_ENCODERS)
-    assert "13 result file(s)" in ev.stdout  # CLIP + 8 + 4 runs
+    ev = pipeline(folder, "evaluate", "--all-runs", prelude=NO_IMAGES_NO_ENCODERS)
+    assert "13 result file(s)" in ev.stdout  # CLIP + 8 + 4 runs: every run folder, the grid's and the re-fit's
 
 
 def test_changed_settings_never_reuse_a_stale_file(world):
