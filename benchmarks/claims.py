@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from world import SKETCH_TRAIN, World, append_result, arguments, extract, mean_std, pct
 
+from zoomshot.fit.method_settings import BUILTIN_VARIANTS
 from zoomshot.fit.presets import PRESETS
-from zoomshot.fit.sweep import BUILTIN_VARIANTS
 
 ENCODERS = ("cnn", "vit")
 TRAIN = "shapes:train"

@@ -29,9 +29,9 @@ def _encoders() -> Rows:
 
 
 def _variants() -> Rows:
+    from zoomshot.fit.method_settings import BUILTIN_VARIANTS
     from zoomshot.fit.methods import METHODS
     from zoomshot.fit.presets import PRESETS
-    from zoomshot.fit.sweep import BUILTIN_VARIANTS
 
     return [
         (

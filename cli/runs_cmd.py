@@ -5,6 +5,7 @@ on: the config's grid (the runs `pipeline fit --dry-run` names), older ones only
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 import sys
@@ -211,6 +212,16 @@ def prune(cfg: Config, rows: list[RunRow]) -> int:
     return removed
 
 
+def _check_filter(what: str, asked: tuple[str, ...], known: set) -> None:
+    """A filter value that no run and no setting has is a typo, not an empty answer."""
+    known = {k for k in known if k}
+    for value in asked:
+        if value not in known:
+            close = difflib.get_close_matches(value, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PipelineError(f"no run has {what} {value!r}: {hint}known: {', '.join(sorted(known)) or 'none'}")
+
+
 @click.command("runs", cls=StageCommand)
 @multi("--encoder", help="Only runs of this encoder")
 @multi("--variant", help="Only runs of this variant (its label, e.g. `mse+cyc (paper)`, or its name)")
@@ -240,9 +251,12 @@ def runs(
     RUN names are what `pipeline export`, `predict --model` (once exported), `evaluate --runs` and
     `report --runs` take."""
     cfg: Config = ctx.obj
+    every = list_runs(cfg)
+    _check_filter("encoder", encoder, {r.encoder for r in every} | {e.name for e in cfg.project.encoders})
+    _check_filter("variant", variant, {v for r in every if r.variant for v in (r.variant, r.variant.split(" (")[0])})
     rows = [
         r
-        for r in list_runs(cfg)
+        for r in every
         if (not encoder or r.encoder in encoder)
         and (not status or r.status in status)
         and (not fraction or r.fraction in fraction)

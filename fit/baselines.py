@@ -12,13 +12,10 @@ import torch.nn.functional as F
 
 from zoomshot.cache.runs import Maps
 
+from .method_settings import LinearAlignerSettings, LstsqSettings, ProcrustesSettings
 from .ridge import Affine, Moments, gcv_ridge, moments, ridge_fit
 from .spaces import affine_pinv, variance_scale
 from .trainer import check_pairs, scaled_features, seeded_linear, shuffled_batches
-
-#: each baseline's revision, recorded in its run.json: bump one when a change moves its numbers (its
-#: finished runs are then fitted again)
-REVISIONS = {"linear-aligner": 1, "lstsq": 1, "procrustes": 1}
 
 
 def _scaled_moments(s: torch.Tensor, t: torch.Tensor, target_variance: float) -> tuple[Moments, float, float]:
@@ -34,7 +31,11 @@ def _to_maps(h: Affine, h_inv: Affine, c_s: float, c_t: float, fit: dict | None 
 
 
 def lstsq_maps(
-    s: torch.Tensor, t: torch.Tensor, ridge: float = 1e-6, ridge_by_gcv: bool = True, target_variance: float = 4.5
+    s: torch.Tensor,
+    t: torch.Tensor,
+    ridge: float = LstsqSettings.ridge,
+    ridge_by_gcv: bool = LstsqSettings.ridge_by_gcv,
+    target_variance: float = LstsqSettings.target_variance,
 ) -> Maps:
     """Closed-form ridge regression s -> t for h and, separately, t -> s for h_inv, in the scaled spaces.
 
@@ -56,7 +57,9 @@ def lstsq_maps(
     )
 
 
-def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4.5) -> Maps:
+def procrustes_maps(
+    s: torch.Tensor, t: torch.Tensor, target_variance: float = ProcrustesSettings.target_variance
+) -> Maps:
     """Scaled orthogonal Procrustes: h(s) = a W s + b with W (d, m) semi-orthogonal, h_inv = a' W^T t + b'.
 
     After centering, W = U V^T from the SVD U Sigma V^T of T_c^T S_c (d, m) maximises tr(W^T T_c^T S_c) over
@@ -82,14 +85,14 @@ def procrustes_maps(s: torch.Tensor, t: torch.Tensor, target_variance: float = 4
 def linear_aligner_maps(
     s: torch.Tensor,
     t: torch.Tensor,
-    fixed: bool = False,
-    epochs: int = 5,
-    batch_size: int = 100,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    t_max: int = 200,
-    target_variance: float = 4.5,
+    fixed: bool = LinearAlignerSettings.fixed,
+    epochs: int = LinearAlignerSettings.epochs,
+    batch_size: int = LinearAlignerSettings.batch_size,
+    lr: float = LinearAlignerSettings.lr,
+    momentum: float = LinearAlignerSettings.momentum,
+    weight_decay: float = LinearAlignerSettings.weight_decay,
+    t_max: int = LinearAlignerSettings.t_max,
+    target_variance: float = LinearAlignerSettings.target_variance,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[Maps, list[dict]]:

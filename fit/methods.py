@@ -11,27 +11,33 @@ embeddings, and `presets` the named recipes its `preset` setting chooses from (f
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, field, make_dataclass
-from typing import Any, NamedTuple
-
-import torch
+from dataclasses import asdict
+from typing import TYPE_CHECKING, NamedTuple
 
 from zoomshot.cache.errors import PipelineError
-from zoomshot.cache.runs import Maps
-from zoomshot.cache.settings import Check, at_least, build
+from zoomshot.cache.settings import build
 
-from .baselines import REVISIONS, linear_aligner_maps, lstsq_maps, procrustes_maps
+from .method_settings import (
+    REVISION,
+    REVISIONS,
+    LinearAlignerSettings,
+    LstsqSettings,
+    ProcrustesSettings,
+    TrainConfig,
+)
 from .presets import DEFAULT_PRESET, PRESETS
-from .trainer import REVISION, TrainConfig, train_maps
 
-Result = tuple[Maps, list[dict]]
-Fit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, dict, int, str], Result]
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from zoomshot.cache.runs import Maps
+
+Result = tuple["Maps", list[dict]]
+Fit = Callable[["Tensor", "Tensor", "Tensor | None", dict, int, str], Result]
 
 # Arguments that fit_method supplies itself (from the grid and the [fit] table); they are not method keys.
-SUPPLIED = ("s", "t", "u", "seed", "device")
+SUPPLIED = ("seed", "device")
 
 
 class Method(NamedTuple):
@@ -43,38 +49,31 @@ class Method(NamedTuple):
     presets: dict[str, dict] = {}
 
 
-def _settings_of(fn: Callable[..., Any], checks: dict[str, Check]) -> type:
-    """A settings dataclass from a function's keyword arguments and their defaults."""
-    params = inspect.signature(fn).parameters.values()
-    return make_dataclass(
-        f"{fn.__name__}_settings",
-        [
-            (
-                p.name,
-                type(p.default),
-                field(default=p.default, metadata={"checks": (checks[p.name],)} if p.name in checks else {}),
-            )
-            for p in params
-            if p.name not in SUPPLIED and p.default is not inspect.Parameter.empty
-        ],
-    )
+# Each fit imports its code when it runs, so that listing and checking methods needs no torch.
 
 
 def _zoomshot(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
+    from .trainer import train_maps
+
     return train_maps(s, t, u, TrainConfig(**params, seed=seed, device=device))
 
 
 def _linear_aligner(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
+    from .baselines import linear_aligner_maps
+
     return linear_aligner_maps(s, t, **params, seed=seed, device=device)
 
 
-def _closed_form(fn: Callable[..., Maps]) -> Fit:
-    """A closed-form baseline as a Fit: computed on `device`, no prompt set, no seed, no per-epoch history."""
-    return lambda s, t, u, params, seed, device: (fn(s.to(device), t.to(device), **params), [])
+def _closed_form(name: str) -> Fit:
+    """The closed-form baseline `fit/baselines.py:<name>` as a Fit: computed on `device`, no prompt set, no
+    seed, no per-epoch history."""
 
+    def fit(s: Tensor, t: Tensor, u: Tensor | None, params: dict, seed: int, device: str) -> Result:
+        from . import baselines
 
-def _positive(v: float) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v!r}"
+        return getattr(baselines, name)(s.to(device), t.to(device), **params), []
+
+    return fit
 
 
 METHODS: dict[str, Method] = {
@@ -86,31 +85,9 @@ METHODS: dict[str, Method] = {
         needs_prompts=lambda params: bool(params["w_kd"] or params["w_cyc_text"]),
         presets=PRESETS,
     ),
-    "linear-aligner": Method(
-        _settings_of(
-            linear_aligner_maps,
-            {
-                "epochs": at_least(1),
-                "batch_size": at_least(1),
-                "lr": _positive,
-                "t_max": at_least(1),
-                "weight_decay": at_least(0),
-                "target_variance": _positive,
-            },
-        ),
-        _linear_aligner,
-        REVISIONS["linear-aligner"],
-    ),
-    "lstsq": Method(
-        _settings_of(lstsq_maps, {"ridge": at_least(0), "target_variance": _positive}),
-        _closed_form(lstsq_maps),
-        REVISIONS["lstsq"],
-    ),
-    "procrustes": Method(
-        _settings_of(procrustes_maps, {"target_variance": _positive}),
-        _closed_form(procrustes_maps),
-        REVISIONS["procrustes"],
-    ),
+    "linear-aligner": Method(LinearAlignerSettings, _linear_aligner, REVISIONS["linear-aligner"]),
+    "lstsq": Method(LstsqSettings, _closed_form("lstsq_maps"), REVISIONS["lstsq"]),
+    "procrustes": Method(ProcrustesSettings, _closed_form("procrustes_maps"), REVISIONS["procrustes"]),
 }
 
 
@@ -156,6 +133,8 @@ def torch_threads(threads: int) -> Iterator[None]:
     the thread that runs it: what a fit computes never depends on which thread of a pool runs it, what
     that thread ran before, the machine's cores or its load.
     """
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -18,24 +18,11 @@ from zoomshot.cache.errors import PipelineError
 from zoomshot.cache.runs import run_name
 from zoomshot.cache.settings import IMPORTED, Project, parse_ref
 
+from .method_settings import BUILTIN_VARIANTS
 from .methods import method, resolve_params
 from .presets import DEFAULT_PRESET, PRESETS, variant_label
 from .runs import execute
 from .settings import FitCfg
-
-# Named variants that need no table in the config; `[fit.definitions.NAME]` adds or overrides.
-# The loss sets' weights are the trainer's defaults (fit/trainer.py, from the weight study).
-BUILTIN_VARIANTS: dict[str, dict] = {
-    "mse": {"method": "zoomshot", "w_cyc": 0.0, "w_cyc_text": 0.0, "w_kd": 0.0},
-    "mse+cyc": {"method": "zoomshot", "w_kd": 0.0},
-    "mse+cyc+kd-lm": {"method": "zoomshot", "kd_variant": "lm"},
-    "mse+cyc+kd-htce": {"method": "zoomshot", "kd_variant": "ht-ce"},
-    "mse+cyc+kd-kl": {"method": "zoomshot", "kd_variant": "kl"},
-    "linear-aligner": {"method": "linear-aligner"},
-    "linear-aligner-fixed": {"method": "linear-aligner", "fixed": True},
-    "lstsq": {"method": "lstsq"},
-    "procrustes": {"method": "procrustes"},
-}
 
 
 def variant(fit: FitCfg, name: str) -> tuple[str, dict, str]:

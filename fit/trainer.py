@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +28,12 @@ from tqdm import tqdm
 
 from zoomshot.cache.runs import Maps
 
-from .losses import KD_VARIANTS, total_loss
-from .presets import DEFAULT_PRESET, PRESETS
+from .losses import total_loss
+from .method_settings import TrainConfig
 from .ridge import absolute, gcv_ridge, moments, ridge_fit
 from .spaces import ROWS_PER_CHUNK, affine_pinv, variance_scale
 
-#: the trainer's revision, recorded in every Zoom-shot run.json: bump it when a change moves its numbers at
-#: the same settings (a loss, the parametrisation), so that finished runs of the old maths are fitted again
-REVISION = 1
-INITS = ("ridge", "random")  # where the maps start: the reconstruction's ridge closed forms, or seeded noise
+# The optimizers and schedules that TrainConfig names (fit/method_settings.py).
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
     # fused: one kernel for all parameters (12x faster than the default loop for a 2048 x 512 map on a CPU)
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
@@ -50,72 +46,6 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
     "cosine": lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
     "constant": lambda opt, steps: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0),
 }
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one Zoom-shot fit; the defaults are the `tuned` preset (fit/presets.py, docs/method.md).
-
-    Adam, lr 3e-2 with cosine decay to 0 over all steps, 20 epochs of batches of at most 2,048 rows and at
-    least 50 steps (`batch_for`), in whitened coordinates, with a ridge on h chosen by GCV, starting from
-    the ridge closed forms, every term on one scale (fit/losses.py), w_cyc = w_cyc_text = 1 and w_kd = 3
-    (benchmarks/joint_weights.py). From a random start the MSE variant reaches the closed-form optimum at
-    any number of rows (tests/test_fit_convergence.py); from the ridge start it is there at step 0, so a
-    claim about training at these defaults measures the start too. w_cyc weighs the two image cycle terms
-    and w_cyc_text the prompt-set cycle term (w_cyc == w_cyc_text is the paper's single L_cyc). lr = 0
-    freezes the maps: the tests' control that training, not the start, passes them.
-    """
-
-    epochs: int = 20  # passes over the training rows (the paper's meaning)
-    batch_size: int = 2048  # the largest batch; fewer rows take smaller batches (steps_per_epoch)
-    steps_per_epoch: int = 50  # the fewest optimizer steps of an epoch
-    ridge: float = 1e-6  # ridge on h's reconstruction, relative to the mean input eigenvalue ...
-    ridge_by_gcv: bool = True  # ... or chosen from the training pairs by GCV (fit/ridge.py)
-    init: str = "ridge"  # start h and h_inv at their ridge closed forms, or "random"
-    whiten: bool = True  # train in whitened input coordinates (WhitenedLinear), or on the raw weights
-    scale_terms: bool = True  # each loss term over its trivial guess (fit/losses.py), or in raw units
-    lr: float = 3e-2
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    w_mse: float = 1.0
-    w_cyc: float = 1.0  # the weights follow benchmarks/joint_weights.py (docs/method.md)
-    w_cyc_text: float = 1.0
-    w_kd: float = 3.0
-    kd_variant: str = "lm"
-    kd_temperature: float = 4.0  # softmax temperature of the `kl` variant
-    tau: float = 100.0
-    target_variance: float = 4.5
-    seed: int = 0
-    device: str = "cpu"
-    compile: bool = False
-    preset: str = DEFAULT_PRESET  # the recipe these values came from (fit/presets.py): part of the run's name
-
-    def __post_init__(self) -> None:
-        choices = {
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "kd_variant": KD_VARIANTS,
-            "init": INITS,
-            "preset": PRESETS,
-        }
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {sorted(valid)}")
-        for name in ("epochs", "batch_size", "steps_per_epoch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
-        if self.lr < 0:
-            raise ValueError(f"lr must be >= 0, got {self.lr}")
-        for name in ("tau", "target_variance", "kd_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        weights = {name: getattr(self, name) for name in ("w_mse", "w_cyc", "w_cyc_text", "w_kd")}
-        if any(w < 0 for w in weights.values()) or not any(weights.values()):
-            raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights}")
 
 
 def seeded_linear(n_in: int, n_out: int, generator: torch.Generator, device: str | torch.device) -> nn.Linear:

@@ -43,6 +43,11 @@ def _imported_by(folder, *args: str) -> tuple[int, str, list[str]]:
         ["list", "metrics"],
         ["list", "presets"],
         ["list", "encoders"],
+        ["list", "variants"],
+        ["list", "methods"],
+        ["list"],
+        ["cache", "--help"],
+        ["cache", "import", "--help"],
     ],
 )
 def test_help_and_list_import_nothing_heavy(tmp_path, args):

@@ -365,6 +365,26 @@ def test_registry_lists_the_methods():
     assert set(METHODS) == {"zoomshot", "linear-aligner", "lstsq", "procrustes"}
 
 
+def test_the_settings_name_what_the_trainer_builds():
+    """The torch-free settings (what configs are checked against) name exactly the optimizers, schedules and
+    PG-KD terms that the trainer and the losses implement, and each baseline's settings are its keyword
+    arguments with the same defaults."""
+    import inspect
+
+    from zoomshot.fit import losses, method_settings, trainer
+
+    assert set(method_settings.OPTIMIZERS) == set(trainer.OPTIMIZERS)
+    assert set(method_settings.SCHEDULES) == set(trainer.SCHEDULES)
+    assert set(method_settings.KD_VARIANTS) == set(losses.KD_VARIANTS)
+    for name, fn in [("lstsq", lstsq_maps), ("procrustes", procrustes_maps), ("linear-aligner", linear_aligner_maps)]:
+        keywords = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.default is not p.empty and p.name not in ("seed", "device")
+        }
+        assert keywords == resolve_params(name, {}), name
+
+
 def test_fit_method_rejects_unknown_names_with_hints():
     s, t = torch.randn(20, 4), torch.randn(20, 3)
     with pytest.raises(PipelineError, match="linear-aligner.*lstsq.*procrustes.*zoomshot"):

@@ -186,7 +186,11 @@ def test_pipeline_runs_lists_settings_status_and_top1(listed):
         grid["lstsq-1.0"]
     ]
     assert len(run_main(folder, "runs", "--variant", "mse", "--fraction", "1.0")[1].splitlines()) == 2
-    assert run_main(folder, "runs", "--encoder", "vit")[1].strip() == "no runs"
+    assert run_main(folder, "runs", "--fraction", "0.25")[1].strip() == "no runs"
+    code, _, err = run_main(folder, "runs", "--encoder", "cnm")  # a typo is not an empty answer
+    assert code == 2 and "no run has encoder 'cnm': did you mean 'cnn'?" in err
+    code, _, err = run_main(folder, "runs", "--variant", "mse+cyc")
+    assert code == 2 and "no run has variant 'mse+cyc'" in err
 
 
 def test_export_and_predict_take_the_name_runs_prints(listed):
@@ -254,12 +258,39 @@ def test_run_stage_runs_the_cli_stage_with_overrides(tmp_path, cache, monkeypatc
         zoomshot.run_stage("fitt", cfg)
 
 
-def test_prune_removes_only_what_the_config_no_longer_names(listed):
-    """Last here: it removes the old run of `listed`."""
+def _prune_on_a_terminal(folder, answer: str) -> tuple[int, str]:
+    """`pipeline runs --prune` in its own process with a terminal (a pty) as its stdin, answered `answer`."""
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    code = "import sys\nfrom zoomshot.cli.main import main\nsys.argv = ['pipeline', 'runs', '--prune']\nmain()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=folder, env=ENV, stdin=terminal, stdout=subprocess.PIPE, text=True
+    )
+    os.close(terminal)
+    os.write(main, f"{answer}\n".encode())
+    out, _ = proc.communicate(timeout=300)
+    os.close(main)
+    return proc.returncode, out
+
+
+def test_prune_removes_only_what_the_config_no_longer_names(listed, tmp_path):
+    """Last here: it removes the old run of `listed` (twice: asked on a terminal, then with --yes)."""
+    import shutil
+
     folder, old, grid, _ = listed
     runs_dir = folder / "out/runs"
     code, out, err = run_main(folder, "runs", "--prune")  # no terminal, no --yes: nothing goes
     assert code == 2 and old in out and "pass --yes" in err and (runs_dir / old).is_dir()
+    code, out = _prune_on_a_terminal(folder, "n")
+    assert code == 0 and "remove them? [y/N]" in out and "nothing removed" in out and (runs_dir / old).is_dir()
+    shutil.copytree(runs_dir / old, tmp_path / "run")
+    shutil.copytree(folder / "out/results" / old, tmp_path / "results")
+    code, out = _prune_on_a_terminal(folder, "y")
+    assert code == 0 and "removed 1 of 1" in out and not (runs_dir / old).exists()
+    shutil.copytree(tmp_path / "run", runs_dir / old)
+    shutil.copytree(tmp_path / "results", folder / "out/results" / old)
     code, out, _ = run_main(folder, "runs", "--prune", "--yes")
     assert code == 0 and "removed 1 of 1" in out
     assert not (runs_dir / old).exists() and not (folder / "out/results" / old).exists()
