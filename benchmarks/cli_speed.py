@@ -27,6 +27,7 @@ COMMANDS = {
     "pipeline fit --help": (["fit", "--help"], 0),
     "pipeline list datasets": (["list", "datasets"], 0),
     "pipeline list variants": (["list", "variants"], 0),
+    "pipeline cache --help": (["cache", "--help"], 0),
     "config typo (fit --dry-run)": (["fit", "--dry-run"], 2),
 }
 
