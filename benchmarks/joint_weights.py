@@ -28,8 +28,8 @@ from world import World, append_result, arguments, mean_std, pct
 from zoomshot.fit.presets import PRESETS
 from zoomshot.fit.trainer import TrainConfig
 
-CYCLE_WEIGHTS = (0.1, 0.3, 1.0)
-KD_WEIGHTS = (0.3, 1.0, 3.0)
+CYCLE_WEIGHTS = (0.1, 0.3, 1.0, 3.0)
+KD_WEIGHTS = (0.3, 1.0, 3.0, 10.0)  # 10: the trend had not flattened at 3
 TEMPERATURES = (1.0, 4.0, 16.0)  # of PG-KD `kl`: the default (4) and two others
 FINALISTS = 2  # the best settings by validation that get more seeds, beside the defaults
 
