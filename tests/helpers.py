@@ -228,6 +228,12 @@ def synthetic_project(
         .replace("epochs = [40]", f"epochs = [{epochs}]")
         + "\n[extract]\nsplits = []\n"
     )
+    return import_synthetic(folder)
+
+
+def import_synthetic(folder: Path) -> Path:
+    """`pipeline cache import` of every array `synthetic_arrays` wrote: both encoders' features of both splits,
+    the class prompts and the class-free prompts."""
     for args in [
         (f"{enc}_{split}.npy", "--encoder", enc, "--dataset", "syn", "--split", split, "--labels", f"y_{split}.npy")
         for split in ("train", "test")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import SYNTHETIC_CONFIG, pipeline, run_main, synthetic_arrays
+from helpers import SYNTHETIC_CONFIG, import_synthetic, pipeline, synthetic_arrays
 from safetensors.numpy import load_file
 
 # Small fits with cycle and KD terms, and a fit whose optimizer step is large (batch 2048 x 96 x 48).
@@ -53,28 +53,7 @@ def imported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("determinism")
     synthetic_arrays(folder, d=48, m=96)
     (folder / "pipeline.toml").write_text(SYNTHETIC_CONFIG.format(runs="out/runs"))
-    for split in ("train", "test"):
-        for enc in ("clip", "src"):
-            code, out, err = run_main(
-                folder,
-                "cache",
-                "import",
-                f"{enc}_{split}.npy",
-                "--encoder",
-                enc,
-                "--dataset",
-                "syn",
-                "--split",
-                split,
-                "--labels",
-                f"y_{split}.npy",
-            )
-            assert code == 0, (out, err)
-    code, out, err = run_main(
-        folder, "cache", "import", "classfree.npy", "--text", "classfree", "--prompts", "classfree.txt"
-    )
-    assert code == 0, (out, err)
-    return folder
+    return import_synthetic(folder)
 
 
 def _fit(folder, runs, *args, prelude=""):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from helpers import SYNTHETIC_CONFIG as CONFIG
-from helpers import pipeline, run_main, synthetic_arrays
+from helpers import import_synthetic, pipeline, run_main, synthetic_arrays
 from safetensors.numpy import load_file
 
 
@@ -20,22 +20,7 @@ def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
     synthetic_arrays(folder)
     (folder / "pipeline.toml").write_text(CONFIG.format(runs="out/runs"))
-    for split in ("train", "test"):
-        for enc in ("clip", "src"):
-            _import(
-                folder,
-                f"{enc}_{split}.npy",
-                "--encoder",
-                enc,
-                "--dataset",
-                "syn",
-                "--split",
-                split,
-                "--labels",
-                f"y_{split}.npy",
-            )
-    _import(folder, "class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt")
-    _import(folder, "classfree.npy", "--text", "classfree", "--prompts", "classfree.txt")
+    import_synthetic(folder)
     pipeline(folder, "fit")
     return folder
 
@@ -92,11 +77,20 @@ def test_a_failing_run_is_reported_and_the_others_finish(synthetic):
     (bad / "pipeline.toml").write_text(
         cfg + '\n[[encoders]]\nname = "src2"\nmodel = "imported"\n\n[extract]\nsplits = []\n'
     )
-    for enc in ("clip", "src", "src2"):
-        for split in ("train", "test"):
-            array = f"{'src' if enc == 'src2' else enc}_{split}.npy"
-            _import(bad, array, "--encoder", enc, "--dataset", "syn", "--split", split, "--labels", f"y_{split}.npy")
-    _import(bad, "class_text.npy", "--text", "class-prompts", "--dataset", "syn", "--classnames", "classnames.txt")
+    import_synthetic(bad)
+    for split in ("train", "test"):  # a second imported encoder with the source's features
+        _import(
+            bad,
+            f"src_{split}.npy",
+            "--encoder",
+            "src2",
+            "--dataset",
+            "syn",
+            "--split",
+            split,
+            "--labels",
+            f"y_{split}.npy",
+        )
     (damaged,) = (bad / "out/cache/features").glob("syn_train_src2_*.h5")
     with h5py.File(damaged, "r") as f:
         offset = f["features"].id.get_chunk_info(0).byte_offset
