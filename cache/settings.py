@@ -43,6 +43,11 @@ def at_least(lo: float) -> Check:
     return allows(f">= {lo}")(lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}")
 
 
+@allows("> 0")
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v!r}"
+
+
 @allows("a fraction in (0, 1]")
 def unit_fraction(v: float) -> str | None:
     return None if 0 < v <= 1 else f"must be a fraction in (0, 1], got {v!r}"

@@ -71,6 +71,10 @@ class RunRow:
     why: str = ""
     top1: dict[str, float] = field(default_factory=dict)  # test split -> zero-shot top-1 of its result file
 
+    def variant_names(self) -> tuple[str, ...]:
+        """What `--variant` matches: the variant's label (`mse (paper)`) and its name (`mse`)."""
+        return (self.variant, self.variant.split(" (")[0]) if self.variant else ()
+
 
 def _settings(record: dict) -> dict:
     return {k: record.get(k) for k in ("encoder", "variant", "preset", "train", "fraction", "epochs", "seed")}
@@ -253,14 +257,14 @@ def runs(
     cfg: Config = ctx.obj
     every = list_runs(cfg)
     _check_filter("encoder", encoder, {r.encoder for r in every} | {e.name for e in cfg.project.encoders})
-    _check_filter("variant", variant, {v for r in every if r.variant for v in (r.variant, r.variant.split(" (")[0])})
+    _check_filter("variant", variant, {v for r in every for v in r.variant_names()})
     rows = [
         r
         for r in every
         if (not encoder or r.encoder in encoder)
         and (not status or r.status in status)
         and (not fraction or r.fraction in fraction)
-        and (not variant or r.variant in variant or (r.variant or "").split(" (")[0] in variant)
+        and (not variant or not set(variant).isdisjoint(r.variant_names()))
     ]
     if not do_prune:
         click.echo(json.dumps([asdict(r) for r in rows], indent=1) if as_json else table(rows) if rows else "no runs")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoomshot.cache.settings import at_least, setting
+from zoomshot.cache.settings import at_least, positive, setting
 
 from .presets import DEFAULT_PRESET, PRESETS
 
@@ -23,10 +23,6 @@ INITS = ("ridge", "random")  # where the maps start: the reconstruction's ridge 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # fit/trainer.py builds each
 SCHEDULES = ("cosine", "constant")  # learning-rate schedules over all optimizer steps (fit/trainer.py)
 KD_VARIANTS = ("lm", "ht-ce", "kl")  # the PG-KD terms (fit/losses.py)
-
-
-def positive(v: float) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v!r}"
 
 
 @dataclass
